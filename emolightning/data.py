@@ -1,0 +1,297 @@
+"""The LightningDataModule for SemEval-2018 E-c and other multi-label emotion sets.
+
+A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk by
+`prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
+`collate`, which pads each batch only to its own longest text. Tweets average ~27 WordPiece
+tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .encoders import load_tokenizer
+from .errors import DataError
+from .tables import SPLIT_OPTIONS, Table, find_split_file, read_table, resolve_data_dir, table_from_hub
+
+CACHE_VERSION = 1
+OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
+
+
+class TokenizedSplit(Dataset):
+    """Token ids and labels of one split; item i is (ids, labels or None, i)."""
+
+    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None):
+        self.input_ids, self.labels = input_ids, labels
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input_ids": self.input_ids[i], "index": i}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+class Collator:
+    """Pads a list of items to the longest one in the batch (optionally to a multiple of 8)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(item["input_ids"]) for item in items)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            input_ids[row, :n] = item["input_ids"]
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
+        if "labels" in items[0]:
+            batch["labels"] = torch.stack([item["labels"] for item in items]).float()
+        return batch
+
+
+class LengthGroupedSampler(DistributedSampler):
+    """Shuffles, then groups texts of similar length into the same batch.
+
+    Each epoch: a seeded permutation is cut into mega-batches of 50 global batches, each sorted by
+    length and cut into global batches (batch_size x world size), whose order is shuffled; rank r
+    takes every world-size-th item of each global batch. So 2 ranks at batch 8 see exactly the
+    batches that 1 process sees at batch 16. It subclasses DistributedSampler so that Lightning
+    neither wraps it (which would reshuffle away the grouping) nor forgets to call `set_epoch`.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+        if num_replicas is None or rank is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = torch.distributed.get_world_size() if dist else 1
+            rank = torch.distributed.get_rank() if dist else 0
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        global_batch = batch_size * num_replicas
+        self.num_batches = math.ceil(len(self.lengths) / global_batch)
+        self.num_samples = self.num_batches * batch_size
+
+    def global_batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        global_batch = self.batch_size * self.num_replicas
+        # pad with repeats so every rank gets the same number of full batches
+        order += order[: self.num_batches * global_batch - len(order)]
+        mega = global_batch * 50
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
+        shuffled = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in shuffled]
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            yield from batch[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EmotionDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        predict_split: str = "test",
+        hub_dataset: str = "SemEvalWorkshop/sem_eval_2018_task_1",
+        hub_config: str | None = "subtask5.english",
+        text_column: str = "Tweet",
+        id_column: str = "ID",
+        label_columns: list[str] | None = None,
+        tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2",
+        max_length: int = 128,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        seed: int = 42,
+        cache_dir: str | None = None,
+    ):
+        """Multi-label emotion data from the official E-c files, local tables or the Hub.
+
+        Args:
+            data_dir: Folder with the official E-c files (`*-train.txt`, `*-dev.txt`,
+                `*-test-gold.txt` or the unlabelled `*-test.txt`); `builtin:demo` is the bundled demo set.
+            train_file: A train table (.txt/.tsv/.csv/.jsonl/.parquet); overrides data_dir for that split.
+            val_file: The validation table; overrides data_dir.
+            test_file: The test table; overrides data_dir.
+            predict_file: A table, or a .txt with one text per line, for `predict`; else `predict_split`.
+            predict_split: Which split `predict` labels when no predict_file is given.
+            hub_dataset: Hub dataset used when neither data_dir nor files are given.
+            hub_config: Its configuration name.
+            text_column: Column holding the text.
+            id_column: Column holding the example ID (row numbers when absent).
+            label_columns: Label columns; default every column but the ID and text.
+            tokenizer: Tokenizer name or path; linked to the model's encoder by the CLI.
+            max_length: Longer texts are truncated (and counted in the log).
+            batch_size: Training batch size per device.
+            eval_batch_size: Batch size for validation, test and predict.
+            group_by_length: Batch texts of similar length together in training.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training order.
+            cache_dir: Where tokenised splits are cached (default ~/.cache/emolightning).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.files = {"train": train_file, "validation": val_file, "test": test_file, "predict": predict_file}
+        self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "emolightning")
+        self._label_names: list[str] | None = None
+        self._hub = None
+        self.splits: dict[str, TokenizedSplit] = {}
+        self.tables: dict[str, Table] = {}
+
+    # ---- where each split comes from -------------------------------------------------
+    def split_source(self, split: str) -> str | None:
+        if split == "predict" and self.files["predict"] is None:
+            return self.split_source(self.hparams.predict_split)
+        if self.files.get(split):
+            return self.files[split]
+        if self.hparams.data_dir is not None:
+            return find_split_file(self.hparams.data_dir, split) if split in ("train", "validation", "test") else None
+        return f"hub:{split}"
+
+    def load_table(self, split: str) -> Table:
+        source = self.split_source(split)
+        if source is None:
+            option = SPLIT_OPTIONS.get(split, "data_dir")
+            raise DataError(
+                f"No {split} split: the data directory '{self.hparams.data_dir}' has no official file for it "
+                f"and `data.{option}` is not set. Add the file (named like {OFFICIAL_EXAMPLE.get(split, OFFICIAL_EXAMPLE['test'])}) or set `data.{option}`."
+            )
+        if source.startswith("hub:"):
+            from datasets import load_dataset
+
+            if self._hub is None:
+                self._hub = load_dataset(self.hparams.hub_dataset, self.hparams.hub_config)
+            return table_from_hub(self._hub, source[4:], self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
+        return read_table(
+            source, self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns, allow_plain_text=split == "predict"
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        """Label names: `label_columns`, else the columns of the first labelled split."""
+        if self._label_names is None:
+            if self.hparams.label_columns:
+                self._label_names = list(self.hparams.label_columns)
+            else:
+                split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
+                if split is None:
+                    raise DataError(f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc.")
+                self._label_names = self.load_table(split).label_names
+        return self._label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    # ---- tokenisation, cached ----------------------------------------------------------
+    def _cache_path(self, split: str, source: str) -> str:
+        key = hashlib.sha1()
+        if os.path.isfile(source):
+            key.update(Path(source).read_bytes())
+        else:
+            key.update(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}".encode())
+        key.update(f"{CACHE_VERSION}|{self.hparams.tokenizer}|{self.hparams.max_length}|{self.hparams.text_column}|{self.label_names}".encode())
+        return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
+
+    def _tokenize(self, split: str) -> dict:
+        table = self.load_table(split)
+        if table.labels is not None and table.label_names != self.label_names:
+            raise DataError(
+                f"{table.source}: its label columns {table.label_names} differ from the training split's {self.label_names}. "
+                "All splits must have the same label columns in the same order."
+            )
+        tokenizer = load_tokenizer(self.hparams.tokenizer)
+        encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
+        limit = self.hparams.max_length
+        truncated = sum(len(ids) > limit for ids in encoded)
+        # keep the final [SEP]/</s> when cutting, as the tokenizer's own truncation would
+        ids = [torch.tensor(x if len(x) <= limit else x[: limit - 1] + x[-1:], dtype=torch.int32) for x in encoded]
+        labels = None if table.labels is None else torch.from_numpy(table.labels.astype(np.float32))
+        return {"input_ids": ids, "labels": labels, "ids": table.ids, "texts": table.texts, "truncated": truncated, "source": table.source}
+
+    def _cached(self, split: str, build: bool) -> dict:
+        source = self.split_source(split)
+        path = self._cache_path(split, source) if source else None
+        if path and os.path.exists(path):
+            return torch.load(path, weights_only=False)
+        data = self._tokenize(split)
+        if build and path:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            torch.save(data, tmp)
+            os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+        return data
+
+    def prepare_data(self) -> None:
+        """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
+        for split in ("train", "validation", "test"):
+            if self.split_source(split) is not None:
+                self._cached(split, build=True)
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"], "predict": ["predict"]}[stage]
+        for split in wanted:
+            data = self._cached(split, build=False)
+            if data["truncated"]:
+                rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
+            if split in ("train", "validation", "test") and data["labels"] is None:
+                raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
+            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"])
+            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
+
+    # ---- loaders ---------------------------------------------------------------------
+    def _collate(self) -> Collator:
+        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        split = self.splits["train"]
+        if self.hparams.group_by_length:
+            sampler = LengthGroupedSampler(split.lengths, self.hparams.batch_size, seed=self.hparams.seed)
+            return DataLoader(split, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(split, batch_size=self.hparams.batch_size, shuffle=True, generator=generator, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.splits[split]
+        # longest first: similar lengths share a batch, and an out-of-memory shows at once
+        order = sorted(range(len(dataset)), key=lambda i: -len(dataset.input_ids[i]))
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")

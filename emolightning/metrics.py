@@ -1,0 +1,137 @@
+"""The official SemEval-2018 Task 1 E-c metrics, as pure functions and as a DDP-safe Metric.
+
+The task is scored with three numbers (Mohammad et al., 2018):
+- sample-averaged Jaccard: mean over tweets of |pred ∩ gold| / |pred ∪ gold|, where a tweet with
+  no gold label and no predicted label scores 1.0 (a correct "neutral"). torchmetrics'
+  MultilabelJaccardIndex averages over labels instead, which is a different number.
+- micro-F1 over every (tweet, label) decision;
+- macro-F1, the mean of the per-label F1s (a label never gold and never predicted scores 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def jaccard_samples(preds: Tensor, target: Tensor) -> Tensor:
+    """Sample-averaged Jaccard.
+
+    Args:
+        preds: (N, L) 0/1 predictions.
+        target: (N, L) 0/1 gold labels.
+    Returns:
+        scalar float tensor in [0, 1].
+    """
+    preds, target = preds.bool(), target.bool()
+    intersection = (preds & target).sum(dim=1).float()
+    union = (preds | target).sum(dim=1).float()
+    per_sample = torch.where(union == 0, torch.ones_like(union), intersection / union.clamp(min=1))
+    return per_sample.mean()
+
+
+def f1_scores(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Micro-F1, macro-F1 and per-label F1.
+
+    Args:
+        preds: (N, L) 0/1 predictions.
+        target: (N, L) 0/1 gold labels.
+    Returns:
+        (micro scalar, macro scalar, per-label (L,)) float tensors.
+    """
+    preds, target = preds.bool(), target.bool()
+    tp = (preds & target).sum(dim=0).float()
+    fp = (preds & ~target).sum(dim=0).float()
+    fn = (~preds & target).sum(dim=0).float()
+    per_label = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+    micro = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1)
+    return micro, per_label.mean(), per_label
+
+
+def official_scores(preds: Tensor, target: Tensor, label_names: list[str]) -> dict[str, float]:
+    """All official numbers as a flat dict: jaccard, f1_micro, f1_macro, f1/<label>."""
+    micro, macro, per_label = f1_scores(preds, target)
+    scores = {"jaccard": jaccard_samples(preds, target).item(), "f1_micro": micro.item(), "f1_macro": macro.item()}
+    scores.update({f"f1/{name}": f.item() for name, f in zip(label_names, per_label)})
+    return scores
+
+
+def tune_thresholds(
+    probs: Tensor, target: Tensor, grid: Tensor | None = None, min_positives: int = 10
+) -> tuple[float, Tensor]:
+    """Thresholds that maximise sample-averaged Jaccard on (probs, target).
+
+    First one global threshold is chosen from `grid`, then each label's threshold is moved
+    on its own (coordinate ascent, labels in order, one pass) while the others stay fixed.
+    A label with fewer than `min_positives` gold positives keeps the global threshold: with a
+    handful of positives the best per-label cut is fitted to noise. Ties keep the value closest
+    to the global threshold (so an uninformative label is never pushed to an extreme).
+
+    Args:
+        probs: (N, L) probabilities.
+        target: (N, L) 0/1 gold labels.
+    Returns:
+        (global threshold, per-label thresholds (L,)).
+    """
+    if grid is None:
+        grid = torch.arange(0.05, 0.951, 0.025)
+    target = target.bool()
+    scores = torch.stack([jaccard_samples(probs >= t, target) for t in grid])
+    best = scores.max()
+    # among tied global thresholds, take the one closest to 0.5
+    tied = grid[scores >= best - 1e-12]
+    global_t = tied[(tied - 0.5).abs().argmin()].item()
+
+    per_label = torch.full((probs.shape[1],), global_t)
+    positives = target.sum(dim=0)
+    for j in range(probs.shape[1]):
+        if positives[j] < min_positives:
+            continue
+        candidate_scores = []
+        for t in grid:
+            trial = per_label.clone()
+            trial[j] = t
+            candidate_scores.append(jaccard_samples(probs >= trial, target))
+        candidate_scores = torch.stack(candidate_scores)
+        tied = grid[candidate_scores >= candidate_scores.max() - 1e-12]
+        per_label[j] = tied[(tied - global_t).abs().argmin()]
+    return global_t, per_label
+
+
+class EmotionScores(Metric):
+    """Collects probabilities, gold labels and sample indices across batches and DDP ranks.
+
+    Keeping per-sample state (rather than running sums) costs N x L floats, tiny for this task,
+    and buys three things: thresholds can be tuned on the synced state, and the duplicates that
+    a DistributedSampler pads onto the last ranks are dropped by index, so a DDP run scores
+    exactly the same set of tweets as a single process.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: Tensor, target: Tensor, index: Tensor) -> None:
+        """probs, target: (B, L); index: (B,) position of each sample in its split."""
+        self.probs.append(probs.detach().float())
+        self.target.append(target.detach().to(torch.uint8))
+        self.index.append(index.detach().long())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(probs, target) over all ranks, one row per distinct sample, ordered by index.
+
+        Scores come from `official_scores(probs >= thresholds, target, ...)`, so one synced
+        state serves the 0.5 scores, the tuned-threshold scores and the tuning itself.
+        """
+        probs, target, index = dim_zero_cat(self.probs), dim_zero_cat(self.target), dim_zero_cat(self.index)
+        order = torch.argsort(index, stable=True)
+        index, probs, target = index[order], probs[order], target[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return probs[keep], target[keep]

@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+
+from conftest import LABELS, make_rows, write_official
+from emolightning.data import Collator, EmotionDataModule, LengthGroupedSampler
+from emolightning.errors import DataError
+from emolightning.tables import read_table
+
+
+def dm(tiny_encoder, cache_dir, **kwargs):
+    return EmotionDataModule(tokenizer=tiny_encoder, cache_dir=cache_dir, batch_size=8, eval_batch_size=16, **kwargs)
+
+
+def test_official_dir_loads_labels_from_header(ec_dir, tiny_encoder, cache_dir):
+    data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
+    assert data.label_names == LABELS and data.num_labels == 11
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["labels"].shape == (8, 11) and batch["input_ids"].shape[0] == 8
+    # dynamic padding: the batch is as long as its longest text, not max_length
+    assert batch["input_ids"].shape[1] == batch["attention_mask"].sum(1).max()
+    assert len(data.splits["validation"]) == 41
+
+
+def test_labels_follow_the_data_not_a_fixed_list(tmp_path, tiny_encoder, cache_dir):
+    other = ["admiration", "curiosity", "grief"]
+    rows = [(f"g{i}", "so very happy news", [i % 2, 1, 0]) for i in range(12)]
+    write_official(tmp_path / "x-train.txt", rows, labels=other)
+    write_official(tmp_path / "x-dev.txt", rows[:4], labels=other)
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path))
+    assert data.label_names == other
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "tsv"])
+def test_table_formats_agree(tmp_path, fmt):
+    rows = make_rows(10, 3, "r")
+    records = [{"ID": i, "Tweet": text, **dict(zip(LABELS, gold))} for i, text, gold in rows]
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps({**r, **{k: bool(r[k]) for k in LABELS}}) for r in records))
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        write_official(path, rows)
+    table = read_table(str(path))
+    assert table.ids == [r[0] for r in rows]
+    assert table.texts == [r[1] for r in rows]
+    assert table.labels.tolist() == [r[2] for r in rows]
+
+
+def test_unlabelled_official_test_file_loads_for_predict(tmp_path, tiny_encoder, cache_dir):
+    write_official(tmp_path / "2018-E-c-En-train.txt", make_rows(10, 0, "a"))
+    write_official(tmp_path / "2018-E-c-En-test.txt", make_rows(7, 1, "b"), unlabelled=True)
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path))
+    data.prepare_data()
+    data.setup("predict")
+    assert len(data.splits["predict"]) == 7 and data.splits["predict"].labels is None
+    with pytest.raises(DataError, match="no labels"):
+        data.setup("test")
+
+
+def test_plain_text_file_for_predict(tmp_path, ec_dir, tiny_encoder, cache_dir):
+    (tmp_path / "texts.txt").write_text("so happy today\nscared of the news\n")
+    data = dm(tiny_encoder, cache_dir, data_dir=ec_dir, predict_file=str(tmp_path / "texts.txt"))
+    data.setup("predict")
+    assert data.tables["predict"].texts == ["so happy today", "scared of the news"]
+
+
+def test_tokenisation_is_cached(ec_dir, tiny_encoder, cache_dir, monkeypatch):
+    data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
+    data.prepare_data()
+    calls = []
+    monkeypatch.setattr(EmotionDataModule, "_tokenize", lambda self, split: calls.append(split))
+    fresh = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
+    fresh.setup("fit")
+    assert calls == [] and len(fresh.splits["train"]) == 96
+
+
+def test_truncation_keeps_final_special_token(tmp_path, tiny_encoder, cache_dir):
+    long_text = " ".join(["very"] * 50)
+    write_official(tmp_path / "a-train.txt", [("1", long_text, [1] + [0] * 10), ("2", "so happy", [0] * 11)])
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path), max_length=16)
+    out = data._tokenize("train")
+    assert out["truncated"] == 1
+    ids = out["input_ids"][0]
+    assert len(ids) == 16 and ids[-1].item() == 3  # [SEP]
+
+
+def test_collator_pads_to_longest():
+    items = [{"input_ids": torch.tensor([2, 7, 3]), "index": 0, "labels": torch.ones(2)}, {"input_ids": torch.tensor([2, 3]), "index": 1, "labels": torch.zeros(2)}]
+    batch = Collator(pad_token_id=0)(items)
+    assert batch["input_ids"].tolist() == [[2, 7, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["index"].tolist() == [0, 1]
+
+
+def test_length_grouped_sampler_groups_and_covers():
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47, 9, 46, 10]
+    sampler = LengthGroupedSampler(lengths, batch_size=2, seed=0, num_replicas=1, rank=0)
+    order = list(sampler)
+    assert sorted(set(order)) == list(range(11)) and len(order) == len(sampler) == 12
+    spreads = [abs(lengths[order[i]] - lengths[order[i + 1]]) for i in range(0, 12, 2)]
+    assert sorted(spreads)[3] <= 2  # most batches pair near-equal lengths
+
+
+def test_length_grouped_sampler_splits_global_batches_across_ranks():
+    lengths = list(range(3, 40))
+    one = LengthGroupedSampler(lengths, batch_size=4, seed=1, num_replicas=1, rank=0)
+    two = [LengthGroupedSampler(lengths, batch_size=2, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    single = list(one)
+    ranks = [list(s) for s in two]
+    for b in range(len(single) // 4):
+        assert sorted(single[4 * b : 4 * b + 4]) == sorted(ranks[0][2 * b : 2 * b + 2] + ranks[1][2 * b : 2 * b + 2])
+    one.set_epoch(1)
+    assert list(one) != single
