@@ -71,3 +71,36 @@ def load_encoder_config(name: str):
         return AutoConfig.from_pretrained(resolve_encoder(name))
     except (OSError, ValueError) as err:
         raise _load_failed(name, "config", err) from err
+
+
+def layer_list(model):
+    """The nn.ModuleList of transformer layers of a BERT/RoBERTa/MiniLM/DistilBERT-style encoder."""
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        else:
+            return module
+    raise ConfigError(f"Cannot find the transformer layers of {type(model).__name__}: `encoder_layers` supports BERT, RoBERTa, MiniLM and DistilBERT layouts.")
+
+
+def keep_layers(model, layers: list[int]):
+    """Keep only `layers` (in that order) of the encoder, in place; updates its config."""
+    import torch.nn as nn
+
+    current = layer_list(model)
+    bad = [i for i in layers if not 0 <= i < len(current)]
+    if bad or not layers:
+        raise ConfigError(f"`encoder_layers` {layers} must name layers 0..{len(current) - 1} of the encoder.")
+    kept = nn.ModuleList([current[i] for i in layers])
+    owner = model
+    for path in ("encoder", "transformer"):
+        if getattr(owner, path, None) is not None and getattr(getattr(owner, path), "layer", None) is current:
+            owner = getattr(owner, path)
+            break
+    owner.layer = kept
+    attribute = "n_layers" if hasattr(model.config, "n_layers") else "num_hidden_layers"
+    setattr(model.config, attribute, len(layers))
+    return model

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .encoders import load_encoder
+from .encoders import keep_layers, load_encoder
 from .errors import ConfigError
 from .metrics import EmotionScores, official_scores, tune_thresholds
 
@@ -58,6 +58,7 @@ class EmotionClassifier(L.LightningModule):
         threshold: float = 0.5,
         tune_thresholds: bool = True,
         min_label_positives: int = 10,
+        encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
     ):
         """Multi-label emotion classifier on a Hugging Face encoder.
@@ -75,6 +76,8 @@ class EmotionClassifier(L.LightningModule):
             threshold: Decision threshold before tuning, used by `val/*` metrics.
             tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
             min_label_positives: Labels with fewer validation positives keep the global threshold.
+            encoder_layers: Keep only these layers of the pretrained encoder (e.g. [0, 2, 4] for a
+                half-depth MiniLM); all layers when unset.
             encoder_config: Filled in automatically: the encoder's config, so a checkpoint can be
                 rebuilt without downloading the encoder again.
         """
@@ -84,6 +87,8 @@ class EmotionClassifier(L.LightningModule):
             raise ConfigError(f"`model.pos_weight` has {len(pos_weight)} values for {len(label_names)} labels {label_names}. Give one weight per label.")
         if encoder_config is None:
             self.encoder = load_encoder(encoder)
+            if encoder_layers is not None:
+                keep_layers(self.encoder, encoder_layers)
             # from_pretrained returns the encoder in eval mode; training needs its dropout back
             self.encoder.train()
             self.hparams.encoder_config = self.encoder.config.to_dict()
