@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .data import EmotionDataModule
-from .errors import EmolightningError
+from .errors import ConfigError, EmolightningError
+from .guards import FiniteLossGuard
 from .model import EmotionClassifier
+from .parser import EmotionArgumentParser
+from .predict import PredictionFileWriter
+from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
+from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLI):
@@ -28,11 +35,57 @@ class EmotionCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/jaccard",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt is last_checkpoint's (resume.py)
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
+        return trainer
+
+    def before_instantiate_classes(self) -> None:
+        # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
+        wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # LightningCLI has no public hook for one subcommand's own options: `predict` gets two
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--output", type=Optional[str], default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
+            parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
+        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
+        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
+        if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
+            resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
+        super()._parse_ckpt_path()
+        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
+        if ckpt and os.path.isfile(ckpt):
+            import torch
+
+            checkpoint = torch.load(ckpt, weights_only=True, map_location="cpu")
+            if "distillation" in checkpoint:
+                init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
+                model = {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
+                self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
+
+    def before_predict(self) -> None:
+        config = self.config_init["predict"]
+        ckpt = config.get("ckpt_path")
+        if not ckpt or not os.path.isfile(ckpt):
+            raise ConfigError(f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned.")
+        output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
+        self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
+        if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
+            config["return_predictions"] = False
 
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:
@@ -41,17 +94,38 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         EmotionDataModule,
         subclass_mode_model=True,
         seed_everything_default=42,
+        save_config_callback=SaveConfigToLogger,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step")]},
+        parser_kwargs={
+            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory); each has --help.",
+            "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
+        },
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
+        parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        run_cli(argv)
-    except EmolightningError as err:
-        if os.environ.get("EMOLIGHTNING_TRACEBACK"):
+        if args and args[0] in ("score", "export"):  # plain commands, no Trainer
+            from importlib import import_module
+
+            import_module(f".{args[0]}", __package__).main(args[1:])
+            return
+        with wandb_login_explained():
+            run_cli(argv)  # None: LightningCLI reads sys.argv itself (and warns if given both)
+    except SIGTERMException:  # a SystemExit: left alone, a preempted run would exit with status 0
+        print("emolightning: stopped by SIGTERM. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
+        sys.exit(143)
+    except Exception as exc:
+        # jsonargparse re-raises what a model's __init__ raised as a ValueError ("Does not validate
+        # against any of the Union subtypes"), chained to it: find the user error in the chain
+        err = exc
+        while err is not None and not isinstance(err, EmolightningError):
+            err = err.__cause__ or err.__context__
+        if err is None or os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
         print(f"emolightning: error: {err}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
         sys.exit(2)

@@ -9,29 +9,40 @@ tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on p
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import socket
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_prefixed_message, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .encoders import load_tokenizer
 from .errors import DataError
+from .resume import ResumableDataLoader
 from .tables import SPLIT_OPTIONS, Table, find_split_file, read_table, resolve_data_dir, table_from_hub
 
 CACHE_VERSION = 1
+log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
+
+
+def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
+    """Token id lists -> int32 tensors of at most `limit` ids, keeping the final [SEP]/</s> as the tokenizer's own truncation would."""
+    return [torch.tensor(x if len(x) <= limit else x[: limit - 1] + x[-1:], dtype=torch.int32) for x in encoded]
 
 
 class TokenizedSplit(Dataset):
     """Token ids and labels of one split; item i is (ids, labels or None, i)."""
 
-    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None):
+    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None, teacher_input_ids: list[torch.Tensor] | None = None):
         self.input_ids, self.labels = input_ids, labels
+        self.teacher_input_ids = teacher_input_ids  # a distillation teacher's own tokenisation, if it differs
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -40,6 +51,8 @@ class TokenizedSplit(Dataset):
         item = {"input_ids": self.input_ids[i], "index": i}
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.teacher_input_ids is not None:
+            item["teacher_input_ids"] = self.teacher_input_ids[i]
         return item
 
     @property
@@ -50,22 +63,28 @@ class TokenizedSplit(Dataset):
 class Collator:
     """Pads a list of items to the longest one in the batch (optionally to a multiple of 8)."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_token_id: int | None = None):
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+        self.teacher_pad_token_id = teacher_pad_token_id
 
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
+    def pad(self, sequences: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(ids) for ids in sequences)
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            input_ids[row, :n] = item["input_ids"]
-            attention_mask[row, :n] = 1
+        input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        return input_ids, attention_mask
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = self.pad([item["input_ids"] for item in items], self.pad_token_id)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items]).float()
+        if "teacher_input_ids" in items[0]:
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = self.pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id)
         return batch
 
 
@@ -77,15 +96,20 @@ class LengthGroupedSampler(DistributedSampler):
     takes every world-size-th item of each global batch. So 2 ranks at batch 8 see exactly the
     batches that 1 process sees at batch 16. It subclasses DistributedSampler so that Lightning
     neither wraps it (which would reshuffle away the grouping) nor forgets to call `set_epoch`.
+    With by_length=False the permutation is cut into batches as it is. The order depends on
+    (seed, epoch) only, so a resumed run can skip the batches already trained on (`skip_batches`,
+    set by resume.ResumableDataLoader).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+    skip_batches = 0  # global batches of this epoch's order not to yield again (once)
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, by_length: bool = True):
         if num_replicas is None or rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             num_replicas = torch.distributed.get_world_size() if dist else 1
             rank = torch.distributed.get_rank() if dist else 0
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.num_replicas, self.rank, self.epoch, self.by_length = num_replicas, rank, 0, by_length
         global_batch = batch_size * num_replicas
         self.num_batches = math.ceil(len(self.lengths) / global_batch)
         self.num_samples = self.num_batches * batch_size
@@ -96,6 +120,8 @@ class LengthGroupedSampler(DistributedSampler):
         global_batch = self.batch_size * self.num_replicas
         # pad with repeats so every rank gets the same number of full batches
         order += order[: self.num_batches * global_batch - len(order)]
+        if not self.by_length:
+            return [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
         mega = global_batch * 50
         batches = []
         for start in range(0, len(order), mega):
@@ -105,7 +131,8 @@ class LengthGroupedSampler(DistributedSampler):
         return [batches[i] for i in shuffled]
 
     def __iter__(self):
-        for batch in self.global_batches():
+        skip, self.skip_batches = self.skip_batches, 0
+        for batch in self.global_batches()[skip:]:
             yield from batch[self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
@@ -134,6 +161,7 @@ class EmotionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         cache_dir: str | None = None,
+        teacher_tokenizer: str | None = None,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -158,6 +186,10 @@ class EmotionDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the training order.
             cache_dir: Where tokenised splits are cached (default ~/.cache/emolightning).
+            teacher_tokenizer: Distillation only, when the teacher tokenises differently from the
+                student (e.g. a RoBERTa teacher, a DistilBERT student): the teacher's tokenizer name
+                or path. Train batches then also hold `teacher_input_ids`/`teacher_attention_mask`.
+                Leave unset when both share a vocabulary (no extra cost).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -221,6 +253,8 @@ class EmotionDataModule(L.LightningDataModule):
         else:
             key.update(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}".encode())
         key.update(f"{CACHE_VERSION}|{self.hparams.tokenizer}|{self.hparams.max_length}|{self.hparams.text_column}|{self.label_names}".encode())
+        if split == "train" and self.hparams.teacher_tokenizer:
+            key.update(f"|teacher={self.hparams.teacher_tokenizer}".encode())
         return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
 
     def _tokenize(self, split: str) -> dict:
@@ -230,14 +264,19 @@ class EmotionDataModule(L.LightningDataModule):
                 f"{table.source}: its label columns {table.label_names} differ from the training split's {self.label_names}. "
                 "All splits must have the same label columns in the same order."
             )
+        # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
+        log.info(rank_prefixed_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}", rank_zero_only.rank))
         tokenizer = load_tokenizer(self.hparams.tokenizer)
         encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
         limit = self.hparams.max_length
         truncated = sum(len(ids) > limit for ids in encoded)
-        # keep the final [SEP]/</s> when cutting, as the tokenizer's own truncation would
-        ids = [torch.tensor(x if len(x) <= limit else x[: limit - 1] + x[-1:], dtype=torch.int32) for x in encoded]
+        ids = truncate(encoded, limit)
         labels = None if table.labels is None else torch.from_numpy(table.labels.astype(np.float32))
-        return {"input_ids": ids, "labels": labels, "ids": table.ids, "texts": table.texts, "truncated": truncated, "source": table.source}
+        data = {"input_ids": ids, "labels": labels, "ids": table.ids, "texts": table.texts, "truncated": truncated, "source": table.source}
+        if split == "train" and self.hparams.teacher_tokenizer:  # only training runs the teacher
+            teacher = load_tokenizer(self.hparams.teacher_tokenizer)
+            data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
+        return data
 
     def _cached(self, split: str, build: bool) -> dict:
         source = self.split_source(split)
@@ -247,7 +286,9 @@ class EmotionDataModule(L.LightningDataModule):
         data = self._tokenize(split)
         if build and path:
             os.makedirs(self.cache_dir, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
+            # multi-node: each node's rank 0 may write into one shared cache dir, and containers
+            # often give every node the same pid, so the host name goes into the temporary name
+            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
             torch.save(data, tmp)
             os.replace(tmp, path)  # atomic: a reader never sees half a cache file
         return data
@@ -266,20 +307,19 @@ class EmotionDataModule(L.LightningDataModule):
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
             if split in ("train", "validation", "test") and data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
-            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"])
+            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
             self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
 
     # ---- loaders ---------------------------------------------------------------------
     def _collate(self) -> Collator:
-        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id)
+        teacher = self.hparams.teacher_tokenizer
+        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id, teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None)
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]
-        if self.hparams.group_by_length:
-            sampler = LengthGroupedSampler(split.lengths, self.hparams.batch_size, seed=self.hparams.seed)
-            return DataLoader(split, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(split, batch_size=self.hparams.batch_size, shuffle=True, generator=generator, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        # resumable mid-epoch (resume.py): the order is a function of (seed, epoch) in both modes
+        sampler = LengthGroupedSampler(split.lengths, self.hparams.batch_size, seed=self.hparams.seed, by_length=self.hparams.group_by_length)
+        return ResumableDataLoader(split, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.splits[split]

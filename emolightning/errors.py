@@ -15,3 +15,7 @@ class DataError(EmolightningError):
 
 class ConfigError(EmolightningError):
     """A config value, option or checkpoint that does not fit."""
+
+
+class TrainingError(EmolightningError):
+    """Training cannot go on as it is (e.g. a NaN or infinite loss); the message says what was kept."""

@@ -51,7 +51,7 @@ def tiny_encoder(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny-bert")
     vocab = SPECIALS + sorted(set(FILLER) | set(CUES.values()) | set("abcdefghijklmnopqrstuvwxyz"))
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(out)
     return str(out)
@@ -70,6 +70,20 @@ def ec_dir(tmp_path_factory) -> str:
 @pytest.fixture
 def cache_dir(tmp_path) -> str:
     return str(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
+    """One `emolightning fit` of the tiny BERT (1 epoch, 2 steps), shared by the predict and export tests.
+
+    Returns its root dir, saved config.yaml and best checkpoint.
+    """
+    from test_cli import emolightning, tiny_args
+
+    root = tmp_path_factory.mktemp("trained")
+    emolightning("fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3"))
+    run = next((root / "run" / "lightning_logs").glob("version_*"))
+    return {"root": root, "config": run / "config.yaml", "ckpt": next((run / "checkpoints").glob("best-*.ckpt"))}
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,331 @@
+"""DistilBERT-style distillation: a frozen teacher classifier trains a smaller student.
+
+The student IS an EmotionClassifier (encoder -> pooling -> dropout -> linear); only its training
+loss changes (losses.py): soft_weight * soft-target KL to the teacher (temperature T, scaled by
+T²) + hard_weight * BCE on the gold labels + cosine_weight * (1 - cos) between the last hidden
+states of student and teacher. Validation, test, thresholds and metrics are the plain module's.
+
+The teacher is an emolightning checkpoint (.ckpt) or a Hugging Face directory/name of a fine-tuned
+AutoModelForSequenceClassification. It is frozen, always in eval mode, run under no_grad and never
+saved: the student's checkpoint is a plain EmotionClassifier checkpoint (`on_save_checkpoint`).
+With `student_layers` the student starts as in DistilBERT from the teacher itself: its embeddings,
+the chosen layers (e.g. every other one) and its head.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
+from .errors import ConfigError
+from .losses import hard_label_loss, hidden_cosine_loss, soft_target_loss
+from .model import EmotionClassifier, linear_warmup_decay, pool
+
+# text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
+PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
+
+
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether two tokenizers give the same ids (e.g. bert-base-uncased and distilbert-base-uncased)."""
+    if a == b or resolve_encoder(a) == resolve_encoder(b):
+        return True
+    ta, tb = load_tokenizer(a), load_tokenizer(b)
+    return ta.get_vocab() == tb.get_vocab() and ta(PROBE)["input_ids"] == tb(PROBE)["input_ids"]
+
+
+def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
+    """The EmotionClassifier subset of a distiller's hyperparameters, rebuilding the student's encoder."""
+    names = inspect.signature(EmotionClassifier.__init__).parameters
+    out = {k: v for k, v in hparams.items() if k in names and k != "self"}
+    out["encoder_config"] = encoder_config
+    return out
+
+
+class Teacher(nn.Module):
+    """A frozen classifier: (B, T) ids and mask -> (B, L) logits and (B, T, H) last hidden states.
+
+    Holds the encoder and head of an emolightning checkpoint, or a whole Hugging Face
+    AutoModelForSequenceClassification. `train()` keeps it in eval mode whatever calls it (Lightning
+    calls `model.train()` at the start of fit and after each validation), so dropout stays off and
+    its outputs are a fixed function of the input, which is what makes caching them valid.
+    """
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source, self.model = source, None
+        if source.endswith(".ckpt"):
+            if not os.path.isfile(source):
+                raise ConfigError(
+                    f"The teacher checkpoint '{source}' (option `model.init_args.teacher`) does not exist. Fine-tune the "
+                    "teacher first (e.g. `emolightning fit --config configs/semeval/minilm-l6.yaml`) and pass its checkpoint "
+                    "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
+                )
+            classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
+            self.encoder, self.head, self.pooling = classifier.encoder, classifier.head, classifier.hparams.pooling
+            self.label_names: list[str] | None = classifier.label_names
+            self.tokenizer = classifier.hparams.encoder
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            try:
+                self.model = AutoModelForSequenceClassification.from_pretrained(resolve_encoder(source))
+            except (OSError, ValueError) as err:
+                raise ConfigError(
+                    f"Could not load the teacher '{source}' (option `model.init_args.teacher`) as a Hugging Face sequence "
+                    f"classifier ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Give an emolightning checkpoint "
+                    "(.ckpt) or a local directory holding a fine-tuned AutoModelForSequenceClassification."
+                ) from err
+            names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+            generic = all(re.fullmatch(r"LABEL_\d+", str(name)) for name in names)
+            self.label_names = None if generic else names
+            self.num_labels, self.pooling, self.tokenizer = self.model.config.num_labels, None, source
+            if self.model.config.problem_type == "single_label_classification":
+                rank_zero_warn(f"The teacher '{source}' is a single-label (softmax) classifier; its sigmoid soft targets mean little. Consider `soft_loss: softmax`.")
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def base(self) -> nn.Module:
+        """The transformer under the head (what a DistilBERT-style student is copied from)."""
+        return self.encoder if self.model is None else self.model.base_model
+
+    def train(self, mode: bool = True) -> Teacher:
+        return super().train(False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = True) -> tuple[Tensor, Tensor | None]:
+        if self.model is None:
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.head(pool(states, attention_mask, self.pooling)), states
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        return out.logits, (out.hidden_states[-1] if hidden else None)
+
+
+class EmotionDistiller(EmotionClassifier):
+    def __init__(
+        self,
+        encoder: str,
+        label_names: list[str],
+        lr: float,
+        teacher: str,
+        head_lr: float | None = None,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        pooling: Literal["cls", "mean"] = "cls",
+        dropout: float = 0.1,
+        pos_weight: list[float] | None = None,
+        threshold: float = 0.5,
+        tune_thresholds: bool = True,
+        min_label_positives: int = 10,
+        encoder_layers: list[int] | None = None,
+        encoder_config: dict | None = None,
+        student_layers: list[int] | None = None,
+        temperature: float = 2.0,
+        soft_weight: float = 0.5,
+        hard_weight: float = 0.5,
+        cosine_weight: float = 0.0,
+        cosine_projection: bool = False,
+        soft_loss: Literal["sigmoid", "softmax"] = "sigmoid",
+        cache_teacher_logits: bool = False,
+    ):
+        """A student EmotionClassifier trained against a frozen teacher (DistilBERT-style).
+
+        Its checkpoints are plain EmotionClassifier checkpoints, without the teacher: test or
+        predict with a config naming `class_path: emolightning.EmotionClassifier` (or
+        `EmotionClassifier.load_from_checkpoint`), no teacher needed.
+
+        Args:
+            encoder: The student's encoder (Hub name or directory), loaded from pretrained; with
+                `student_layers` only its tokenizer is used (it must tokenise like the teacher).
+            label_names: Emotion names, in the data's column order (linked from the data by the CLI).
+            lr: Peak learning rate of the student's encoder (AdamW).
+            teacher: An emolightning checkpoint (.ckpt) of the fine-tuned teacher, or a Hugging Face
+                directory/name of a fine-tuned multi-label AutoModelForSequenceClassification.
+                If its tokenizer differs from the student's, set `data.teacher_tokenizer` to it.
+            head_lr: Learning rate of the classification head (default: lr).
+            weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
+            warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
+            pooling: `cls` (first token) or `mean` (mean over real tokens) for the student.
+            dropout: Dropout before the student's linear head.
+            pos_weight: Per-label positive-class weights of the hard BCE loss, or none.
+            threshold: Decision threshold before tuning, used by `val/*` metrics.
+            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
+            min_label_positives: Labels with fewer validation positives keep the global threshold.
+            encoder_layers: Keep only these layers of the pretrained student encoder (not with student_layers).
+            encoder_config: Filled in automatically: the student encoder's config.
+            student_layers: Build the student from the teacher as in DistilBERT: its embeddings, these
+                of its layers (e.g. [0, 2, 4] of 6) and, for an emolightning teacher, its head.
+                Unset: the student is `encoder` from pretrained.
+            temperature: Softmax/sigmoid temperature T of the soft targets (the loss is scaled by T²).
+            soft_weight: Weight of the soft-target loss (`train/loss_soft`).
+            hard_weight: Weight of the gold-label BCE loss (`train/loss_hard`).
+            cosine_weight: Weight of the hidden-state cosine loss (`train/loss_cos`); it needs the
+                same tokenizer for both, and equal hidden sizes or `cosine_projection`.
+            cosine_projection: If the hidden sizes differ, learn a linear map student -> teacher for
+                the cosine loss (true) or switch the cosine loss off (false).
+            soft_loss: `sigmoid`: per-label binary KL (multi-label data); `softmax`: the DistilBERT
+                paper's KL over the labels (single-label data).
+            cache_teacher_logits: Run the teacher once per training example and reuse its logits in
+                later epochs (valid because the teacher is in eval mode and the data is fixed). No
+                effect while the cosine loss is on: it needs the teacher's hidden states every step.
+        """
+        if student_layers is not None and encoder_layers is not None:
+            raise ConfigError("Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both.")
+        frozen = Teacher(teacher)
+        if frozen.label_names is not None and list(frozen.label_names) != list(label_names):
+            raise ConfigError(
+                f"The teacher '{teacher}' predicts the labels {list(frozen.label_names)}, but the data has {list(label_names)}. "
+                "Distil on the data the teacher was trained on, or set `data.label_columns` to the teacher's labels."
+            )
+        if frozen.model is not None and frozen.num_labels != len(label_names):
+            raise ConfigError(f"The teacher '{teacher}' has {frozen.num_labels} outputs, but the data has {len(label_names)} labels {list(label_names)}.")
+        copied = None
+        if student_layers is not None and encoder_config is None:  # (with encoder_config the weights come from a checkpoint)
+            copied = copy.deepcopy(frozen.base)
+            try:
+                keep_layers(copied, student_layers)
+            except ConfigError:
+                raise ConfigError(f"`model.init_args.student_layers` {student_layers} must name layers 0..{len(layer_list(frozen.base)) - 1} of the teacher.") from None
+        super().__init__(
+            encoder, label_names, lr, head_lr=head_lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, pooling=pooling,
+            dropout=dropout, pos_weight=pos_weight, threshold=threshold, tune_thresholds=tune_thresholds,
+            min_label_positives=min_label_positives, encoder_layers=encoder_layers,
+            encoder_config=copied.config.to_dict() if copied is not None else encoder_config,
+        )
+        self.same_tokenizer = same_tokenizer(encoder, frozen.tokenizer)
+        if copied is not None:
+            if not self.same_tokenizer:
+                raise ConfigError(
+                    f"With `student_layers` the student inherits the teacher's embeddings, so `model.init_args.encoder` must name the "
+                    f"teacher's tokenizer: set it to '{frozen.tokenizer}' (it is '{encoder}')."
+                )
+            missing, unexpected = self.encoder.load_state_dict(copied.state_dict(), strict=False)
+            # the only difference allowed: BERT/RoBERTa poolers, which the student never uses
+            if [k for k in missing + unexpected if not k.startswith("pooler.")]:
+                raise ConfigError(f"Cannot copy the teacher's layers into the student: missing {missing}, unexpected {unexpected}.")
+            self.encoder.train()
+            self.hparams.encoder_config = self.encoder.config.to_dict()
+            if frozen.model is None:
+                self.head.load_state_dict(frozen.head.state_dict())
+                if frozen.pooling != pooling:
+                    rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{frozen.pooling}`.")
+        self.teacher = frozen
+
+        teacher_hidden, student_hidden = frozen.base.config.hidden_size, self.encoder.config.hidden_size
+        self.projection = None
+        self.use_cosine = cosine_weight > 0
+        if self.use_cosine and not self.same_tokenizer:
+            self.use_cosine = False
+            rank_zero_info("distillation: the cosine loss is off: teacher and student tokenise differently, so their tokens do not align. Only the logit losses apply.")
+        elif self.use_cosine and student_hidden != teacher_hidden:
+            if cosine_projection:
+                self.projection = nn.Linear(student_hidden, teacher_hidden)
+            else:
+                self.use_cosine = False
+                rank_zero_info(f"distillation: the cosine loss is off: hidden sizes differ (student {student_hidden}, teacher {teacher_hidden}); set `cosine_projection: true` to learn a projection.")
+        self.cache_logits = cache_teacher_logits and not self.use_cosine
+        if cache_teacher_logits and self.use_cosine:
+            rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
+        self._cache: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
+        self._cached: Tensor | None = None  # (N,) bool: row i holds example i's logits
+        rank_zero_info(
+            f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
+            f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if encoder_config else encoder}); "
+            f"loss = {soft_weight} x soft (T={temperature}, {soft_loss}) + {hard_weight} x hard"
+            + (f" + {cosine_weight} x cosine" if self.use_cosine else "")
+            + f". The teacher's {len(list(frozen.modules()))} modules stay in eval mode on purpose (Lightning warns about them at the start of fit)."
+        )
+
+    # ---- the teacher ---------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_outputs(self, batch: dict) -> tuple[Tensor, Tensor | None]:
+        """(B, L) teacher logits and, if the cosine loss needs them, (B, T, H) last hidden states."""
+        if self.same_tokenizer:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+        elif "teacher_input_ids" in batch:
+            ids, mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+        else:
+            raise ConfigError(
+                f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
+                f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
+            )
+        if not self.cache_logits:
+            return self.teacher(ids, mask, hidden=self.use_cosine)
+        index = batch["index"]
+        if self._cache is None or len(self._cache) <= int(index.max()):
+            size = max(int(index.max()) + 1, 2 * (0 if self._cache is None else len(self._cache)))
+            cache = torch.zeros(size, len(self.label_names), device=index.device)
+            cached = torch.zeros(size, dtype=torch.bool, device=index.device)
+            if self._cache is not None:
+                cache[: len(self._cache)], cached[: len(self._cached)] = self._cache, self._cached
+            self._cache, self._cached = cache, cached
+        if not bool(self._cached[index].all()):  # the batch is padded together, so run it whole
+            logits, _ = self.teacher(ids, mask, hidden=False)
+            self._cache[index], self._cached[index] = logits.float(), True
+        return self._cache[index], None
+
+    # ---- training ------------------------------------------------------------------------
+    def distillation_losses(self, batch: dict) -> dict[str, Tensor]:
+        """`loss` (the weighted sum) and its parts `loss_soft`, `loss_hard` and, when on, `loss_cos`."""
+        hp, mask = self.hparams, batch["attention_mask"]
+        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        logits = self.head(self.dropout(pool(hidden, mask, hp.pooling)))
+        teacher_logits, teacher_hidden = self.teacher_outputs(batch)
+        losses = {
+            "loss_soft": soft_target_loss(logits, teacher_logits, hp.temperature, multi_label=hp.soft_loss == "sigmoid"),
+            "loss_hard": hard_label_loss(logits, batch["labels"], self.pos_weight),
+        }
+        total = hp.soft_weight * losses["loss_soft"] + hp.hard_weight * losses["loss_hard"]
+        if self.use_cosine:
+            student = hidden if self.projection is None else self.projection(hidden)
+            losses["loss_cos"] = hidden_cosine_loss(student, teacher_hidden, mask)
+            total = total + hp.cosine_weight * losses["loss_cos"]
+        return {"loss": total, **losses}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses = self.distillation_losses(batch)
+        size = len(batch["labels"])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        if self.projection is not None:  # trained like the head; the schedule is rebuilt to cover it
+            optimizer, head_lr = config["optimizer"], self.hparams.head_lr or self.hparams.lr
+            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": head_lr})
+            total = self.trainer.estimated_stepping_batches
+            config["lr_scheduler"]["scheduler"] = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return config
+
+    # ---- checkpoints: the student alone, as a plain EmotionClassifier ---------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint["state_dict"]
+        checkpoint["distillation"] = {
+            "hyper_parameters": {k: v for k, v in dict(self.hparams).items() if not k.startswith("_")},
+            "projection": {k: state.pop(k) for k in [k for k in state if k.startswith("projection.")]},
+        }
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+        # no `_class_path`: `EmotionClassifier.load_from_checkpoint` and `emolightning test --ckpt_path` build a plain
+        # EmotionClassifier, and a resumed `emolightning fit --config distill.yaml` stays a distiller
+        checkpoint["hyper_parameters"] = student_hyperparameters(checkpoint.get("hyper_parameters", dict(self.hparams)), self.encoder.config.to_dict())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint["state_dict"]
+        # the teacher was not saved: it comes from `teacher` (strict loading wants its keys)
+        for key, value in self.teacher.state_dict(prefix="teacher.").items():
+            state.setdefault(key, value)
+        if self.projection is not None:
+            saved = checkpoint.get("distillation", {}).get("projection", {})
+            for key, value in self.projection.state_dict(prefix="projection.").items():
+                state.setdefault(key, saved.get(key, value))

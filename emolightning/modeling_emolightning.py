@@ -1,0 +1,62 @@
+"""A Hugging Face model class for exported emolightning classifiers (see export.py).
+
+`emolightning export` copies this file verbatim into the export directory, next to config.json
+(whose `auto_map` names it), so it must import nothing but torch and transformers: whoever loads
+the export with `trust_remote_code=True` has no emolightning installed.
+
+It is emolightning's EmotionClassifier without Lightning: any encoder (`AutoModel.from_config` of
+the encoder's own config) -> the first token (`classifier_pooling: cls`) or the mean over real
+tokens (`mean`) -> dropout -> linear -> one logit per label. No standard class does this: e.g.
+BertForSequenceClassification puts BERT's pooler (dense + tanh) on the first token, which
+emolightning does not, and no standard class mean-pools. The state dict keys are emolightning's
+(`encoder.*`, `head.*`), so an export is a rename-free copy of the checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class EmolightningForSequenceClassification(PreTrainedModel):
+    """Multi-label emotion classifier: sigmoid(logits) >= config.thresholds gives the labels."""
+
+    base_model_prefix = "encoder"
+    # attention backends are the encoder's business: claim them here so that the config's
+    # choice (sdpa by default) reaches the encoder instead of being downgraded to eager
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config)
+        # BERT/RoBERTa's own pooler (dense + tanh on the first token) is unused, as in emolightning
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
+        self.head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, H), exactly as emolightning.model.pool."""
+        if self.config.classifier_pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, token_type_ids=None, return_dict=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # token_type_ids are accepted (tokenizers return them) but not passed: emolightning
+        # trained on single texts without them, and the encoder's default is the same zeros
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.head(self.dropout(self.pool(hidden, attention_mask)))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return SequenceClassifierOutput(loss=loss, logits=logits)

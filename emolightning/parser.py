@@ -1,0 +1,116 @@
+"""The CLI's argument parser: jsonargparse's, plus "did you mean ...?" for an option that does not exist.
+
+jsonargparse reports an unknown key as `unrecognized arguments: --trainer.max_epochz 1`, as
+`... does not accept option 'max_epochz'` (in a config file) or, for the model's init args, as
+`Option 'learnin_rate' is not accepted` inside a long Union message. `EmotionArgumentParser.error`
+appends the closest valid key: from the parser's own keys, the init args of the model classes, and
+a few names that users of the Hugging Face Trainer type by habit (`learning_rate`, `num_train_epochs`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+# Hugging Face Trainer / argparse-script habits -> the emolightning key
+ALIASES = {
+    "learning_rate": "model.init_args.lr",
+    "num_train_epochs": "trainer.max_epochs",
+    "epochs": "trainer.max_epochs",
+    "per_device_train_batch_size": "data.batch_size",
+    "train_batch_size": "data.batch_size",
+    "per_device_eval_batch_size": "data.eval_batch_size",
+    "max_seq_length": "data.max_length",
+    "model_name_or_path": "model.init_args.encoder",
+    "gradient_accumulation_steps": "trainer.accumulate_grad_batches",
+    "output_dir": "trainer.default_root_dir",
+    "seed": "seed_everything",
+}
+SUBCOMMANDS = ["fit", "validate", "test", "predict", "score", "export"]
+
+
+def model_keys() -> list[str]:
+    """`model.init_args.<name>` for every argument of the model classes."""
+    from . import model
+
+    classes = [model.EmotionClassifier]
+    try:
+        from .distill import EmotionDistiller
+
+        classes.append(EmotionDistiller)
+    except ImportError:
+        pass
+    names = {n for c in classes for n in inspect.signature(c.__init__).parameters if n not in ("self", "args", "kwargs")}
+    return ["model.class_path"] + [f"model.init_args.{n}" for n in sorted(names)]
+
+
+def known_keys(parser) -> list[str]:
+    """Every option key of `parser` and its subcommands' parsers (dotted, without dashes)."""
+    keys = []
+    subcommands = getattr(parser, "_subcommands_action", None)
+    if subcommands is not None:
+        for sub in subcommands._name_parser_map.values():
+            keys += known_keys(sub)
+    for action in parser._actions:
+        if action.dest not in ("help", "config", "==SUPPRESS==") and action is not subcommands:
+            keys.append(action.dest)
+    if "model" in keys:
+        keys += model_keys()
+    return sorted(set(keys))
+
+
+def unknown_keys(message: str) -> list[str]:
+    """The option keys that an error message of jsonargparse names as not accepted."""
+    found = []
+    if m := re.search(r"unrecognized arguments: (.*)", message):
+        found += [t.lstrip("-").split("=", 1)[0] for t in m.group(1).split() if t.startswith("--")]
+    for group, option in re.findall(r"Group '([^']+)' does not accept option '([^']+)'", message):
+        found.append(f"{group}.{option}")
+    found += re.findall(r"Subcommand '[^']+' does not accept option '([^']+)'", message)
+    parent = re.search(r'Parser key "([^"]+)"', message)
+    for option in re.findall(r"Option '([^']+)' is not accepted", message):
+        found.append(f"{parent.group(1)}.init_args.{option}" if parent and "." not in option else option)
+    return found
+
+
+def closest(unknown: str, keys: list[str]) -> str | None:
+    """The valid key that `unknown` most likely meant, or None."""
+    leaf = unknown.rsplit(".", 1)[-1]
+    if alias := difflib.get_close_matches(leaf, list(ALIASES), n=1, cutoff=0.85):
+        return ALIASES[alias[0]]
+    if match := difflib.get_close_matches(unknown, keys, n=1, cutoff=0.8):
+        return match[0]
+    if same_leaf := [k for k in keys if k.rsplit(".", 1)[-1] == leaf]:  # --max_epochs -> trainer.max_epochs
+        return same_leaf[0]
+    group = unknown.rsplit(".", 1)[0] if "." in unknown else None
+    leaves = {k.rsplit(".", 1)[-1]: k for k in keys if group is None or k.startswith(group + ".")}
+    match = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+    return leaves[match[0]] if match else None
+
+
+def suggestion(message: str, parser) -> str:
+    """' Did you mean ...?' lines for the unknown keys or subcommand in `message` ('' when none)."""
+    if m := re.search(r"invalid choice: '([^']+)'", message):
+        match = difflib.get_close_matches(m.group(1), SUBCOMMANDS, n=1, cutoff=0.6)
+        return f"\nDid you mean `emolightning {match[0]}`?" if match else ""
+    unknown = unknown_keys(message)
+    if not unknown:
+        return ""
+    keys = known_keys(parser)
+    hints = []
+    for key in unknown:
+        if (match := closest(key, keys)) and match != key:
+            hints.append(f"Did you mean `{match}` (`--{match}` on the command line) instead of `{key}`?")
+    return "".join("\n" + h for h in hints)
+
+
+class EmotionArgumentParser(LightningArgumentParser):
+    def error(self, message: str, ex: Exception | None = None):
+        try:
+            hint = suggestion(message, getattr(ex, "subcommand_parser", None) or self)
+        except Exception:  # a hint must never hide the error itself
+            hint = ""
+        return super().error(message + hint, ex)

@@ -1,0 +1,273 @@
+"""Interrupted runs: resume exactly where they stopped, with `emolightning fit --config <run>/config.yaml --ckpt_path last`.
+
+What a resume needs, and where it comes from:
+
+- A recent checkpoint: `LastCheckpoint` rewrites `last.ckpt` after every epoch, on SIGTERM and
+  every `last_checkpoint.every_n_train_steps` optimizer steps, through `AtomicCheckpointIO`, so a
+  kill never leaves half a checkpoint under a checkpoint's name.
+- Finding it: `resolve_resume` turns `--ckpt_path last` into the newest `last*.ckpt` of the run's
+  directory (a resumed run gets a new logger version_N+1, where Lightning's own "last" looks and
+  finds nothing), and has the resumed run write its checkpoints beside the one it resumed from, so
+  `checkpoint`'s best-model tracking carries on.
+- The same batches: Lightning resumes mid-epoch only with a stateful train loader.
+  `ResumableDataLoader` records how many batches of the epoch it handed out; after a restart its
+  sampler, whose order is a function of (seed, epoch), skips those.
+- The same dropout masks: Lightning does not checkpoint random number generators. `ExactResume`
+  saves them in every checkpoint and puts them back just before training continues.
+Optimizer, LR scheduler, loop counters and callbacks' states are Lightning's own business.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader
+
+from .errors import ConfigError
+
+# where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
+# explicit dirpath), lightning_logs/version_N/checkpoints (CSV/TensorBoard), <project>/<run id>/checkpoints (W&B)
+CHECKPOINT_DIRS = ("checkpoints", "*/checkpoints", "*/*/checkpoints")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temporary file in the checkpoint's own folder, fsync, then `os.replace`.
+
+    Lightning's own save (`_atomic_save`) goes through an fsspec transaction whose temporary file
+    is made by `tempfile.mkstemp()`, i.e. in /tmp. When /tmp is another filesystem than the
+    checkpoints (a tmpfs, a container volume, a network disk), the final move falls back to a copy
+    into the checkpoint's name, and a kill during that copy leaves a truncated `last.ckpt` that the
+    next `--ckpt_path last` would pick; /tmp also has to hold a whole checkpoint. A rename within one
+    folder is atomic: a reader sees the old file or the new one, never a part. Remote paths (s3://
+    ...) keep Lightning's save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = str(path)
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{socket.gethostname()}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+def use_atomic_checkpoint_io(trainer) -> None:
+    """Give the trainer's strategy `AtomicCheckpointIO` unless it was configured with another CheckpointIO."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class LastCheckpoint(ModelCheckpoint):
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0):
+        """`last.ckpt`, the latest state of a run, for resuming it with `--ckpt_path last`.
+
+        Rewritten (atomically, always under that name) at the end of every epoch, after its
+        validation, every `every_n_train_steps` optimizer steps, and on SIGTERM. It holds everything a resume
+        needs: weights, optimizer and scheduler states, loop counters, the position in the epoch's
+        data order and the random number generators.
+
+        Args:
+            dirpath: Folder of last.ckpt; linked from `checkpoint.dirpath` (default: the run's
+                checkpoints folder).
+            every_n_train_steps: Also save every that many optimizer steps, so a kill loses at most
+                that many steps (0: only at epoch ends). Each save writes weights and optimizer
+                state (~3x the model's size).
+        """
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps or None, enable_version_counter=False)
+
+    # step-wise saves: ModelCheckpoint.on_train_batch_end (save_top_k=0 writes only last.ckpt)
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # SIGTERM (preemption, `scancel`, `kill PID`): Lightning finishes the batch, then raises this;
+        # the state is consistent, so save it. Not on other exceptions (a NaN loss, Ctrl+C mid-step).
+        if isinstance(exception, SIGTERMException):
+            self._save_last(trainer)
+
+    def _save_last(self, trainer) -> None:
+        # also when a step-wise save just wrote this global step: the epoch-end state has the
+        # validation results (tuned thresholds, the best-model tracking of `checkpoint`)
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def rng_states(device: torch.device | None = None) -> dict:
+    """The global random number generators, as tensors and plain Python values (loadable with weights_only)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+    }
+    if device is not None and device.type == "cuda":  # this rank's GPU only: get_rng_state_all would open every GPU
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device | None = None) -> None:
+    torch.set_rng_state(states["torch"])
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in states and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+class ExactResume(Callback):
+    """What Lightning does not restore on its own: the random number generators, and sometimes the loader's position.
+
+    RNG: saved in every checkpoint, restored at the first `on_train_epoch_start` or
+    `on_train_batch_start` after loading, the point at which the uninterrupted run went on after
+    saving. Earlier would not do: between loading and training, a resumed run draws numbers the
+    uninterrupted one did not (sanity validation, the DataLoader iterator's base seed). Under DDP
+    every rank gets rank 0's state, which is what all ranks had anyway (same seed, same draws).
+
+    Loader position: when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours
+    does, for the LR schedule), Lightning builds the train loader before restoring the checkpoint
+    and then never hands it its saved state (Lightning issue #20550); `on_train_start` does, before
+    the first batch is drawn.
+    """
+
+    def __init__(self):
+        self._pending: dict | None = None
+        self._device: torch.device | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._device = pl_module.device
+
+    def state_dict(self) -> dict:
+        return rng_states(self._device)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        fit_loop = trainer.fit_loop
+        states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+        if states and fit_loop._combined_loader is not None:
+            fit_loop._combined_loader._load_state_dicts(states)
+            fit_loop._combined_loader_states_to_load = []
+
+    def _restore_rng(self, pl_module) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending, pl_module.device)
+            self._pending = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # resumed at an epoch boundary
+        self._restore_rng(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # resumed mid-epoch
+        self._restore_rng(pl_module)
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch.
+
+    Lightning checks a train loader for `state_dict`/`load_state_dict`, saves the former in every
+    checkpoint and calls the latter on resume; only then does it resume mid-epoch instead of starting
+    the epoch over. The state is (epoch, batches handed out this epoch). Lightning fetches a sized
+    loader's batches one at a time, so when ModelCheckpoint saves in `on_train_batch_end` of batch k,
+    exactly k + 1 batches were handed out, all of them trained on. The sampler must draw its order
+    from (seed, epoch) and support `skip_batches` (LengthGroupedSampler).
+    """
+
+    _batches_done = 0  # class defaults: Lightning may re-create the loader from its __init__ arguments
+    _resume_at: dict | None = None
+
+    def state_dict(self) -> dict:
+        global_batch = self.sampler.batch_size * self.sampler.num_replicas
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches_done), "global_batch": int(global_batch)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_at = dict(state_dict)
+
+    def __iter__(self):
+        # a generator: this runs at the first next(), after Lightning's set_epoch for the epoch
+        resume, self._resume_at = self._resume_at, None
+        skip = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        if skip and resume.get("global_batch") != self.sampler.batch_size * self.sampler.num_replicas:
+            rank_zero_warn(
+                f"Resuming in mid-epoch with another global batch size ({resume.get('global_batch')} before, now data.batch_size "
+                f"{self.sampler.batch_size} x {self.sampler.num_replicas} devices): the epoch's order differs, so its rest is "
+                "only approximately the rows not yet seen. Resume with the same batch size and devices for an exact resume."
+            )
+        self.sampler.skip_batches = skip
+        self._batches_done = skip
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+
+def find_last_checkpoint(folders: list[str]) -> str | None:
+    """The most recently written `last*.ckpt` in `folders` (glob patterns), or None."""
+    found = [p for folder in folders for p in glob.glob(os.path.join(folder, "last*.ckpt"))]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def resolve_resume(subcommand: str, config) -> None:
+    """`--ckpt_path last` -> the run's newest last.ckpt; a resumed `fit` keeps writing checkpoints beside it.
+
+    `config` is the subcommand's parsed namespace, changed in place (so the new run's config.yaml
+    records the checkpoint it resumed from).
+    """
+    ckpt = config.get("ckpt_path")
+    if not ckpt or ckpt in ("best", "hpc") or "://" in str(ckpt):
+        return
+    checkpoint_dir = config.get("checkpoint", {}).get("dirpath") if subcommand == "fit" else None
+    if ckpt == "last":
+        if checkpoint_dir:
+            folders = [checkpoint_dir]
+        else:
+            roots = {config.get("trainer", {}).get("default_root_dir") or os.getcwd()}
+            loggers = config.get("trainer", {}).get("logger")
+            for logger in loggers if isinstance(loggers, list) else [loggers]:
+                save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
+                if save_dir:
+                    roots.add(save_dir)
+            folders = [os.path.join(root, pattern) for root in sorted(roots) for pattern in CHECKPOINT_DIRS]
+        found = find_last_checkpoint(folders)
+        if found is None:  # Lightning warns and starts from scratch: `--ckpt_path last` can be set and forgotten
+            return
+        rank_zero_info(f"--ckpt_path last: resuming from {found}")
+        config.ckpt_path = ckpt = found
+    elif not os.path.isfile(ckpt):
+        raise ConfigError(
+            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by "
+            "`emolightning fit` (<run>/checkpoints/best-*.ckpt or last.ckpt), or `--ckpt_path last` to resume "
+            "the latest run under trainer.default_root_dir."
+        )
+    if subcommand == "fit" and not checkpoint_dir:
+        # the resumed run logs to a new version_N+1, but its checkpoints continue in the old folder:
+        # `checkpoint` restores its best score only when its dirpath is unchanged
+        folder = os.path.dirname(os.path.abspath(ckpt))
+        config.checkpoint.dirpath = folder
+        if config.get("last_checkpoint") is not None:
+            config.last_checkpoint.dirpath = folder

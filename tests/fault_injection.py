@@ -1,0 +1,66 @@
+"""Test-only callbacks that break a run on purpose, added with `--trainer.callbacks+=...` (tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    def __init__(self, step: int):
+        """SIGKILL this process (as `kill -9` would) right after optimizer step `step`, in a run not resumed from a checkpoint.
+
+        Args:
+            step: Global step after which to die; steps after the last checkpoint are lost.
+        """
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectNaN(Callback):
+    def __init__(self, step: int):
+        """Set one weight of the head to NaN before the forward pass of global step `step`.
+
+        Args:
+            step: Global step whose loss becomes NaN.
+        """
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.head.weight[0, 0] = float("nan")
+
+
+class RecordSteps(Callback):
+    def __init__(self, path: str):
+        """Append `global_step<TAB>row indices<TAB>loss` for every training batch to `path` (for comparing runs).
+
+        Args:
+            path: Text file to append to.
+        """
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step}\t{batch['index'].tolist()}\t{float(outputs['loss']):.10f}\n")
+
+
+class SigtermAtStep(Callback):
+    def __init__(self, step: int):
+        """Send this process SIGTERM (as a preempting scheduler would) after optimizer step `step`, in a run not resumed.
+
+        Args:
+            step: Global step after which the signal arrives.
+        """
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

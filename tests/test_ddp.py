@@ -1,0 +1,163 @@
+"""Real DDP on CPU (gloo, 2 processes): the same global batch on 1 and on 2 processes trains the same model.
+
+Why the runs can agree: LengthGroupedSampler gives rank r every 2nd text of each global batch, DDP
+averages the two ranks' mean gradients (= the mean over the global batch of 8), and EmotionScores
+drops the copy that the DistributedSampler pads onto the odd-sized dev split (41 rows). Dropout is
+off everywhere (the head's and the encoder's own), since each rank draws its own masks.
+
+What is left is float32 rounding: padding 4 instead of 8 texts changes the matmul shapes, and the
+gradient mean is taken in two halves. Measured (torch 2.13 CPU): at most 8.1e-7 abs weight difference
+after 6 and after 12 AdamW steps (the encoder weights themselves move by up to 2e-2), so WEIGHT_TOL = 1e-5 leaves
+>10x headroom. Every official score is a ratio of counts over 41 x 11 decisions, which such noise
+does not flip: METRIC_TOL = 1e-6 means "the same numbers" (measured difference: 0). val/loss is the
+one value that differs: Lightning averages each rank's mean, and rank 1's mean includes the padded
+duplicate (42 losses instead of 41); measured 2.6e-3 (0.4626 vs 0.4600), LOSS_TOL = 0.02.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from test_cli import REPO, emolightning, tiny_args
+
+WEIGHT_TOL = 1e-5
+METRIC_TOL = 1e-6
+LOSS_TOL = 0.02
+
+SAME = [
+    "--model.init_args.dropout", "0",
+    "--model.init_args.lr", "3e-3",
+    "--model.init_args.head_lr", "0.1",
+    # 0.15 lies inside the tiny model's probability range, so the val/* scores hinge on single probabilities
+    "--model.init_args.threshold", "0.15",
+    "--trainer.max_epochs", "2",
+    "--trainer.limit_train_batches", "6",
+    "--checkpoint.save_top_k", "-1",  # a checkpoint per epoch (last.ckpt is only rewritten when a best one is)
+]
+DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_encoder(tiny_encoder, tmp_path_factory) -> str:
+    """The tiny BERT's weights with hidden and attention dropout set to 0."""
+    from transformers import AutoTokenizer, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    BertModel.from_pretrained(tiny_encoder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(out)
+    return str(out)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+def run_dir(root: Path) -> Path:
+    (found,) = (root / "run" / "lightning_logs").glob("version_*")
+    return found
+
+
+def val_metrics(root: Path) -> dict[int, dict[str, float]]:
+    """{epoch: {val/key: value}} from the CSVLogger's metrics.csv."""
+    with open(run_dir(root) / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val/jaccard")]
+    return {int(row["epoch"]): {k: float(v) for k, v in row.items() if k.startswith("val/") and v} for row in rows}
+
+
+def checkpoints(root: Path) -> dict[str, dict]:
+    """{file name: checkpoint} of one run, last.ckpt left out."""
+    files = sorted((run_dir(root) / "checkpoints").glob("best-*.ckpt"))
+    return {f.name: torch.load(f, map_location="cpu", weights_only=False) for f in files}
+
+
+@pytest.fixture(scope="module")
+def single(no_dropout_encoder, ec_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    return root, emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, root, *SAME, "--data.batch_size", "8"))
+
+
+@pytest.fixture(scope="module")
+def ddp(no_dropout_encoder, ec_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    return root, emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, root, *SAME, *DDP))
+
+
+def assert_same_training(single_root: Path, other_root: Path) -> None:
+    reference, other = val_metrics(single_root), val_metrics(other_root)
+    assert sorted(reference) == sorted(other) == [0, 1]
+    for epoch in reference:
+        assert reference[epoch]["val/f1_micro"] > 0  # not the all-empty prediction: the comparison means something
+        assert reference[epoch].keys() == other[epoch].keys()
+        for key, value in reference[epoch].items():
+            tol = LOSS_TOL if key == "val/loss" else METRIC_TOL
+            assert other[epoch][key] == pytest.approx(value, abs=tol), (epoch, key)
+    reference, other = checkpoints(single_root), checkpoints(other_root)
+    assert sorted(reference) == sorted(other) == ["best-0-6.ckpt", "best-1-12.ckpt"]
+    for name, a in reference.items():
+        a, b = a["state_dict"], other[name]["state_dict"]
+        assert a.keys() == b.keys()
+        diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+        assert diff < WEIGHT_TOL, name
+        # the thresholds tuned on the synced dev probabilities
+        assert torch.equal(a["thresholds"], b["thresholds"])
+
+
+def assert_each_dev_text_scored_once(proc: subprocess.CompletedProcess) -> None:
+    printed = output(proc)
+    for epoch in (0, 1):
+        # rank_zero_info: printed once, and n counts the 41 distinct dev rows, not the 42 the sampler handed out
+        assert printed.count(f"[val epoch {epoch}] n=41 ") == 1
+    assert "n=42" not in printed
+
+
+def test_two_processes_train_what_one_process_trains(single, ddp):
+    (single_root, single_proc), (ddp_root, ddp_proc) = single, ddp
+    assert "Starting with 2 processes" in output(ddp_proc)
+    assert "effective batch size 8 = 8 per device x 1 devices x 1 nodes x 1 accumulated; 12 optimizer steps" in output(single_proc)
+    assert "effective batch size 8 = 4 per device x 2 devices x 1 nodes x 1 accumulated; 12 optimizer steps" in output(ddp_proc)
+    assert_each_dev_text_scored_once(ddp_proc)
+    assert_same_training(single_root, ddp_root)
+
+
+def test_only_local_rank_zero_tokenises(ddp):
+    root, proc = ddp
+    lines = [line for line in output(proc).splitlines() if "tokenising the " in line]
+    assert len(lines) == 3 and all(line.startswith("[rank: 0] ") for line in lines), lines
+    cache = sorted(p.name for p in (root / "cache").iterdir())
+    assert len(cache) == 3 and all(name.endswith(".pt") for name in cache), cache  # no stray .tmp files
+
+
+def test_torchrun_matches_one_process(single, no_dropout_encoder, ec_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "emolightning", "fit"]
+    proc = subprocess.run(command + tiny_args(no_dropout_encoder, ec_dir, tmp_path, *SAME, *DDP), cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, output(proc)[-5000:]
+    printed = output(proc)
+    # torchrun set RANK before Lightning started, so rank 0 prefixes its lines too (Lightning's own launcher does not)
+    assert "[rank: 0] Seed set to 42" in printed and "[rank: 1] Seed set to 42" in printed
+    assert "effective batch size 8 = 4 per device x 2 devices" in printed
+    assert_each_dev_text_scored_once(proc)
+    assert_same_training(single[0], tmp_path)
+
+
+def test_multinode_config_and_slurm_script_agree():
+    """Lightning refuses to start unless --nodes = num_nodes and --ntasks-per-node = devices."""
+    trainer = yaml.safe_load((REPO / "configs/trainer/multinode.yaml").read_text())["trainer"]
+    script = REPO / "scripts/slurm/train.sbatch"
+    text = script.read_text()
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
+    assert int(sbatch["nodes"]) == trainer["num_nodes"] == 2
+    assert int(sbatch["ntasks-per-node"]) == int(sbatch["gpus-per-node"]) == trainer["devices"] == 8
+    assert trainer["strategy"] == "ddp" and trainer["precision"] == "16-mixed"
+    assert sbatch["job-name"] not in ("bash", "interactive")  # Lightning ignores SLURM for those names
+    assert re.search(r"^srun .*emolightning fit .*--config configs/trainer/multinode\.yaml", text, re.M)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

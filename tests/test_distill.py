@@ -1,0 +1,281 @@
+"""EmotionDistiller on tiny random models: frozen teacher, exact layer copy, teacher-free student
+checkpoints, the logit cache, other tokenizers and hidden sizes, and one distillation through the CLI."""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import LABELS
+from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
+from emolightning.errors import ConfigError
+from test_cli import emolightning
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_teacher(model: EmotionClassifier, path: Path) -> str:
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": L.__version__}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_encoder, tmp_path_factory) -> str:
+    """A random 2-layer EmotionClassifier (mean pooling) saved as an emolightning checkpoint."""
+    torch.manual_seed(0)
+    return save_teacher(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean"), tmp_path_factory.mktemp("teacher") / "teacher.ckpt")
+
+
+def make_batch(n_vocab: int = 40) -> dict:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, n_vocab, (3, 7), generator=g)
+    ids[:, 0] = 2  # [CLS]
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4])
+    ids = ids * mask  # [PAD] = 0
+    labels = torch.randint(0, 2, (3, 11), generator=g).float()
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": torch.tensor([3, 0, 5])}
+
+
+def distiller(tiny_encoder, teacher, **kwargs) -> EmotionDistiller:
+    return EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=teacher, pooling="mean", **kwargs)
+
+
+def test_signature_has_every_emotion_classifier_argument():
+    # the CLI needs explicit typed arguments; a new EmotionClassifier option must be added here too
+    parent = inspect.signature(EmotionClassifier.__init__).parameters
+    child = inspect.signature(EmotionDistiller.__init__).parameters
+    for name, param in parent.items():
+        assert name in child and child[name].default == param.default and child[name].annotation == param.annotation, name
+
+
+def test_student_layers_copy_the_teacher_exactly(tiny_encoder, teacher_ckpt):
+    model = distiller(tiny_encoder, teacher_ckpt, student_layers=[1])
+    teacher, student = model.teacher.encoder, model.encoder
+    assert len(student.encoder.layer) == 1 and model.hparams.encoder_config["num_hidden_layers"] == 1
+    assert len(teacher.encoder.layer) == 2  # the teacher keeps all of its layers
+    pairs = [(student.embeddings, teacher.embeddings), (student.encoder.layer[0], teacher.encoder.layer[1]), (model.head, model.teacher.head)]
+    for copy, original in pairs:
+        for (name, a), (_, b) in zip(copy.named_parameters(), original.named_parameters(), strict=True):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name  # equal values, separate tensors
+    assert student.training and not model.teacher.training
+    assert all(p.requires_grad for p in model.encoder.parameters()) and not any(p.requires_grad for p in model.teacher.parameters())
+    with pytest.raises(ConfigError, match="student_layers"):
+        distiller(tiny_encoder, teacher_ckpt, student_layers=[2])
+    with pytest.raises(ConfigError, match="not both"):
+        distiller(tiny_encoder, teacher_ckpt, student_layers=[1], encoder_layers=[0])
+    with pytest.raises(ConfigError, match="does not exist"):
+        distiller(tiny_encoder, str(Path(teacher_ckpt).with_name("missing.ckpt")))
+
+
+@pytest.mark.parametrize("layout", ["distilbert", "bert"])
+def test_hugging_face_teacher_and_its_layer_layout(layout, tiny_encoder, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+
+    vocab = BertConfig.from_pretrained(tiny_encoder).vocab_size
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}, "problem_type": "multi_label_classification"}
+    if layout == "distilbert":
+        config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **labels)
+        hf = DistilBertForSequenceClassification(config)
+    else:
+        config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **labels)
+        hf = BertForSequenceClassification(config)
+    hf.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(tmp_path / "teacher")
+
+    model = distiller(tiny_encoder, str(tmp_path / "teacher"), student_layers=[1], cosine_weight=0.1)
+    assert model.same_tokenizer and model.use_cosine  # another path, the same vocabulary
+    source = model.teacher.base
+    layers = (lambda m: m.transformer.layer) if layout == "distilbert" else (lambda m: m.encoder.layer)
+    assert len(layers(model.encoder)) == 1 and len(layers(source)) == 2
+    for a, b in zip(layers(model.encoder)[0].parameters(), layers(source)[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    batch = make_batch(vocab)
+    logits, hidden = model.teacher(batch["input_ids"], batch["attention_mask"])
+    assert logits.shape == (3, 11) and hidden.shape == (3, 7, 32)
+    assert set(model.distillation_losses(batch)) == {"loss", "loss_soft", "loss_hard", "loss_cos"}
+
+    hf.config.id2label = {i: n for i, n in enumerate(reversed(LABELS))}
+    hf.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ConfigError, match="predicts the labels"):
+        distiller(tiny_encoder, str(tmp_path / "teacher"))
+
+
+class TeacherWatch(L.Callback):
+    """Checks, at every training step, that the teacher is in eval mode and gets no gradient."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, model, batch, batch_idx):
+        assert not any(m.training for m in model.teacher.modules())
+
+    def on_after_backward(self, trainer, model):
+        assert all(p.grad is None for p in model.teacher.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+        self.steps += 1
+
+
+def test_fit_keeps_the_teacher_frozen_and_saves_a_plain_student(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
+    teacher_copy = shutil.copy(teacher_ckpt, tmp_path / "teacher.ckpt")
+    model = distiller(tiny_encoder, str(teacher_copy), student_layers=[1], cosine_weight=0.1, dropout=0.0)
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    model.train()  # what older Lightning versions and user code call: the teacher must stay in eval mode
+    assert model.encoder.training and not any(m.training for m in model.teacher.modules())
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=16)
+    watch = TeacherWatch()
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[watch], default_root_dir=str(tmp_path),
+    )
+    trainer.fit(model, data)
+    assert watch.steps == 4  # two epochs, with a validation between them
+    assert all(torch.equal(before[k], v) for k, v in model.teacher.state_dict().items())
+    for key in ("train/loss", "train/loss_soft", "train/loss_hard", "train/loss_cos"):
+        assert key in trainer.callback_metrics
+
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    os.remove(teacher_copy)  # the student must not need its teacher any more
+    checkpoint = torch.load(tmp_path / "student.ckpt", weights_only=True)
+    assert not [k for k in checkpoint["state_dict"] if k.startswith(("teacher.", "projection."))]
+    assert set(checkpoint["hyper_parameters"]) <= set(inspect.signature(EmotionClassifier.__init__).parameters)
+    assert checkpoint["hyper_parameters"]["encoder_config"]["num_hidden_layers"] == 1
+    assert checkpoint["distillation"]["hyper_parameters"]["teacher"] == str(teacher_copy)
+
+    student = EmotionClassifier.load_from_checkpoint(tmp_path / "student.ckpt")
+    assert type(student) is EmotionClassifier and len(student.encoder.encoder.layer) == 1
+    batch = make_batch()
+    model.eval(), student.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch["input_ids"], batch["attention_mask"]), student(batch["input_ids"], batch["attention_mask"]))
+    assert torch.equal(model.thresholds, student.thresholds)
+
+
+def test_cached_teacher_logits_give_the_same_loss(tiny_encoder, teacher_ckpt):
+    plain = distiller(tiny_encoder, teacher_ckpt, student_layers=[1]).eval()  # eval: no student dropout either
+    cached = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=True).eval()
+    calls = []
+    cached.teacher.register_forward_hook(lambda *args: calls.append(1))
+    batch = make_batch()
+    with torch.no_grad():
+        expected = plain.distillation_losses(batch)
+        first, second = cached.distillation_losses(batch), cached.distillation_losses(batch)
+    assert len(calls) == 1  # the second time the teacher did not run
+    for losses in (first, second):
+        for key in ("loss", "loss_soft", "loss_hard"):
+            torch.testing.assert_close(losses[key], expected[key], rtol=0, atol=1e-6)
+    assert cached._cached.nonzero().flatten().tolist() == [0, 3, 5]
+    # a batch with one unseen example runs the teacher again (and grows the cache to hold index 40)
+    batch["index"] = torch.tensor([3, 40, 5])
+    with torch.no_grad():
+        cached.distillation_losses(batch)
+    assert len(calls) == 2 and len(cached._cache) >= 41 and cached._cached.sum() == 4
+    # with the cosine loss on, the teacher must run every step, so the cache is off
+    assert not distiller(tiny_encoder, teacher_ckpt, cosine_weight=0.1, cache_teacher_logits=True).cache_logits
+
+
+def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
+    from transformers import BertTokenizerFast
+
+    # two WordPiece vocabularies over the same words in different orders: other ids for the same text.
+    # (`vocab=`: transformers 5 ignores `vocab_file=` and would map every word to [UNK])
+    words = Path(tiny_encoder, "vocab.txt").read_text().split()
+    for name, order in (("mine", words), ("other", words[:5] + words[5:][::-1])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(order) + "\n")
+        BertTokenizerFast(vocab=str(tmp_path / f"{name}.txt"), do_lower_case=True).save_pretrained(tmp_path / name)
+        for file in ("config.json", "model.safetensors"):
+            shutil.copy(Path(tiny_encoder, file), tmp_path / name)
+    mine, other = str(tmp_path / "mine"), str(tmp_path / "other")
+    teacher = save_teacher(EmotionClassifier(other, LABELS, lr=1e-3, pooling="mean"), tmp_path / "other.ckpt")
+
+    model = distiller(mine, teacher, cosine_weight=0.1)
+    assert not model.same_tokenizer and not model.use_cosine  # tokens do not align: logit losses only
+    with pytest.raises(ConfigError, match="must name the teacher's tokenizer"):
+        distiller(mine, teacher, student_layers=[1])
+
+    plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
+    plain.prepare_data(), plain.setup("fit")
+    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels"}  # no extra cost
+    with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
+        model.distillation_losses(next(iter(plain.train_dataloader())))
+
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, teacher_tokenizer=other, cache_dir=str(tmp_path / "cache"), batch_size=4)
+    data.prepare_data(), data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert not torch.equal(batch["teacher_input_ids"], batch["input_ids"])
+    student_tokenizer, teacher_tokenizer = BertTokenizerFast.from_pretrained(mine), BertTokenizerFast.from_pretrained(other)
+    for row in range(4):
+        text = student_tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
+        assert text == teacher_tokenizer.decode(batch["teacher_input_ids"][row], skip_special_tokens=True) and "[UNK]" not in text
+    assert batch["teacher_attention_mask"].sum() == batch["attention_mask"].sum()
+    logits, _ = model.teacher_outputs(batch)
+    assert torch.equal(logits, model.teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"])[0])
+    assert set(model.distillation_losses(batch)) == {"loss", "loss_soft", "loss_hard"}
+    assert "teacher_input_ids" not in next(iter(data.val_dataloader()))  # only training runs the teacher
+
+
+def test_cosine_projection_when_hidden_sizes_differ(tiny_encoder, teacher_ckpt, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    narrow = tmp_path / "narrow"
+    shutil.copytree(tiny_encoder, narrow)
+    config = BertConfig.from_pretrained(tiny_encoder, hidden_size=16, intermediate_size=32)
+    BertModel(config).save_pretrained(narrow)
+
+    assert not distiller(str(narrow), teacher_ckpt, cosine_weight=0.1).use_cosine
+    model = distiller(str(narrow), teacher_ckpt, cosine_weight=0.1, cosine_projection=True)
+    assert model.use_cosine and tuple(model.projection.weight.shape) == (32, 16)
+    losses = model.distillation_losses(make_batch())
+    losses["loss"].backward()
+    assert model.projection.weight.grad.abs().sum() > 0
+
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    config = model.configure_optimizers()
+    optimized = {id(p) for group in config["optimizer"].param_groups for p in group["params"]}
+    assert id(model.projection.weight) in optimized and not optimized & {id(p) for p in model.teacher.parameters()}
+    assert len(config["lr_scheduler"]["scheduler"].lr_lambdas) == len(config["optimizer"].param_groups)
+
+    # the projection is kept aside in the checkpoint, so a resumed distillation gets it back
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["distillation"]["projection"]) == {"projection.weight", "projection.bias"}
+    resumed = distiller(str(narrow), teacher_ckpt, cosine_weight=0.1, cosine_projection=True, encoder_config=checkpoint["hyper_parameters"]["encoder_config"])
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])  # strict: the teacher's keys are filled in
+    assert torch.equal(resumed.projection.weight, model.projection.weight)
+
+
+def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
+    from emolightning.cli import run_cli
+
+    common = ["--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1"]
+    # a tiny teacher, fine-tuned briefly with the plain module (in-process: no second import)
+    run_cli(["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.encoder", tiny_encoder, "--model.init_args.lr", "1e-3",
+             "--trainer.default_root_dir", str(tmp_path / "teacher"), *common])
+    teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"))[0]
+
+    fit = emolightning(
+        "fit", "--config", "configs/distill/minilm-l6-to-l3.yaml", "--model.init_args.encoder", tiny_encoder,
+        "--model.init_args.teacher", teacher, "--model.init_args.student_layers", "[1]", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path / "student"), *common,
+    )
+    printed = fit.stdout + fit.stderr
+    assert "distillation: teacher" in printed and "+ 0.1 x cosine" in printed and "[val epoch 0]" in printed
+    run = Path(glob.glob(str(tmp_path / "student" / "lightning_logs" / "version_*"))[0])
+    assert "class_path: emolightning.EmotionDistiller" in (run / "config.yaml").read_text()
+    best = glob.glob(str(run / "checkpoints" / "best-*.ckpt"))[0]
+    assert not [k for k in torch.load(best, weights_only=True)["state_dict"] if k.startswith("teacher.")]
+
+    # the student tests as a plain EmotionClassifier, with the plain 3-layer config and no teacher
+    os.remove(teacher)
+    cli = run_cli(["test", "--config", str(REPO / "configs/semeval/minilm-l3.yaml"), "--model.init_args.encoder", tiny_encoder,
+                   "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", best, *common])
+    assert type(cli.model) is EmotionClassifier and len(cli.model.encoder.encoder.layer) == 1
+    assert {"test/jaccard", "test/f1_micro", "test/tuned/jaccard"} <= set(cli.trainer.callback_metrics)
