@@ -208,6 +208,8 @@ class EmotionDataModule(L.LightningDataModule):
             return self.files[split]
         if self.hparams.data_dir is not None:
             return find_split_file(self.hparams.data_dir, split) if split in ("train", "validation", "test") else None
+        if any(self.files.values()):  # files named one by one: a split without one is absent, not on the Hub
+            return None
         return f"hub:{split}"
 
     def load_table(self, split: str) -> Table:

@@ -126,3 +126,16 @@ def test_length_grouped_sampler_splits_global_batches_across_ranks():
         assert sorted(single[4 * b : 4 * b + 4]) == sorted(ranks[0][2 * b : 2 * b + 2] + ranks[1][2 * b : 2 * b + 2])
     one.set_epoch(1)
     assert list(one) != single
+
+
+def test_named_files_never_fall_back_to_the_hub(ec_dir, tiny_encoder, cache_dir, monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked for a split although files were named")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    data = dm(tiny_encoder, cache_dir, train_file=f"{ec_dir}/2018-E-c-En-train.txt", val_file=f"{ec_dir}/2018-E-c-En-dev.txt")
+    data.prepare_data()
+    assert data.split_source("test") is None
+    assert sorted(p.name.split("-")[0] for p in __import__("pathlib").Path(cache_dir).iterdir()) == ["train", "validation"]
