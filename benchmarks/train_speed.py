@@ -27,13 +27,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
 def run_measured(cmd: list[str]) -> tuple[dict, float]:
     """Run cmd, return (its RESULT json, its peak RSS in MB)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read(), proc.stderr.read()
+    # output goes to files, not pipes: a child blocked on a full pipe (progress bars) would never end
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out_file.seek(0), err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     line = next(l for l in out.splitlines()[::-1] if l.startswith("RESULT "))
@@ -73,8 +77,9 @@ def emolightning_worker(args) -> None:
         result = {"side": "emolightning", "n_train": n, "train_time_s": round(seconds, 3), "train_samples_per_s": round(args.epochs * n / seconds, 3)}
         if args.eval:
             model.hparams.tune_thresholds = False
-            trainer.validate(model, dm, verbose=False)
-            m = trainer.callback_metrics
+            # a fresh Trainer: the timed one has validation switched off (limit_val_batches=0)
+            L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False).validate(model, dm, verbose=False)
+            m = model.trainer.callback_metrics
             result.update({f"dev_{k}": round(float(m[f"val/{k}"]), 4) for k in ("jaccard", "f1_micro", "f1_macro")})
     print("RESULT " + json.dumps(result))
 
@@ -83,8 +88,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True)
     p.add_argument("--config", default="configs/semeval/minilm-l6.yaml")
-    p.add_argument("--limit_train", type=int, default=1600)
+    p.add_argument("--limit_train", type=int, default=1600, help="the first N training rows (0: all)")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--ours_epochs", type=int, default=None, help="emolightning's epochs, if not --epochs: time to quality, with --eval")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help="emolightning lr (default: the config's)")
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
@@ -95,12 +101,12 @@ def main() -> None:
     if args.worker:
         return emolightning_worker(args)
 
-    common = ["--data_dir", args.data_dir, "--epochs", str(args.epochs), "--batch_size", str(args.batch_size)]
-    if args.limit_train:
-        common += ["--limit_train", str(args.limit_train)]
-    ours = [sys.executable, str(HERE / "train_speed.py"), "--worker", "--config", args.config, "--precision", args.precision, *common]
+    common = ["--data_dir", args.data_dir, "--batch_size", str(args.batch_size)]
+    ours = [sys.executable, str(HERE / "train_speed.py"), "--worker", "--config", args.config, "--precision", args.precision,
+            "--epochs", str(args.ours_epochs or args.epochs), "--limit_train", str(args.limit_train), *common]
     ours += ["--lr", str(args.lr)] if args.lr else []
-    theirs = [sys.executable, str(HERE / "trainer_baseline.py"), "--group_by_length", *common]
+    theirs = [sys.executable, str(HERE / "trainer_baseline.py"), "--group_by_length", "--epochs", str(args.epochs), *common]
+    theirs += ["--limit_train", str(args.limit_train)] if args.limit_train else []  # 0: all rows
     theirs += [] if args.eval else ["--skip_eval"]
     theirs += ["--bf16"] if args.precision == "bf16-mixed" else []
     ours += ["--eval"] if args.eval else []
@@ -124,6 +130,9 @@ def main() -> None:
               f"{median(side, 'dev_jaccard'):.4f} | {median(side, 'dev_f1_micro'):.4f} | {median(side, 'dev_f1_macro'):.4f} |")
     ratio = median("emolightning", "train_samples_per_s") / median("trainer", "train_samples_per_s")
     print(f"\nemolightning / Trainer training samples/s (medians of {args.repeats}, {args.precision}): {ratio:.2f}x")
+    if args.ours_epochs:
+        speedup = median("trainer", "train_time_s") / median("emolightning", "train_time_s")
+        print(f"time to train: Trainer {args.epochs} epochs / emolightning {args.ours_epochs} epochs: {speedup:.2f}x")
 
 
 if __name__ == "__main__":
