@@ -147,7 +147,10 @@ def main():
         train_out = trainer.train()
         train_time = time.perf_counter() - t0
 
-        # predict dev, sigmoid > 0.5
+        # predict dev, sigmoid > 0.5. transformers applies `group_by_length` to evaluation too, with a
+        # *random* length-grouped sampler, so predictions would come back shuffled against dev_y:
+        # evaluate in file order.
+        trainer.args.train_sampling_strategy = "random"
         logits = None if args.skip_eval else trainer.predict(dev_ds).predictions
     metrics = {} if logits is None else ec_metrics(dev_y, (1 / (1 + np.exp(-logits.astype(np.float32))) > 0.5).astype(int))
 

@@ -1,0 +1,98 @@
+"""Where a training step's time goes, and what emolightning's choices save (before/after).
+
+One optimizer step of the bundled MiniLM classifier on batches of real training tweets
+(batch 16), split into forward, backward and optimizer, for:
+  - padding: every batch padded to 128 tokens (a fixed-length collator) vs to its own longest
+    text after length grouping (emolightning's sampler and collator);
+  - optimizer: AdamW with the default for-each kernels vs `fused=True` (emolightning's);
+  - precision: fp32 vs bf16 autocast (`--trainer.precision bf16-mixed`).
+Median over `--steps` steps after 3 warm-up steps, all configurations in one process.
+
+    python benchmarks/step_profile.py --data_dir ../shared/data/semeval2018-ec
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
+
+
+def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
+    """`steps` batches: random tweets, or (grouped) runs of tweets of similar length, as the sampler makes them."""
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(ids), generator=gen).tolist()
+    if grouped:  # the sampler sorts mega-batches of 50 batches by length
+        mega = batch_size * 50
+        order = [i for s in range(0, len(order), mega) for i in sorted(order[s : s + mega], key=lambda i: -len(ids[i]))]
+    out = []
+    for b in range(steps):
+        rows = order[b * batch_size * 7 % len(order):][:batch_size]  # spread over the epoch
+        longest = pad_to or max(len(ids[i]) for i in rows)
+        x = torch.zeros(len(rows), longest, dtype=torch.long)
+        m = torch.zeros_like(x)
+        for j, i in enumerate(rows):
+            x[j, : len(ids[i])], m[j, : len(ids[i])] = ids[i], 1
+        out.append((x, m, labels[rows]))
+    return out
+
+
+def profile(model, data, fused: bool, bf16: bool) -> tuple[float, float, float, float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused, foreach=None if fused else True)
+    times = []
+    for step, (x, m, y) in enumerate(data):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x, m)
+        loss = model.loss(logits.float(), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if step >= 3:
+            times.append((t1 - t0, t2 - t1, t3 - t2))
+    f, b, o = (statistics.median(t) for t in zip(*times))
+    tokens = sum(int(x.numel()) for x, _, _ in data) / len(data)
+    return f, b, o, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dm = EmotionDataModule(data_dir=args.data_dir)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.splits["train"]
+    model = EmotionClassifier(encoder=dm.hparams.tokenizer, label_names=dm.label_names, lr=1e-5, pooling="mean")
+    model.train()
+    configs = [  # (name, pad_to, grouped, fused, bf16)
+        ("pad to 128, for-each AdamW, fp32", 128, False, False, False),
+        ("dynamic padding, for-each AdamW, fp32", None, False, False, False),
+        ("length-grouped dynamic padding, for-each AdamW, fp32", None, True, False, False),
+        ("length-grouped, fused AdamW, fp32 (emolightning default)", None, True, True, False),
+        ("length-grouped, fused AdamW, bf16-mixed", None, True, True, True),
+    ]
+    print(f"MiniLM-L6, batch {args.batch_size}, {args.threads} threads, median of {args.steps - 3} steps\n")
+    print("| configuration | padded tokens/batch | forward ms | backward ms | optimizer ms | step ms |\n|---|---:|---:|---:|---:|---:|")
+    for name, pad_to, grouped, fused, bf16 in configs:
+        data = batches(train.input_ids, train.labels, args.batch_size, args.steps, pad_to, grouped)
+        f, b, o, tokens = profile(model, data, fused, bf16)
+        print(f"| {name} | {tokens:.0f} | {f * 1e3:.0f} | {b * 1e3:.0f} | {o * 1e3:.0f} | {(f + b + o) * 1e3:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
