@@ -6,7 +6,7 @@
 #   4. dev metrics of all three and their forward-pass speed, side by side (benchmarks/distill_compare.py)
 #
 #   benchmarks/distill_experiment.sh ../shared/data/semeval2018-ec runs/distill-experiment
-#   TEACHER=runs/semeval/minilm-l6/lightning_logs/version_0/checkpoints/best-7-5472.ckpt benchmarks/distill_experiment.sh ../shared/data/semeval2018-ec
+#   TEACHER=runs/semeval/minilm-l6/lightning_logs/version_0/checkpoints/best-2-1284.ckpt benchmarks/distill_experiment.sh ../shared/data/semeval2018-ec
 #
 # Arguments after OUT_DIR go to every `emolightning fit` (e.g. --config configs/trainer/t4.yaml, or a
 # smoke test: --trainer.max_epochs 1 --trainer.limit_train_batches 2); COMPARE_ARGS to the comparison
