@@ -23,10 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
+from emolightning.data import Collator  # noqa: E402
 
 
 def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
     """`steps` batches: random tweets, or (grouped) runs of tweets of similar length, as the sampler makes them."""
+    collator = Collator(pad_token_id=0, pad_to_multiple_of=pad_to)  # pad_to=128: every batch (max_length) is 128 long
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(ids), generator=gen).tolist()
     if grouped:  # the sampler sorts mega-batches of 50 batches by length
@@ -35,11 +37,7 @@ def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, step
     out = []
     for b in range(steps):
         rows = order[b * batch_size * 7 % len(order):][:batch_size]  # spread over the epoch
-        longest = pad_to or max(len(ids[i]) for i in rows)
-        x = torch.zeros(len(rows), longest, dtype=torch.long)
-        m = torch.zeros_like(x)
-        for j, i in enumerate(rows):
-            x[j, : len(ids[i])], m[j, : len(ids[i])] = ids[i], 1
+        x, m = collator.pad([ids[i] for i in rows], 0)
         out.append((x, m, labels[rows]))
     return out
 
