@@ -30,11 +30,11 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
-def run_measured(cmd: list[str]) -> tuple[dict, float]:
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[dict, float]:
     """Run cmd, return (its RESULT json, its peak RSS in MB)."""
     # output goes to files, not pipes: a child blocked on a full pipe (progress bars) would never end
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
-        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, cwd=REPO, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         out_file.seek(0), err_file.seek(0)
         out, err = out_file.read(), err_file.read()

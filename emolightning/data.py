@@ -13,7 +13,11 @@ import logging
 import math
 import os
 import socket
+import warnings
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -25,7 +29,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .encoders import load_tokenizer
 from .errors import DataError
 from .resume import ResumableDataLoader
-from .tables import SPLIT_OPTIONS, Table, find_split_file, read_table, resolve_data_dir, table_from_hub
+
+if TYPE_CHECKING:
+    from .stream import PredictStream
+from .tables import SPLIT_OPTIONS, Record, Table, find_split_file, read_records, read_table, resolve_data_dir, table_from_hub
 
 CACHE_VERSION = 1
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
@@ -58,6 +65,11 @@ class TokenizedSplit(Dataset):
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
+
+
+def file_records(path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True) -> Iterator[Record]:
+    """The rows of a predict file (a table, or one text per line), read lazily."""
+    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids)[1]
 
 
 class Collator:
@@ -162,6 +174,7 @@ class EmotionDataModule(L.LightningDataModule):
         seed: int = 42,
         cache_dir: str | None = None,
         teacher_tokenizer: str | None = None,
+        predict_chunk_batches: int = 128,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -190,6 +203,9 @@ class EmotionDataModule(L.LightningDataModule):
                 student (e.g. a RoBERTa teacher, a DistilBERT student): the teacher's tokenizer name
                 or path. Train batches then also hold `teacher_input_ids`/`teacher_attention_mask`.
                 Leave unset when both share a vocabulary (no extra cost).
+            predict_chunk_batches: `predict` streams its input: it reads, tokenises and length-sorts
+                this many eval batches of texts at a time, so memory does not grow with the file
+                (larger: less padding, more memory; see stream.py).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -302,15 +318,41 @@ class EmotionDataModule(L.LightningDataModule):
                 self._cached(split, build=True)
 
     def setup(self, stage: str) -> None:
-        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"], "predict": ["predict"]}[stage]
+        if stage == "predict":
+            self.predict_stream = self._predict_stream()
+            return
+        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"]}[stage]
         for split in wanted:
             data = self._cached(split, build=False)
             if data["truncated"]:
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
-            if split in ("train", "validation", "test") and data["labels"] is None:
+            if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
             self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
             self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
+
+    def _predict_stream(self) -> "PredictStream":
+        from .stream import PredictStream  # stream.py builds on this module
+
+        source = self.split_source("predict")
+        if source is None:
+            self.load_table("predict")  # raises the missing-split error
+        hp = self.hparams
+        if source.startswith("hub:"):  # a Hub split is in memory already
+            table = self.load_table("predict")
+            records = partial(iter, [(row_id, text, None) for row_id, text in zip(table.ids, table.texts)])
+            num_rows = len(table)
+        else:
+            # a first pass checks every row (and holds the IDs, for the duplicate check) before the
+            # model sees a text; the streaming pass then needs no check that keeps anything
+            num_rows = sum(1 for _ in file_records(source, hp.text_column, hp.id_column, hp.label_columns))
+            records = partial(file_records, source, hp.text_column, hp.id_column, hp.label_columns, unique_ids=False)
+        log.info(rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank))
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # with several ranks, a short file leaves some without a batch: they just write nothing
+        self.allow_zero_length_dataloader_with_multiple_devices = True
+        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size)
 
     # ---- loaders ---------------------------------------------------------------------
     def _collate(self) -> Collator:
@@ -336,4 +378,7 @@ class EmotionDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict")
+        # batch_size=None: the stream yields whole batches. Lightning warns that an IterableDataset's
+        # __len__ may be wrong with several workers; this one's is exact (chunks are dealt to workers).
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        return DataLoader(self.predict_stream, batch_size=None, num_workers=self.hparams.num_workers)

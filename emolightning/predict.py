@@ -5,20 +5,22 @@
 The file is tab-separated: `ID, Tweet, <one 0/1 column per label>`, one row per input text in the
 input's order, with IDs and texts as the data module read them (row numbers for a plain .txt with
 one text per line). Labels are decided at the checkpoint's tuned thresholds (`predict_step`);
-`--probabilities true` adds a `p_<label>` column per label. Batches arrive in length order, so each
-row is put back in place by its `index`.
+`--probabilities true` adds a `p_<label>` column per label. The input is streamed (stream.py):
+batches arrive length-sorted within each chunk, so each row is put back in place by its `index`
+and written once its chunk is complete.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .errors import DataError
+from .stream import PredictStream
 
 # the official files are tab-separated without quoting: these characters cannot appear in a field
 UNSAFE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
@@ -26,76 +28,97 @@ UNSAFE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 
 class PredictionFileWriter(BasePredictionWriter):
     def __init__(self, output: str, probabilities: bool = False):
-        """Writes `predict_step` outputs as an official E-c file.
+        """Writes `predict_step` outputs as an official E-c file, as they come (stream.py).
+
+        Each rank writes its rows, in input order, to a part file beside `output`; at the end rank 0
+        merges the parts into `output` (replaced atomically). Rows wait in memory only until their
+        chunk is complete, so memory stays flat however long the input. Under multi-node DDP the
+        output directory must be one that every node sees.
 
         Args:
-            output: Path of the file to write (replaced atomically once all rows are predicted).
+            output: Path of the file to write.
             probabilities: Also write each label's probability, in columns `p_<label>`.
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities = output, probabilities
-        self.preds: np.ndarray | None = None
-        self.probs: np.ndarray | None = None
-        self.seen: np.ndarray | None = None
+
+    def _beside_output(self, tag: str) -> str:
+        directory, name = os.path.split(os.path.abspath(self.output))
+        return os.path.join(directory, f".{name}.{tag}.tmp")
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
-        # one row per input, filled in by index: N x L bytes (+ N x L floats for probabilities)
-        n, labels = len(self._table(trainer)), len(pl_module.label_names)
-        self.preds = np.zeros((n, labels), dtype=np.uint8)
-        self.probs = np.zeros((n, labels), dtype=np.float32) if self.probabilities else None
-        self.seen = np.zeros(n, dtype=bool)
+        self.stream = trainer.predict_dataloaders.dataset
+        if not isinstance(self.stream, PredictStream):
+            raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
+        os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
+        self.part = open(self._beside_output(f"part{trainer.global_rank}"), "w", encoding="utf-8", newline="\n")
+        self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
+        self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        index = prediction["index"].cpu().numpy()
-        self.preds[index] = prediction["preds"].cpu().numpy()
-        if self.probs is not None:
-            self.probs[index] = prediction["probs"].float().cpu().numpy()
-        self.seen[index] = True
+        preds = prediction["preds"].cpu().tolist()
+        probs = prediction["probs"].float().cpu().tolist() if self.probabilities else None
+        rows = self.pending.setdefault(batch["chunk"], [])
+        for k, (index, row_id, text) in enumerate(zip(prediction["index"].tolist(), batch["ids"], batch["texts"])):
+            safe = text.translate(UNSAFE)
+            self.unsafe += safe != text
+            fields = [row_id.translate(UNSAFE), safe, *map(str, preds[k])] + ([f"{p:.6f}" for p in probs[k]] if probs else [])
+            rows.append((index, "\t".join(fields)))
+        self.truncated += batch["truncated"]
+        self._flush()
+
+    def _flush(self, everything: bool = False) -> None:
+        """Write out, in input order, every chunk whose rows (on this rank) have all arrived."""
+        while self.next_chunk < self.stream.num_chunks:
+            rows = self.pending.get(self.next_chunk, [])
+            if len(rows) < self.stream.rows_in_chunk(self.next_chunk) and not everything:
+                return
+            for index, line in sorted(rows):
+                self.part.write(f"{index}\t{line}\n")
+            self.rows += len(rows)
+            self.pending.pop(self.next_chunk, None)
+            self.next_chunk += 1
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.world_size > 1:  # each rank predicted a share of the rows: rank 0 writes them all
-            self._gather(trainer)
+        self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
+        self.part.close()
+        counts = trainer.strategy.reduce(torch.tensor([self.rows, self.truncated, self.unsafe], dtype=torch.float64), reduce_op="sum")
+        trainer.strategy.barrier("prediction parts written")
         if trainer.is_global_zero:
-            self.write(self._table(trainer), pl_module.label_names)
-        self.preds = self.probs = self.seen = None
+            self.merge(trainer.world_size, pl_module.label_names, *[int(c) for c in counts.tolist()])
+        trainer.strategy.barrier("prediction file written")
+        self.stream = self.part = self.pending = None
 
-    def _gather(self, trainer) -> None:
-        shares = [None] * trainer.world_size
-        rows = np.flatnonzero(self.seen)
-        mine = (rows, self.preds[rows], None if self.probs is None else self.probs[rows])
-        torch.distributed.all_gather_object(shares, mine)
-        for rows, preds, probs in shares:
-            self.preds[rows], self.seen[rows] = preds, True
-            if self.probs is not None:
-                self.probs[rows] = probs
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if getattr(self, "part", None) is not None:  # a failed run leaves no part file behind
+            self.part.close()
+            os.remove(self.part.name)
+            self.part = None
 
-    @staticmethod
-    def _table(trainer):
-        tables = getattr(trainer.datamodule, "tables", {})
-        if "predict" not in tables:
-            raise DataError("PredictionFileWriter needs the EmotionDataModule's predict split (trainer.datamodule.tables['predict']); run it through `emolightning predict`.")
-        return tables["predict"]
-
-    def write(self, table, label_names: list[str]) -> None:
-        rows = np.flatnonzero(self.seen)
-        if len(rows) < len(table):
-            rank_zero_warn(f"Only {len(rows)} of {len(table)} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only.")
-        header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probs is not None else [])
-        unsafe = 0
-        lines = ["\t".join(header)]
-        for i in rows:
-            text = table.texts[i].translate(UNSAFE)
-            unsafe += text != table.texts[i]
-            fields = [table.ids[i].translate(UNSAFE), text, *map(str, self.preds[i].tolist())]
-            if self.probs is not None:
-                fields += [f"{p:.6f}" for p in self.probs[i].tolist()]
-            lines.append("\t".join(fields))
-        if unsafe:
-            rank_zero_warn(f"{unsafe} texts of {table.source} hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead.")
-        directory = os.path.dirname(os.path.abspath(self.output))
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(self.output)}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
+    def merge(self, world_size: int, label_names: list[str], rows: int, truncated: int, unsafe: int) -> None:
+        parts = [self._beside_output(f"part{rank}") for rank in range(world_size)]
+        if missing := [p for p in parts if not os.path.exists(p)]:
+            raise DataError(f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares.")
+        header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
+        tmp = self._beside_output(str(os.getpid()))
+        files = [open(p, encoding="utf-8", newline="\n") for p in parts]
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+                out.write("\t".join(header) + "\n")
+                # each part is in input order: a k-way merge keeps that, one line per part in memory
+                numbered = [((int(line.partition("\t")[0]), line) for line in f) for f in files]
+                for _, line in heapq.merge(*numbered, key=lambda pair: pair[0]):
+                    out.write(line.partition("\t")[2])
+        finally:
+            for f in files:
+                f.close()
         os.replace(tmp, self.output)  # atomic: a reader never sees half a prediction file
-        rank_zero_info(f"Wrote {len(rows)} predictions ({len(label_names)} labels) to {self.output}")
+        for p in parts:
+            os.remove(p)
+        if rows < self.stream.num_rows:
+            rank_zero_warn(f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only.")
+        if truncated:
+            rank_zero_info(f"{truncated} of {rows} texts are longer than max_length={self.stream.max_length} tokens and were truncated.")
+        if unsafe:
+            rank_zero_warn(f"{unsafe} texts hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead.")
+        rank_zero_info(f"Wrote {rows} predictions ({len(label_names)} labels) to {self.output}")

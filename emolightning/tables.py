@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ OFFICIAL_SPLITS = {
 SPLIT_OPTIONS = {"train": "train_file", "validation": "val_file", "test": "test_file", "predict": "predict_file"}
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "1.0"}, {"0", "false", "0.0"}
 DEMO_DIR = "builtin:demo"
+
+
+Record = tuple[str, str, "list[int] | None"]  # (id, text, 0/1 labels or None when unlabelled)
 
 
 @dataclass
@@ -73,57 +78,53 @@ def find_split_file(data_dir: str, split: str) -> str | None:
     return None
 
 
-def _decode_lines(path: str) -> list[str]:
+def _decode_lines(path: str) -> Iterator[str]:
+    """The file's lines, decoded one at a time (a 100k-line file is never held whole)."""
     with open(path, "rb") as f:
-        raw = f.read()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            out.append(line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r"))
-        except UnicodeDecodeError as err:
-            raise DataError(
-                f"{path}, line {number}: bytes that are not UTF-8 ({line[max(0, err.start - 10):err.end + 10]!r}). "
-                "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)."
-            ) from None
-    return out
+        for number, line in enumerate(f, start=1):
+            line = line.removesuffix(b"\n")
+            try:
+                yield line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}, line {number}: bytes that are not UTF-8 ({line[max(0, err.start - 10):err.end + 10]!r}). "
+                    "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)."
+                ) from None
 
 
-def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list]]]:
-    """(header, [(line number, fields)]) for tsv/txt/csv/jsonl/parquet files."""
+def _read_rows(path: str) -> tuple[list[str], Iterator[tuple[int, list]]]:
+    """(header, lazy (line number, fields) rows) of a tsv/txt/csv/jsonl/parquet file."""
     suffix = Path(path).suffix.lower()
     if suffix in (".txt", ".tsv", ".csv"):
         lines = _decode_lines(path)
-        if not lines:
+        # the official files are tab-separated with no quoting: a quote is part of a tweet
+        parsed = csv.reader(lines) if suffix == ".csv" else (line.split("\t") for line in lines)
+        header = next(parsed, None)
+        if header is None:
             raise DataError(f"{path} is empty: it needs a header line and one row per text.")
-        if suffix == ".csv":
-            parsed = list(csv.reader(lines))
-        else:  # the official files are tab-separated with no quoting: a quote is part of a tweet
-            parsed = [line.split("\t") for line in lines]
-        return parsed[0], [(n, row) for n, row in enumerate(parsed[1:], start=2) if row != [""] and row != []]
+        return header, ((n, row) for n, row in enumerate(parsed, start=2) if row != [""] and row != [])
     if suffix in (".jsonl", ".json"):
-        rows, header = [], None
-        for n, line in enumerate(_decode_lines(path), start=1):
-            if not line.strip():
-                continue
+        records = ((n, line) for n, line in enumerate(_decode_lines(path), start=1) if line.strip())
+
+        def parse(n: int, line: str) -> dict:
             try:
-                record = json.loads(line)
+                return json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}, line {n}: not valid JSON ({err.msg}). Each line must be one JSON object.") from None
-            if header is None:
-                header = list(record)
-            rows.append((n, [record.get(column) for column in header]))
-        if header is None:
+
+        first = next(records, None)
+        if first is None:
             raise DataError(f"{path} is empty: it needs one JSON object per line.")
-        return header, rows
+        header = list(parse(*first))
+        rows = itertools.chain([first], records)
+        return header, ((n, [record.get(column) for column in header]) for n, record in ((n, parse(n, line)) for n, line in rows))
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path).to_pydict()
-        header = list(table)
-        return header, [(n + 1, [table[c][n] for c in header]) for n in range(len(table[header[0]]) if header else 0)]
+        file = pq.ParquetFile(path)
+        header = file.schema_arrow.names
+        batches = (batch.to_pylist() for batch in file.iter_batches(batch_size=4096))
+        return header, ((n, [record[c] for c in header]) for n, record in enumerate(itertools.chain.from_iterable(batches), start=1))
     raise DataError(f"{path}: unknown file type '{suffix}'. Use .txt/.tsv (tab-separated), .csv, .jsonl or .parquet.")
 
 
@@ -145,21 +146,25 @@ def _label_value(value, path: str, line: int, column: str) -> int | None:
     )
 
 
-def read_table(
+def read_records(
     path: str,
     text_column: str = "Tweet",
     id_column: str | None = "ID",
     label_columns: list[str] | None = None,
     allow_plain_text: bool = False,
-) -> Table:
-    """Read one split. Label columns are `label_columns`, or every column but the id and text."""
+    unique_ids: bool = True,
+) -> tuple[list[str], Iterator[Record]]:
+    """(label names, lazy records) of one file; every check of `read_table` runs as the rows go by.
+
+    Label columns are `label_columns`, or every column but the id and text. Memory stays flat,
+    except that the duplicate-ID check keeps every ID seen (`unique_ids=False` skips it).
+    """
     if not os.path.isfile(path):
         raise DataError(f"The data file '{path}' does not exist. Check the path (relative paths start at the current directory).")
     header, rows = _read_rows(path)
     if text_column not in header:
         if allow_plain_text and Path(path).suffix.lower() == ".txt" and len(header) == 1:
-            texts = [line for line in _decode_lines(path) if line.strip()]
-            return Table([str(i) for i in range(1, len(texts) + 1)], texts, None, [], path)
+            return [], _plain_texts(path)
         raise DataError(
             f"{path}, line 1: the header {header} has no text column '{text_column}'. Fix the header "
             "(the official E-c header is ID, Tweet, then the 11 emotions) or set `data.text_column`."
@@ -171,11 +176,25 @@ def read_table(
         raise DataError(f"{path}, line 1: the header {header} lacks the label column(s) {missing}. Fix the header or `data.label_columns`.")
     if not label_columns and not allow_plain_text:
         raise DataError(f"{path}, line 1: the header {header} has no label columns. Add one 0/1 column per emotion.")
+    return list(label_columns), _records(path, header, rows, text_column, id_column, list(label_columns), unique_ids)
+
+
+def _plain_texts(path: str) -> Iterator[Record]:
+    """A .txt with one text per line and no header: IDs are line counts, blank lines skipped."""
+    texts = (line for line in _decode_lines(path) if line.strip())
+    count = 0
+    for count, text in enumerate(texts, start=1):
+        yield str(count), text, None
+    if not count:
+        raise DataError(f"{path} holds no text: write one text per line.")
+
+
+def _records(path: str, header: list[str], rows, text_column: str, id_column: str | None, label_columns: list[str], unique_ids: bool) -> Iterator[Record]:
     text_at = header.index(text_column)
     id_at = header.index(id_column) if id_column in header else None
     label_at = [header.index(c) for c in label_columns]
-
-    ids, texts, labels, seen = [], [], [], {}
+    seen: dict[str, int] = {}
+    labelled = None  # whether the file carries labels, decided by its first row
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(
@@ -186,22 +205,38 @@ def read_table(
         if text is None or not str(text).strip():
             raise DataError(f"{path}, line {line}: the text is empty. Remove the row or fill in the text.")
         row_id = str(row[id_at]) if id_at is not None else str(line - 1)
-        if row_id in seen:
-            raise DataError(f"{path}, line {line}: the ID '{row_id}' already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
-        seen[row_id] = line
+        if unique_ids:
+            if row_id in seen:
+                raise DataError(f"{path}, line {line}: the ID '{row_id}' already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
+            seen[row_id] = line
         values = [_label_value(row[i], path, line, c) for i, c in zip(label_at, label_columns)]
-        ids.append(row_id)
-        texts.append(str(text))
-        labels.append(values)
-
-    if not texts:
+        row_labelled = None not in values
+        if labelled is None:
+            labelled = row_labelled
+        elif row_labelled != labelled:
+            raise DataError(f"{path}, line {line}: some rows have NONE labels and others 0/1. A file is either fully labelled or fully unlabelled.")
+        yield row_id, str(text), values if row_labelled else None
+    if labelled is None:
         raise DataError(f"{path} has a header but no rows.")
-    unlabelled = [None in v for v in labels]
-    if any(unlabelled) and not all(unlabelled):
-        line = rows[unlabelled.index(True) if not unlabelled[0] else unlabelled.index(False)][0]
-        raise DataError(f"{path}, line {line}: some rows have NONE labels and others 0/1. A file is either fully labelled or fully unlabelled.")
-    matrix = None if all(unlabelled) else np.asarray(labels, dtype=np.uint8)
-    return Table(ids, texts, matrix, list(label_columns), path)
+
+
+def read_table(
+    path: str,
+    text_column: str = "Tweet",
+    id_column: str | None = "ID",
+    label_columns: list[str] | None = None,
+    allow_plain_text: bool = False,
+) -> Table:
+    """Read one split whole (see `read_records` for the columns and the checks)."""
+    label_names, records = read_records(path, text_column, id_column, label_columns, allow_plain_text)
+    ids, texts, labels = [], [], []
+    for row_id, text, values in records:
+        ids.append(row_id)
+        texts.append(text)
+        labels.append(values)
+    unlabelled = not label_names or labels[0] is None  # read_records raised if there were no rows
+    matrix = None if unlabelled else np.asarray(labels, dtype=np.uint8)
+    return Table(ids, texts, matrix, label_names, path)
 
 
 def table_from_hub(dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None) -> Table:

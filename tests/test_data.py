@@ -67,7 +67,9 @@ def test_unlabelled_official_test_file_loads_for_predict(tmp_path, tiny_encoder,
     data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path))
     data.prepare_data()
     data.setup("predict")
-    assert len(data.splits["predict"]) == 7 and data.splits["predict"].labels is None
+    batches = list(data.predict_stream)
+    assert data.predict_stream.num_rows == 7 and sorted(i for b in batches for i in b["index"].tolist()) == list(range(7))
+    assert all("labels" not in b for b in batches)
     with pytest.raises(DataError, match="no labels"):
         data.setup("test")
 
@@ -76,7 +78,9 @@ def test_plain_text_file_for_predict(tmp_path, ec_dir, tiny_encoder, cache_dir):
     (tmp_path / "texts.txt").write_text("so happy today\nscared of the news\n")
     data = dm(tiny_encoder, cache_dir, data_dir=ec_dir, predict_file=str(tmp_path / "texts.txt"))
     data.setup("predict")
-    assert data.tables["predict"].texts == ["so happy today", "scared of the news"]
+    (batch,) = list(data.predict_stream)
+    rows = sorted(zip(batch["index"].tolist(), batch["ids"], batch["texts"]))  # the batch is length-sorted
+    assert rows == [(0, "1", "so happy today"), (1, "2", "scared of the news")]
 
 
 def test_tokenisation_is_cached(ec_dir, tiny_encoder, cache_dir, monkeypatch):

@@ -161,3 +161,27 @@ def test_multinode_config_and_slurm_script_agree():
     assert sbatch["job-name"] not in ("bash", "interactive")  # Lightning ignores SLURM for those names
     assert re.search(r"^srun .*emolightning fit .*--config configs/trainer/multinode\.yaml", text, re.M)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def read_predictions(path: Path) -> tuple[list[list[str]], torch.Tensor]:
+    """(ID, text and 0/1 label fields, probabilities) of a file written with --probabilities true."""
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+    return [r[:13] for r in rows], torch.tensor([[float(v) for v in r[13:]] for r in rows])
+
+
+def test_two_processes_predict_what_one_process_predicts(single, ec_dir, tmp_path):
+    """Streamed predict under DDP: each rank writes its share, rank 0 merges them back into input order."""
+    run = run_dir(single[0])
+    # batches of 4 in chunks of 2 batches: the 30 test rows make 4 chunks whose batches alternate between the ranks
+    common = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best-1-12.ckpt"),
+              "--data.eval_batch_size", "4", "--data.predict_chunk_batches", "2", "--probabilities", "true", "--trainer.logger", "false"]
+    one = emolightning(*common, "--output", str(tmp_path / "one.txt"), "--trainer.default_root_dir", str(tmp_path / "one"), "--trainer.enable_progress_bar", "true")
+    assert re.search(r"Predicting.* 8/8 ", output(one))  # a progress bar with a known total: ceil(30 / 4) batches
+    two = emolightning(*common, *DDP, "--output", str(tmp_path / "two.txt"), "--trainer.default_root_dir", str(tmp_path / "two"))
+    assert "Starting with 2 processes" in output(two)
+    (labels_one, probs_one), (labels_two, probs_two) = read_predictions(tmp_path / "one.txt"), read_predictions(tmp_path / "two.txt")
+    gold = [line.split("\t")[:2] for line in (Path(ec_dir) / "2018-E-c-En-test-gold.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    assert [r[:2] for r in labels_two] == gold  # every row once, in the input's order
+    assert labels_two == labels_one
+    assert torch.allclose(probs_two, probs_one, atol=1e-6) and probs_one.std() > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["one.txt", "two.txt"]  # no part files left

@@ -104,3 +104,24 @@ def test_help_names_predict_options_and_the_other_commands(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "emolightning score PRED GOLD" in out and "emolightning export" in out
     assert "--output" in out and "--probabilities" in out and "predictions.txt" in out
+
+
+@pytest.mark.parametrize(
+    "bad_row, words",
+    [(b"late-1\tcaf\xe9 time", ["line 62", "not UTF-8"]), (b"p-0003\ta repeated id", ["line 62", "ID 'p-0003' already appears on line 5"])],
+)
+def test_a_bad_row_late_in_the_file_stops_predict_before_the_model_runs(trained_run, tmp_path, capsys, bad_row, words):
+    from emolightning.cli import main
+
+    source = write_official(tmp_path / "texts.txt", make_rows(60, 3, "p"), unlabelled=True)
+    source.write_bytes(source.read_bytes() + bad_row + b"\tNONE" * len(LABELS) + b"\n")
+    out = tmp_path / "out" / "pred.txt"
+    out.parent.mkdir()
+    out.write_text("the user's earlier predictions\n")
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "--config", str(trained_run["config"]), "--ckpt_path", str(trained_run["ckpt"]), "--data.predict_file", str(source),
+              "--output", str(out), "--trainer.default_root_dir", str(tmp_path / "root"), "--trainer.enable_progress_bar", "false"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err and f"{source}, " in err
+    assert all(w in err for w in words), err[-800:]
+    assert out.read_text() == "the user's earlier predictions\n" and list(out.parent.iterdir()) == [out]
