@@ -4,6 +4,7 @@ A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk
 `prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
 `collate`, which pads each batch only to its own longest text. Tweets average ~27 WordPiece
 tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on padding.
+`predict` input is not cached: it is streamed, a chunk at a time (stream.py), whatever its length.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .encoders import load_tokenizer
 from .errors import DataError
 from .resume import ResumableDataLoader
+from .tables import SPLIT_OPTIONS, Record, Table, find_split_file, read_records, read_table, resolve_data_dir, table_from_hub
 
 if TYPE_CHECKING:
     from .stream import PredictStream
-from .tables import SPLIT_OPTIONS, Record, Table, find_split_file, read_records, read_table, resolve_data_dir, table_from_hub
 
 CACHE_VERSION = 1
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
@@ -214,7 +215,6 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
-        self.tables: dict[str, Table] = {}
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -329,7 +329,6 @@ class EmotionDataModule(L.LightningDataModule):
             if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
             self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
-            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
 
     def _predict_stream(self) -> "PredictStream":
         from .stream import PredictStream  # stream.py builds on this module
