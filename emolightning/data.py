@@ -215,6 +215,7 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
+        self.tables: dict[str, Table] = {}  # IDs and texts of each split, for messages (guards.py names a bad batch's rows)
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -329,6 +330,7 @@ class EmotionDataModule(L.LightningDataModule):
             if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
             self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
+            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
 
     def _predict_stream(self) -> "PredictStream":
         from .stream import PredictStream  # stream.py builds on this module
