@@ -243,9 +243,8 @@ class EmotionDataModule(L.LightningDataModule):
             if self._hub is None:
                 self._hub = load_dataset(self.hparams.hub_dataset, self.hparams.hub_config)
             return table_from_hub(self._hub, source[4:], self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
-        return read_table(
-            source, self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns, allow_plain_text=split == "predict"
-        )
+        # a predict file never comes here: it is streamed (file_records), plain-text files included
+        return read_table(source, self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
 
     @property
     def label_names(self) -> list[str]:

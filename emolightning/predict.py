@@ -106,9 +106,9 @@ class PredictionFileWriter(BasePredictionWriter):
             with open(tmp, "w", encoding="utf-8", newline="\n") as out:
                 out.write("\t".join(header) + "\n")
                 # each part is in input order: a k-way merge keeps that, one line per part in memory
-                numbered = [((int(line.partition("\t")[0]), line) for line in f) for f in files]
-                for _, line in heapq.merge(*numbered, key=lambda pair: pair[0]):
-                    out.write(line.partition("\t")[2])
+                numbered = [((int(index), row) for index, _, row in (line.partition("\t") for line in f)) for f in files]
+                for _, row in heapq.merge(*numbered, key=lambda pair: pair[0]):
+                    out.write(row)
         finally:
             for f in files:
                 f.close()
