@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .data import Collator, truncate
+from .batching import pad, truncate
 from .encoders import load_tokenizer
 from .tables import Record
 
@@ -70,7 +70,6 @@ class PredictStream(IterableDataset):
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         tokenizer = load_tokenizer(self.tokenizer)
-        collate = Collator(tokenizer.pad_token_id)
         records = self.records()
         chunk_rows = self.chunk_batches * self.batch_size
         for chunk in range(self.num_chunks):
@@ -85,7 +84,7 @@ class PredictStream(IterableDataset):
                 if (chunk * self.chunk_batches + k // self.batch_size) % self.world_size != self.rank:
                     continue
                 members = order[k : k + self.batch_size]
-                input_ids, attention_mask = collate.pad(truncate([encoded[i] for i in members], self.max_length), collate.pad_token_id)
+                input_ids, attention_mask = pad(truncate([encoded[i] for i in members], self.max_length), tokenizer.pad_token_id)
                 yield {
                     "input_ids": input_ids,
                     "attention_mask": attention_mask,

@@ -220,6 +220,11 @@ def _records(path: str, header: list[str], rows, text_column: str, id_column: st
         raise DataError(f"{path} has a header but no rows.")
 
 
+def file_records(path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True) -> Iterator[Record]:
+    """The rows of a predict file (a table, or one text per line), read lazily."""
+    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids)[1]
+
+
 def read_table(
     path: str,
     text_column: str = "Tweet",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from emolightning.data import LengthGroupedSampler
+from emolightning.batching import LengthGroupedSampler
 from emolightning.errors import ConfigError
 from emolightning.resume import AtomicCheckpointIO, ResumableDataLoader, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
 
@@ -116,7 +116,7 @@ def epoch_rows(loader) -> list[list[int]]:
 
 @pytest.mark.parametrize("by_length", [True, False])
 def test_resumable_loader_skips_the_batches_already_trained_on(by_length):
-    from emolightning.data import Collator, TokenizedSplit
+    from emolightning.batching import Collator, TokenizedSplit
 
     split = TokenizedSplit([torch.ones(n, dtype=torch.int32) for n in [3, 9, 4, 8, 5, 7, 6, 2, 10, 11, 12]], torch.zeros(11, 2))
 
