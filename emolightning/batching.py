@@ -20,11 +20,23 @@ def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
 
 
 class TokenizedSplit(Dataset):
-    """Token ids and labels of one split; item i is (ids, labels or None, i)."""
+    """Token ids and labels of one split; item i is a dict of its `input_ids`, `index` i, and, when given, `labels`, `teacher_input_ids` and `id`.
 
-    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None, teacher_input_ids: list[torch.Tensor] | None = None):
+    `ids` (the rows' IDs as read) and `source` (the file) travel into every batch, so that whatever
+    meets a batch (a NaN loss, FiniteLossGuard) can name its rows without asking the data module.
+    """
+
+    def __init__(
+        self,
+        input_ids: list[torch.Tensor],
+        labels: torch.Tensor | None,
+        teacher_input_ids: list[torch.Tensor] | None = None,
+        ids: list[str] | None = None,
+        source: str | None = None,
+    ):
         self.input_ids, self.labels = input_ids, labels
         self.teacher_input_ids = teacher_input_ids  # a distillation teacher's own tokenisation, if it differs
+        self.ids, self.source = ids, source
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -35,6 +47,8 @@ class TokenizedSplit(Dataset):
             item["labels"] = self.labels[i]
         if self.teacher_input_ids is not None:
             item["teacher_input_ids"] = self.teacher_input_ids[i]
+        if self.ids is not None:
+            item["id"], item["source"] = self.ids[i], self.source
         return item
 
     @property
@@ -56,19 +70,26 @@ def pad(sequences: list[torch.Tensor], pad_token_id: int, multiple_of: int | Non
 
 
 class Collator:
-    """Pads a list of items to the longest one in the batch (optionally to a multiple of 8)."""
+    """Pads a list of items to the longest one in the batch (optionally to a multiple of 8).
+
+    A batch holds `input_ids`, `attention_mask` (B, longest), `index` (B,), and as its items do
+    `labels` (B, L) float, `teacher_input_ids`/`teacher_attention_mask`, `ids` (list of str) and
+    `source` (str), as predict batches (stream.py) hold `ids`.
+    """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_token_id: int | None = None):
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
         self.teacher_pad_token_id = teacher_pad_token_id
 
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict]) -> dict:
         input_ids, attention_mask = pad([item["input_ids"] for item in items], self.pad_token_id, self.pad_to_multiple_of)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items]).float()
         if "teacher_input_ids" in items[0]:
             batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id, self.pad_to_multiple_of)
+        if "id" in items[0]:
+            batch["ids"], batch["source"] = [it["id"] for it in items], items[0]["source"]
         return batch
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .data import EmotionDataModule
+from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
 from .guards import FiniteLossGuard
 from .model import EmotionClassifier
@@ -68,14 +69,8 @@ class EmotionCLI(LightningCLI):
             resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
         super()._parse_ckpt_path()
         ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
-        if ckpt and os.path.isfile(ckpt):
-            import torch
-
-            checkpoint = torch.load(ckpt, weights_only=True, map_location="cpu")
-            if "distillation" in checkpoint:
-                init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
-                model = {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
-                self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
+        if ckpt and os.path.isfile(ckpt) and (model := distiller_config(ckpt)) is not None:
+            self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
 
     def before_predict(self) -> None:
         config = self.config_init["predict"]

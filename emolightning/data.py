@@ -98,7 +98,6 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
-        self.tables: dict[str, Table] = {}  # IDs and texts of each split, for messages (guards.py names a bad batch's rows)
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -211,8 +210,12 @@ class EmotionDataModule(L.LightningDataModule):
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
             if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
-            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
-            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
+            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"])
+
+    def label_positives(self, split: str) -> list[int] | None:
+        """Gold positives of each label in a split set up by `setup` (None when it is not)."""
+        dataset = self.splits.get(split)
+        return None if dataset is None or dataset.labels is None else dataset.labels.sum(dim=0).long().tolist()
 
     def _predict_stream(self) -> PredictStream:
         source = self.split_source("predict")

@@ -49,6 +49,19 @@ def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
     return out
 
 
+def distiller_config(checkpoint_path: str) -> dict | None:
+    """The `model` config (class_path, init_args) that resumes the distiller which wrote a checkpoint; None for a plain classifier's.
+
+    The checkpoint's `hyper_parameters` are the student's (`on_save_checkpoint`), so that test and
+    predict build a plain EmotionClassifier; the distiller's own sit in its `distillation` entry.
+    """
+    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+    if "distillation" not in checkpoint:
+        return None
+    init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
+    return {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
+
+
 class Teacher(nn.Module):
     """A frozen classifier: (B, T) ids and mask -> (B, L) logits and (B, T, H) last hidden states.
 

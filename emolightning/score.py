@@ -19,12 +19,11 @@ import torch
 
 from .errors import DataError
 from .metrics import official_scores
-from .tables import _read_rows, read_table
+from .tables import read_header, read_table
 
 
 def label_columns(path: str, text_column: str, id_column: str) -> list[str]:
-    header, _ = _read_rows(path)
-    return [c for c in header if c not in (text_column, id_column) and not c.startswith("p_")]
+    return [c for c in read_header(path) if c not in (text_column, id_column) and not c.startswith("p_")]
 
 
 def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_column: str = "ID"):

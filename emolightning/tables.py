@@ -92,6 +92,11 @@ def _decode_lines(path: str) -> Iterator[str]:
                 ) from None
 
 
+def read_header(path: str) -> list[str]:
+    """The column names of a table file (its first line, or its first JSON object's keys)."""
+    return _read_rows(path)[0]
+
+
 def _read_rows(path: str) -> tuple[list[str], Iterator[tuple[int, list]]]:
     """(header, lazy (line number, fields) rows) of a tsv/txt/csv/jsonl/parquet file."""
     suffix = Path(path).suffix.lower()

@@ -202,7 +202,8 @@ def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec
 
     plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
     plain.prepare_data(), plain.setup("fit")
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels"}  # no extra cost
+    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
+    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
     with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
         model.distillation_losses(next(iter(plain.train_dataloader())))
 
