@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .compat import last_global_step_saved
 from .errors import TrainingError
 
 
@@ -60,7 +61,7 @@ class FiniteLossGuard(Callback):
         callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         kept = []
         if last := next((c for c in callbacks if c.last_model_path), None):
-            step = last._last_global_step_saved  # 0 until this process saved one
+            step = last_global_step_saved(last)  # 0 until this process saved one
             kept.append(f"the last good checkpoint is {last.last_model_path}" + (f" (global step {step})" if step else ""))
         if best := next((c.best_model_path for c in callbacks if c.best_model_path), None):
             kept.append(f"the best is {best}")

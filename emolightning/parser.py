@@ -15,6 +15,8 @@ import re
 
 from lightning.pytorch.cli import LightningArgumentParser
 
+from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
+
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
 ALIASES = {
     "learning_rate": "model.init_args.lr",
@@ -50,11 +52,10 @@ def model_keys() -> list[str]:
 def known_keys(parser) -> list[str]:
     """Every option key of `parser` and its subcommands' parsers (dotted, without dashes)."""
     keys = []
-    subcommands = getattr(parser, "_subcommands_action", None)
-    if subcommands is not None:
-        for sub in subcommands._name_parser_map.values():
-            keys += known_keys(sub)
-    for action in parser._actions:
+    for sub in subcommand_parsers(parser):
+        keys += known_keys(sub)
+    subcommands = subcommand_action(parser)
+    for action in parser_actions(parser):
         if action.dest not in ("help", "config", "==SUPPRESS==") and action is not subcommands:
             keys.append(action.dest)
     if "model" in keys:
@@ -110,7 +111,7 @@ def suggestion(message: str, parser) -> str:
 class EmotionArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         try:
-            hint = suggestion(message, getattr(ex, "subcommand_parser", None) or self)
+            hint = suggestion(message, error_parser(ex, self))
         except Exception:  # a hint must never hide the error itself
             hint = ""
         return super().error(message + hint, ex)
