@@ -18,10 +18,10 @@ from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
-from .guards import FiniteLossGuard
+from .nan_guard import FiniteLossGuard
 from .model import EmotionClassifier
 from .parser import EmotionArgumentParser
-from .predict import PredictionFileWriter
+from .prediction_writer import PredictionFileWriter
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 

@@ -178,7 +178,7 @@ class EmotionDataModule(L.LightningDataModule):
             data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
         return data
 
-    def _cached(self, split: str, build: bool) -> dict:
+    def _tokenized(self, split: str, build: bool) -> dict:
         source = self.split_source(split)
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
@@ -197,7 +197,7 @@ class EmotionDataModule(L.LightningDataModule):
         """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
         for split in ("train", "validation", "test"):
             if self.split_source(split) is not None:
-                self._cached(split, build=True)
+                self._tokenized(split, build=True)
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
@@ -205,7 +205,7 @@ class EmotionDataModule(L.LightningDataModule):
             return
         wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"]}[stage]
         for split in wanted:
-            data = self._cached(split, build=False)
+            data = self._tokenized(split, build=False)
             if data["truncated"]:
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
             if data["labels"] is None:

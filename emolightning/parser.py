@@ -36,15 +36,10 @@ SUBCOMMANDS = ["fit", "validate", "test", "predict", "score", "export"]
 
 def model_keys() -> list[str]:
     """`model.init_args.<name>` for every argument of the model classes."""
-    from . import model
+    from .distill import EmotionDistiller  # the parser is built before the model classes are needed: import them late
+    from .model import EmotionClassifier
 
-    classes = [model.EmotionClassifier]
-    try:
-        from .distill import EmotionDistiller
-
-        classes.append(EmotionDistiller)
-    except ImportError:
-        pass
+    classes = [EmotionClassifier, EmotionDistiller]
     names = {n for c in classes for n in inspect.signature(c.__init__).parameters if n not in ("self", "args", "kwargs")}
     return ["model.class_path"] + [f"model.init_args.{n}" for n in sorted(names)]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import LABELS
 from emolightning.data import EmotionDataModule
 from emolightning.model import EmotionClassifier
-from test_cli import REPO
+from helpers import REPO
 
 
 @pytest.fixture

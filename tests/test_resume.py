@@ -20,9 +20,9 @@ import torch
 
 from emolightning.batching import LengthGroupedSampler
 from emolightning.errors import ConfigError
+from helpers import REPO
 from emolightning.resume import AtomicCheckpointIO, ResumableDataLoader, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
 
-REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 

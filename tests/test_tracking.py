@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from test_cli import REPO, print_config
+from helpers import REPO, print_config
 from emolightning.batching import TokenizedSplit
 from emolightning.cli import EmotionCLI, run_cli
 from emolightning.data import EmotionDataModule
