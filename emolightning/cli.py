@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -18,8 +17,8 @@ from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
-from .nan_guard import FiniteLossGuard
 from .model import EmotionClassifier
+from .nan_guard import FiniteLossGuard
 from .parser import EmotionArgumentParser
 from .prediction_writer import PredictionFileWriter
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
@@ -56,7 +55,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets two options of its own
         if subcommand == "predict":
-            parser.add_argument("--output", type=Optional[str], default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
+            parser.add_argument("--output", type=str | None, default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
             parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
 
     def before_ckpt_path(self) -> None:

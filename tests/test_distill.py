@@ -14,11 +14,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
-from helpers import REPO, emolightning
 
+from conftest import LABELS
+from helpers import REPO, emolightning
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:

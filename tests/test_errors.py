@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LABELS, make_rows, write_official
 from emolightning.cli import main
+
+from conftest import LABELS, make_rows, write_official
 from helpers import REPO
 
 HEADER = "ID\tTweet\tjoy\tsadness\n"

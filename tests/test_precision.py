@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import LABELS
 from emolightning.data import EmotionDataModule
 from emolightning.model import EmotionClassifier
+
+from conftest import LABELS
 from helpers import REPO
 
 

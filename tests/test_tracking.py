@@ -9,11 +9,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from helpers import REPO, print_config
 from emolightning.batching import TokenizedSplit
 from emolightning.cli import EmotionCLI, run_cli
 from emolightning.data import EmotionDataModule
 from emolightning.tracking import LABEL_TABLE_COLUMNS, LabelTable, SaveConfigToLogger
+
+from helpers import REPO, print_config
 
 MODEL_CONFIGS = sorted(str(p.relative_to(REPO)) for d in ("semeval", "distill") for p in (REPO / "configs" / d).glob("*.yaml")) + ["configs/quickstart.yaml"]
 
