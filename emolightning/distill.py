@@ -49,6 +49,19 @@ def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
     return out
 
 
+def distiller_config(checkpoint_path: str) -> dict | None:
+    """The `model` config (class_path, init_args) that resumes the distiller which wrote a checkpoint; None for a plain classifier's.
+
+    The checkpoint's `hyper_parameters` are the student's (`on_save_checkpoint`), so that test and
+    predict build a plain EmotionClassifier; the distiller's own sit in its `distillation` entry.
+    """
+    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+    if "distillation" not in checkpoint:
+        return None
+    init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
+    return {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
+
+
 class Teacher(nn.Module):
     """A frozen classifier: (B, T) ids and mask -> (B, L) logits and (B, T, H) last hidden states.
 
@@ -261,8 +274,8 @@ class EmotionDistiller(EmotionClassifier):
         self.cache_logits = cache_teacher_logits and not self.use_cosine
         if cache_teacher_logits and self.use_cosine:
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
-        self._cache: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
-        self._cached: Tensor | None = None  # (N,) bool: row i holds example i's logits
+        self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
+        self._teacher_logits_seen: Tensor | None = None  # (N,) bool: row i holds example i's logits
         rank_zero_info(
             f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
             f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if encoder_config else encoder}); "
@@ -287,17 +300,17 @@ class EmotionDistiller(EmotionClassifier):
         if not self.cache_logits:
             return self.teacher(ids, mask, hidden=self.use_cosine)
         index = batch["index"]
-        if self._cache is None or len(self._cache) <= int(index.max()):
-            size = max(int(index.max()) + 1, 2 * (0 if self._cache is None else len(self._cache)))
-            cache = torch.zeros(size, len(self.label_names), device=index.device)
-            cached = torch.zeros(size, dtype=torch.bool, device=index.device)
-            if self._cache is not None:
-                cache[: len(self._cache)], cached[: len(self._cached)] = self._cache, self._cached
-            self._cache, self._cached = cache, cached
-        if not bool(self._cached[index].all()):  # the batch is padded together, so run it whole
+        if self._teacher_logits is None or len(self._teacher_logits) <= int(index.max()):
+            size = max(int(index.max()) + 1, 2 * (0 if self._teacher_logits is None else len(self._teacher_logits)))
+            grown = torch.zeros(size, len(self.label_names), device=index.device)
+            seen = torch.zeros(size, dtype=torch.bool, device=index.device)
+            if self._teacher_logits is not None:
+                grown[: len(self._teacher_logits)], seen[: len(self._teacher_logits_seen)] = self._teacher_logits, self._teacher_logits_seen
+            self._teacher_logits, self._teacher_logits_seen = grown, seen
+        if not bool(self._teacher_logits_seen[index].all()):  # the batch is padded together, so run it whole
             logits, _ = self.teacher(ids, mask, hidden=False)
-            self._cache[index], self._cached[index] = logits.float(), True
-        return self._cache[index], None
+            self._teacher_logits[index], self._teacher_logits_seen[index] = logits.float(), True
+        return self._teacher_logits[index], None
 
     # ---- training ------------------------------------------------------------------------
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from test_cli import REPO, emolightning, tiny_args
+from helpers import REPO, emolightning, tiny_args
 
 WEIGHT_TOL = 1e-5
 METRIC_TOL = 1e-6

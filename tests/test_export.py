@@ -11,10 +11,11 @@ import lightning
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.errors import ConfigError
 from emolightning.export import export_checkpoint
 from emolightning.model import EmotionClassifier
+
+from conftest import LABELS
 
 TEXTS = ["so delighted today", "furious and scared at work with my friend this morning", "adore", "the news was gross so very gross"]
 
