@@ -138,7 +138,7 @@ def main() -> None:
 
     todo = [(r, s) for r in args.recipes for s in args.seeds if best_checkpoint(run_dir(args.out, r, s)) is None]
     train_all(todo, args)
-    print(f"\ndev (n=886), best checkpoint on dev Jaccard; thresholds held out: tuned on one half of dev, scored on the other (10 halvings x 2)")
+    print("\ndev (n=886), best checkpoint on dev Jaccard; thresholds held out: tuned on one half of dev, scored on the other (10 halvings x 2)")
     print("mean +- std over seeds, in points\n")
     print("| recipe | seeds | Jaccard @0.5 | macro-F1 @0.5 | Jaccard per-label | micro-F1 per-label | macro-F1 per-label | Jaccard global | macro-F1 global |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

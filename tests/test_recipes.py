@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.errors import ConfigError
 from emolightning.heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids
 from emolightning.losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
 from emolightning.model import EmotionClassifier, encoder_depth
+
+from conftest import LABELS
 
 
 def sigmoid(x: float) -> float:
