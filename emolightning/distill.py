@@ -154,6 +154,8 @@ class EmotionDistiller(EmotionClassifier):
         ema_decay: float | None = None,
         threshold: float = 0.5,
         tune_thresholds: bool = True,
+        threshold_strategy: Literal["fixed", "global", "per_label", "shrunk"] = "per_label",
+        threshold_shrinkage: float = 50.0,
         min_label_positives: int = 10,
         encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
@@ -195,7 +197,9 @@ class EmotionDistiller(EmotionClassifier):
             layer_lr_decay: Layer-wise learning-rate decay of the student's encoder (1: off).
             ema_decay: Exponential moving average of the student's weights (none: off).
             threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
+            tune_thresholds: After each validation epoch in fit, choose the thresholds on it (`threshold_strategy`).
+            threshold_strategy: `fixed`, `global`, `per_label` or `shrunk` (see EmotionClassifier).
+            threshold_shrinkage: `shrunk` only: positives at which a label's own and the global threshold count equally.
             min_label_positives: Labels with fewer validation positives keep the global threshold.
             encoder_layers: Keep only these layers of the pretrained student encoder (not with student_layers).
             encoder_config: Filled in automatically: the student encoder's config.
@@ -237,6 +241,7 @@ class EmotionDistiller(EmotionClassifier):
             dropout=dropout, loss=loss, focal_gamma=focal_gamma, asl_gamma_neg=asl_gamma_neg, asl_gamma_pos=asl_gamma_pos,
             asl_clip=asl_clip, label_correlation_weight=label_correlation_weight, pos_weight=pos_weight,
             layer_lr_decay=layer_lr_decay, ema_decay=ema_decay, threshold=threshold, tune_thresholds=tune_thresholds,
+            threshold_strategy=threshold_strategy, threshold_shrinkage=threshold_shrinkage,
             min_label_positives=min_label_positives, encoder_layers=encoder_layers,
             encoder_config=copied.config.to_dict() if copied is not None else encoder_config,
         )
