@@ -266,3 +266,8 @@ class EmotionDataModule(L.LightningDataModule):
         # __len__ may be wrong with several workers; this one's is exact (chunks are dealt to workers).
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(self.predict_stream, batch_size=None, num_workers=self.hparams.num_workers)
+
+    # ---- statistics the model may ask for ------------------------------------------------
+    def train_label_frequencies(self) -> list[float]:
+        """Fraction of training texts carrying each label, in `label_names` order (after setup("fit"))."""
+        return self.splits["train"].labels.mean(dim=0).tolist()

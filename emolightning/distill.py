@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .errors import ConfigError
-from .losses import hard_label_loss, hidden_cosine_loss, soft_target_loss
-from .model import EmotionClassifier, linear_warmup_decay, pool
+from .losses import hidden_cosine_loss, soft_target_loss
+from .model import EmotionClassifier
 
 # text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
 PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
@@ -82,7 +82,7 @@ class Teacher(nn.Module):
                     "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
                 )
             classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
-            self.encoder, self.head, self.pooling = classifier.encoder, classifier.head, classifier.hparams.pooling
+            self.classifier, self.pooling = classifier, classifier.hparams.pooling
             self.label_names: list[str] | None = classifier.label_names
             self.tokenizer = classifier.hparams.encoder
         else:
@@ -108,15 +108,25 @@ class Teacher(nn.Module):
     @property
     def base(self) -> nn.Module:
         """The transformer under the head (what a DistilBERT-style student is copied from)."""
-        return self.encoder if self.model is None else self.model.base_model
+        return self.classifier.encoder if self.model is None else self.model.base_model
+
+    @property
+    def encoder(self) -> nn.Module:
+        """An emolightning teacher's encoder."""
+        return self.classifier.encoder
+
+    @property
+    def head(self) -> nn.Module:
+        """An emolightning teacher's linear head."""
+        return self.classifier.head
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = True) -> tuple[Tensor, Tensor | None]:
         if self.model is None:
-            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.head(pool(states, attention_mask, self.pooling)), states
+            states, states_mask = self.classifier.token_states(input_ids, attention_mask)
+            return self.classifier.classify(self.classifier.pool_states(states, states_mask)), states
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
         return out.logits, (out.hidden_states[-1] if hidden else None)
 
@@ -168,7 +178,7 @@ class EmotionDistiller(EmotionClassifier):
         Its checkpoints are plain EmotionClassifier checkpoints, without the teacher: test or
         predict with a config naming `class_path: emolightning.EmotionClassifier` (or
         `EmotionClassifier.load_from_checkpoint`), no teacher needed. Every other argument
-        (`head_lr`, `pooling`, `pos_weight`, `encoder_layers`, ...) is EmotionClassifier's, for the
+        (`head_lr`, `pooling`, `loss`, `pos_weight`, `encoder_layers`, ...) is EmotionClassifier's, for the
         student; the CLI shows each as a typed key (`--model.init_args.<name>`).
 
         Args:
@@ -184,7 +194,7 @@ class EmotionDistiller(EmotionClassifier):
                 Unset: the student is `encoder` from pretrained.
             temperature: Softmax/sigmoid temperature T of the soft targets (the loss is scaled by T²).
             soft_weight: Weight of the soft-target loss (`train/loss_soft`).
-            hard_weight: Weight of the gold-label BCE loss (`train/loss_hard`), with `pos_weight`.
+            hard_weight: Weight of the gold-label loss (`train/loss_hard`: the student's `loss`, with `pos_weight`).
             cosine_weight: Weight of the hidden-state cosine loss (`train/loss_cos`); it needs the
                 same tokenizer for both, and equal hidden sizes or `cosine_projection`.
             cosine_projection: If the hidden sizes differ, learn a linear map student -> teacher for
@@ -277,12 +287,12 @@ class EmotionDistiller(EmotionClassifier):
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:
         """`loss` (the weighted sum) and its parts `loss_soft`, `loss_hard` and, when on, `loss_cos`."""
         hp, mask = self.hparams, batch["attention_mask"]
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-        logits = self.head(self.dropout(pool(hidden, mask, hp.pooling)))
+        hidden, states_mask = self.token_states(batch["input_ids"], mask)
+        logits = self.classify(self.pool_states(hidden, states_mask))
         teacher_logits, teacher_hidden = self.teacher_outputs(batch)
         losses = {
             "loss_soft": soft_target_loss(logits, teacher_logits, hp.temperature, multi_label=hp.soft_loss == "sigmoid"),
-            "loss_hard": hard_label_loss(logits, batch["labels"], self.pos_weight),
+            "loss_hard": self.loss(logits, batch["labels"]),
         }
         total = hp.soft_weight * losses["loss_soft"] + hp.hard_weight * losses["loss_hard"]
         if self.use_cosine:
@@ -298,14 +308,11 @@ class EmotionDistiller(EmotionClassifier):
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]
 
-    def configure_optimizers(self):
-        config = super().configure_optimizers()
-        if self.projection is not None:  # trained like the head; the schedule is rebuilt to cover it
-            optimizer, head_lr = config["optimizer"], self.hparams.head_lr or self.hparams.lr
-            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": head_lr})
-            total = self.trainer.estimated_stepping_batches
-            config["lr_scheduler"]["scheduler"] = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
-        return config
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.projection is not None:  # trained like the head
+            groups.append({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": self.hparams.head_lr or self.hparams.lr})
+        return groups
 
     # ---- checkpoints: the student alone, as a plain EmotionClassifier ---------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
