@@ -108,6 +108,8 @@ class EmotionClassifier(L.LightningModule):
         self.register_buffer("thresholds", torch.full((len(label_names),), float(threshold)))
         self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float))
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
+        # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
+        self.last_val_outputs: tuple[Tensor, Tensor] | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -153,6 +155,8 @@ class EmotionClassifier(L.LightningModule):
         if stage == "val" and self.hparams.tune_thresholds and self.trainer.state.fn == "fit":
             _, per_label = tune_thresholds(probs.cpu(), target.cpu(), min_positives=self.hparams.min_label_positives)
             self.thresholds.copy_(per_label.to(self.thresholds.device))
+        if stage == "val":
+            self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
         scores = official_scores(probs >= fixed, target, self.label_names)
         tuned = official_scores(probs >= self.thresholds, target, self.label_names)
         # every rank computed the same numbers from the synced state: a MAX-reduce keeps them exact

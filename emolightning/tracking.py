@@ -13,6 +13,8 @@ LightningCLI and W&B do not fit together out of the box (Lightning issues #11256
   `trainer.default_root_dir`, like the checkpoints, instead of the current directory.
 - `LabelTable`: after each validation, a W&B table of label, tuned threshold, F1 at the fixed
   threshold and gold positives.
+- `log_report_to_wandb`: at the end of `fit`, the run's report (report.py) in its W&B run: the
+  figures as images, a per-label F1 bar chart and precision-recall curves (`wandb.plot`).
 - Sweeps pass hyperparameters as `--key=value` on the command line (`sweeps/*.yaml`), never
   through `wandb.config`: under DDP every rank parses the same argv, while `wandb.config` exists
   on rank 0 only. WandbLogger creates its run on global rank 0 only (`rank_zero_experiment`; the
@@ -25,6 +27,7 @@ import os
 from contextlib import contextmanager
 
 import lightning as L
+import numpy as np
 import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
@@ -145,3 +148,46 @@ class LabelTable(Callback):
         rows = self.rows(trainer, pl_module)
         for logger in wandb_loggers:
             logger.log_table(self.key, columns=LABEL_TABLE_COLUMNS, data=rows, step=trainer.global_step)
+
+
+def pr_curve_rows(probs: np.ndarray, target: np.ndarray, label_names: list[str], points: int = 21) -> list[list]:
+    """[label, precision, recall] rows of each label's precision-recall curve, for W&B's PR chart.
+
+    The same curve as `wandb.plot.pr_curve` (which needs scikit-learn and pandas): precision made
+    non-increasing in recall (the best precision at this recall or more), read at `points` recalls from 0 to 1.
+    """
+    rows = []
+    recalls = np.linspace(0, 1, points)
+    for j, name in enumerate(label_names):
+        gold = target[:, j].astype(bool)
+        if not gold.any():
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        tp = np.cumsum(gold[order])
+        precision = tp / np.arange(1, len(order) + 1)
+        recall = tp / gold.sum()
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        at = np.minimum(np.searchsorted(recall, recalls, side="left"), len(recall) - 1)
+        rows += [[name, round(float(p), 4), round(float(r), 4)] for p, r in zip(envelope[at], recalls)]
+    return rows
+
+
+def log_report_to_wandb(logger: WandbLogger, run, figures: list[tuple]) -> None:
+    """The report of `run` (report.Run) in the W&B run of `logger`: `report/<figure>` images (figures: [(png path, title)]),
+    `val/label_f1` (bar chart of the best checkpoint's per-label F1, at its tuned thresholds when saved) and `val/pr_curves` (one PR curve per label, best epoch)."""
+    import wandb
+
+    payload = {f"report/{os.path.splitext(os.path.basename(str(path)))[0]}": wandb.Image(str(path), caption=title) for path, title in figures}
+    f1, at = (run.label_f1_tuned, "tuned thresholds") if run.label_f1_tuned else (run.label_f1, "threshold 0.5")
+    if f1:
+        table = wandb.Table(columns=["label", "f1"], data=[[name, float(v)] for name, v in f1.items()])
+        payload["val/label_f1"] = wandb.plot.bar(table, "label", "f1", title=f"Per-label validation F1 of the best checkpoint ({at})")
+    if run.val_probs is not None:
+        vp = run.val_probs
+        table = wandb.Table(columns=["class", "precision", "recall"], data=pr_curve_rows(vp["probs"], vp["target"], vp["label_names"]))
+        payload["val/pr_curves"] = wandb.plot_table(
+            "wandb/area-under-curve/v0", table, {"x": "recall", "y": "precision", "class": "class"},
+            {"title": f"Validation precision-recall per label (epoch {vp['epoch']})", "x-axis-title": "Recall", "y-axis-title": "Precision"},
+        )
+    if payload:
+        logger.experiment.log(payload)
