@@ -23,7 +23,7 @@ from .parser import EmotionArgumentParser
 from .predict import PredictionFileWriter
 from .record import BestValidationOutputs, RunClock
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
-from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
+from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLI):
@@ -52,6 +52,7 @@ class EmotionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
+        local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # CSV unless configured: report.py reads metrics.csv
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no public hook for one subcommand's own options: `predict` gets two

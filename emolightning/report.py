@@ -137,9 +137,9 @@ def model_name(config: dict, hparams: dict) -> str | None:
     return name
 
 
-def best_checkpoint(path: Path, epoch: int | None) -> Path | None:
-    """The run's best-*.ckpt (the one of `epoch` when there are several), else None."""
-    ckpts = sorted(Path(p) for p in glob.glob(str(path / "checkpoints" / "*.ckpt")) if not Path(p).name.startswith("last"))
+def best_checkpoint(folder: Path, epoch: int | None) -> Path | None:
+    """The best-*.ckpt in `folder` (the one of `epoch` when there are several), else None."""
+    ckpts = sorted(Path(p) for p in glob.glob(str(folder / "*.ckpt")) if not Path(p).name.startswith("last"))
     if epoch is not None:
         same = [p for p in ckpts if re.search(rf"(^|[-_=]){epoch}([-_.]|$)", p.stem.split("best", 1)[-1])]
         ckpts = same or ckpts
@@ -174,7 +174,9 @@ def load_run(path: Path) -> Run:
     config, hparams = read_yaml(path / "config.yaml"), read_yaml(path / "hparams.yaml")
     checkpoint = config.get("checkpoint") or {}
     monitor, mode = checkpoint.get("monitor") or "val/jaccard", checkpoint.get("mode") or "max"
-    npz = path / "checkpoints" / VAL_PROBS_FILE
+    # a resumed run (resume.py) or an explicit checkpoint.dirpath keeps its checkpoints elsewhere
+    ckpt_dir = Path(checkpoint.get("dirpath") or path / "checkpoints")
+    npz = ckpt_dir / VAL_PROBS_FILE
     run.val_probs = load_val_probs(str(npz)) if npz.is_file() else None
     row = {key: None for key, _ in COLUMNS}
     row["model"] = model_name(config, hparams)
@@ -212,7 +214,7 @@ def load_run(path: Path) -> Run:
     for curve in ("val/jaccard", "val/f1_macro", "val/tuned/jaccard", "val/tuned/f1_macro"):
         run.curves[curve] = series(rows, curve)
     run.loss = series(rows, "train/loss", by="step")
-    ckpt = best_checkpoint(path, row["best_epoch"])
+    ckpt = best_checkpoint(ckpt_dir, row["best_epoch"])
     row["params"] = parameters(ckpt) if ckpt else None
     if ckpt is None:
         run.missing.append("a best checkpoint (parameters)")
