@@ -117,7 +117,7 @@ class BestValidationOutputs(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # callbacks' on_validation_end run after the module logged the epoch's scores, and before
         # the ModelCheckpoint (Lightning runs checkpoint callbacks last), which still holds the old best
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":  # `validate` has no best epoch
             return
         if not isinstance(pl_module, EmotionClassifier) or pl_module.last_val_outputs is None:
             return

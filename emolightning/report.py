@@ -96,7 +96,8 @@ def find_runs(arg: str) -> list[Path]:
     if is_run_dir(path):
         return [path]
     found = sorted({Path(p).parent for depth in ("*", "*/*", "*/*/*") for name in ("metrics.csv", "checkpoints") for p in glob.glob(str(path / depth / name))})
-    fits = [p for p in found if (p / "checkpoints").is_dir() or any("val/jaccard" in r for r in _metrics(p))]
+    # `validate` and `test` runs log no train/* metrics and save no checkpoints
+    fits = [p for p in found if (p / "checkpoints").is_dir() or any(k.startswith("train/") for r in _metrics(p) for k in r)]
     if not fits:
         raise DataError(
             f"'{arg}' holds no run of `emolightning fit`: no metrics.csv or checkpoints/ in it or in the folders below it. "

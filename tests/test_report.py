@@ -249,3 +249,44 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     (table,) = (run / "files" / "media" / "table" / "val").glob("pr_curves_table_*.table.json")
     data = json.loads(table.read_text())
     assert data["columns"] == ["class", "precision", "recall"] and {r[0] for r in data["data"]} <= set(LABELS)
+
+
+def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_encoder, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from emolightning.model import EmotionClassifier
+    from emolightning.record import BestValidationOutputs
+
+    model = EmotionClassifier(tiny_encoder, ["joy", "fear"], lr=1e-3)
+    model.thresholds.copy_(torch.tensor([0.3, 0.6]))
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path), monitor="val/jaccard", mode="max")
+
+    def validation_end(epoch: int, jaccard: float, best: float | None, fn: str = "fit") -> None:
+        model.last_val_outputs = (torch.full((3, 2), epoch / 10), torch.eye(3, 2))
+        checkpoint.best_model_score = None if best is None else torch.tensor(best)
+        trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, state=SimpleNamespace(fn=fn), checkpoint_callbacks=[checkpoint],
+                                  callback_metrics={"val/jaccard": torch.tensor(jaccard)}, current_epoch=epoch, global_step=10 * epoch)
+        BestValidationOutputs().on_validation_end(trainer, model)
+
+    npz = tmp_path / "val_probs.npz"
+    validation_end(0, 0.4, None, fn="validate")  # `validate`: no best epoch, nothing written
+    assert not npz.exists()
+    validation_end(0, 0.4, None)
+    validation_end(1, 0.5, 0.4)  # better: rewritten
+    validation_end(2, 0.5, 0.5)  # equal, as ModelCheckpoint counts it: not a new best
+    saved = load_val_probs(str(npz))
+    assert saved["epoch"] == 1 and saved["step"] == 10 and saved["label_names"] == ["joy", "fear"]
+    assert np.allclose(saved["probs"], 0.1) and saved["target"].tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert np.allclose(saved["thresholds"], [0.3, 0.6])
+    assert list(tmp_path.iterdir()) == [npz]  # no temporary file left
+
+
+def test_validate_and_test_runs_are_not_reported_as_runs(two_runs, tmp_path):
+    from emolightning.report import find_runs
+
+    root = tmp_path / "root" / "lightning_logs"
+    shutil.copytree(two_runs["A"], root / "version_0", ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(two_runs["A"].parent / "version_1", root / "version_1")  # the `test` run of the fixture
+    (root / "version_2").mkdir()
+    (root / "version_2" / "metrics.csv").write_text("epoch,step,val/jaccard,val/loss\n0,0,0.5,0.6\n")  # a `validate` run
+    assert find_runs(str(tmp_path / "root")) == [root / "version_0"]
