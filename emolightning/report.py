@@ -24,6 +24,7 @@ import html
 import json
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,7 @@ def parameters(ckpt: Path) -> int | None:
     """Parameters of the checkpoint's model (its floating-point tensors, not the thresholds or loss weights)."""
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
-    except Exception:  # an unreadable checkpoint costs the report one cell, not the table
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):  # an unreadable checkpoint costs the report one cell, not the table
         return None
     return sum(t.numel() for k, t in state.items() if torch.is_floating_point(t) and k not in ("thresholds", "pos_weight")) or None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -15,9 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import LABELS
 from test_cli import REPO, tiny_args
+
 from emolightning.cli import main as cli_main
 from emolightning.record import RunClock, is_new_best, load_val_probs
 from emolightning.tracking import pr_curve_rows
@@ -138,7 +139,7 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
         pixels = matplotlib.image.imread(out / figure["file"])
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 200 and pixels.std() > 0.01
         assert figure["legend"] == labels and figure["left_out"] == {}, figure
-        assert "data:image/png;base64," + __import__("base64").b64encode(data).decode()[:100] in html
+        assert "data:image/png;base64," + base64.b64encode(data).decode()[:100] in html
     assert html.count("data:image/png;base64,") == len(FIGURES) and "src=\"http" not in html and labels[1] in html
 
 
@@ -146,7 +147,8 @@ def test_runs_of_older_code_report_dashes_for_what_they_did_not_record(two_runs,
     # run A as older code left it: no timing columns, no val_probs.npz
     old = tmp_path / "old" / "lightning_logs" / "version_0"
     shutil.copytree(two_runs["A"], old, ignore=shutil.ignore_patterns("report", "val_probs.npz"))
-    rows = list(csv.reader(open(old / "metrics.csv", newline="")))
+    with open(old / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
     keep = [i for i, name in enumerate(rows[0]) if not name.startswith("train/") or name == "train/loss"]
     values = [i for i in keep if rows[0][i] not in ("epoch", "step")]
     with open(old / "metrics.csv", "w", newline="") as f:
@@ -187,7 +189,7 @@ def test_run_clock_numbers(monkeypatch):
     clock = iter([5.0, 10.0, 14.0, 16.0, 19.0])  # train start, epoch start, validation start/end, epoch end
     monkeypatch.setattr("emolightning.record.time.perf_counter", lambda: next(clock))
     logged = {}
-    module = SimpleNamespace(log_dict=lambda values, **kw: logged.update(values, **{"_kw": kw}))
+    module = SimpleNamespace(log_dict=lambda values, **kw: logged.update(values, _kw=kw))
     trainer = SimpleNamespace(world_size=2)
     cb = RunClock()
     cb.on_train_start(trainer, module)
@@ -220,9 +222,9 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     val_probs.npz, and the figures, the per-label F1 bar chart and the PR curves in the (offline) W&B run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
+    from wandb_files import offline_runs, read_offline_run
 
     from emolightning.report import report_after_fit
-    from wandb_files import offline_runs, read_offline_run
 
     run_dir = tmp_path / "emolightning" / "abc123"
     shutil.copytree(two_runs["A"], run_dir, ignore=shutil.ignore_patterns("report", "metrics.csv", "hparams.yaml", "last.ckpt"))
