@@ -65,9 +65,9 @@ class RunClock(Callback):
         training = max(epoch - self.val_seconds, 1e-9)
         # every rank sees an equal share (DistributedSampler pads the last one), so rank 0's count x world size
         samples = self.samples * trainer.world_size
-        # rank 0's clock is the run's: the loggers write on rank 0 only, and a timing needs no sync
-        values = {"train/epoch_time_s": epoch, "train/samples_per_sec": samples / training, "train/elapsed_s": now - self.start}
-        pl_module.log_dict(values, on_step=False, on_epoch=True, rank_zero_only=True)
+        # under DDP the slowest rank sets the pace: the longest times, the lowest throughput
+        for key, value, reduce in (("train/epoch_time_s", epoch, "max"), ("train/elapsed_s", now - self.start, "max"), ("train/samples_per_sec", samples / training, "min")):
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx=reduce)
 
 
 def monitored_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

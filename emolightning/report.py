@@ -35,7 +35,7 @@ import yaml
 from .errors import ConfigError, DataError
 from .metrics import official_scores
 from .record import VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
-from .tracking import WandbLogger, log_report_to_wandb
+from .tracking import CSVLogger, TensorBoardLogger, WandbLogger, log_report_to_wandb
 
 MISSING = "–"
 SCORES = ("jaccard", "f1_micro", "f1_macro")
@@ -336,10 +336,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def fit_run_dir(trainer) -> Path:
-    """The directory of the run `trainer` just fitted: its log dir with metrics.csv, else the folder above its checkpoints."""
+    """The directory of the run `trainer` just fitted: its log dir with metrics.csv, else the folder above its checkpoints.
+
+    Called on rank 0 only, so it reads the first logger's log_dir itself: `trainer.log_dir` is a
+    broadcast under DDP, which would wait for the other ranks forever (they have left).
+    """
     checkpoint = monitored_checkpoint(trainer)
     above = Path(checkpoint.dirpath).parent if checkpoint is not None and checkpoint.dirpath else None
-    log_dir = Path(trainer.log_dir) if trainer.log_dir else None
+    first = trainer.loggers[0] if trainer.loggers else None
+    log_dir = Path(first.log_dir) if isinstance(first, (CSVLogger, TensorBoardLogger)) else None
     if log_dir is not None and (log_dir / "metrics.csv").is_file():
         return log_dir
     return above if above is not None and above.is_dir() else log_dir or Path(trainer.default_root_dir)

@@ -189,7 +189,7 @@ def test_run_clock_numbers(monkeypatch):
     clock = iter([5.0, 10.0, 14.0, 16.0, 19.0])  # train start, epoch start, validation start/end, epoch end
     monkeypatch.setattr("emolightning.record.time.perf_counter", lambda: next(clock))
     logged = {}
-    module = SimpleNamespace(log_dict=lambda values, **kw: logged.update(values, _kw=kw))
+    module = SimpleNamespace(log=lambda key, value, **kw: logged.update({key: value, f"{key} reduce": kw["reduce_fx"], "sync": kw["sync_dist"]}))
     trainer = SimpleNamespace(world_size=2)
     cb = RunClock()
     cb.on_train_start(trainer, module)
@@ -201,7 +201,8 @@ def test_run_clock_numbers(monkeypatch):
     cb.on_train_epoch_end(trainer, module)
     # epoch 19 - 10 = 9 s, of which 16 - 14 = 2 s validation; 36 examples per rank x 2 ranks in 7 s; 19 - 5 = 14 s since the start
     assert logged["train/epoch_time_s"] == 9.0 and logged["train/samples_per_sec"] == pytest.approx(72 / 7) and logged["train/elapsed_s"] == 14.0
-    assert logged["_kw"]["rank_zero_only"] is True
+    # synced over ranks: the slowest one's times and throughput
+    assert logged["sync"] and logged["train/epoch_time_s reduce"] == logged["train/elapsed_s reduce"] == "max" and logged["train/samples_per_sec reduce"] == "min"
 
 
 def test_new_best_is_strict_like_model_checkpoint():
@@ -230,7 +231,7 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     shutil.copytree(two_runs["A"], run_dir, ignore=shutil.ignore_patterns("report", "metrics.csv", "hparams.yaml", "last.ckpt"))
     logger = WandbLogger(project="emolightning", save_dir=str(tmp_path), offline=True)
     trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/jaccard")],
-                              log_dir=str(tmp_path), default_root_dir=str(tmp_path), loggers=[logger])
+                              default_root_dir=str(tmp_path), loggers=[logger])
     report_after_fit(trainer)
     logger.experiment.finish()
     row = report_csv(run_dir / "report" / "report.csv")["abc123"]
