@@ -1,4 +1,4 @@
-"""The `emolightning` command: one LightningCLI, plus `score` and `export`.
+"""The `emolightning` command: one LightningCLI, plus `score`, `export` and `report`.
 
 `fit`, `validate`, `test` and `predict` are Lightning's own subcommands with composable `--config`
 files. The tokenizer follows the model's encoder and the label names follow the data: both are
@@ -21,8 +21,9 @@ from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
 from .parser import EmotionArgumentParser
 from .prediction_writer import PredictionFileWriter
+from .record import BestValidationOutputs, RunClock
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
-from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
+from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLIWithHooks):
@@ -51,6 +52,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
+        local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # CSV unless configured: report.py reads metrics.csv
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets two options of its own
@@ -80,6 +82,12 @@ class EmotionCLI(LightningCLIWithHooks):
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
 
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            from .report import report_after_fit
+
+            report_after_fit(self.trainer)
+
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:
     return EmotionCLI(
@@ -90,10 +98,10 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         save_config_callback=SaveConfigToLogger,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory); each has --help.",
+            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory), `emolightning report RUN_DIR ... --output DIR` (a table and figures comparing runs); each has --help.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RunClock(), BestValidationOutputs()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
@@ -102,7 +110,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        if args and args[0] in ("score", "export"):  # plain commands, no Trainer
+        if args and args[0] in ("score", "export", "report"):  # plain commands, no Trainer
             from importlib import import_module
 
             import_module(f".{args[0]}", __package__).main(args[1:])

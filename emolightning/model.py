@@ -160,6 +160,8 @@ class EmotionClassifier(L.LightningModule):
         initial = torch.ones(num_labels) if pos_weight == "auto" else None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
         self.register_buffer("pos_weight", initial)  # `auto`: filled from the training split in setup
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
+        # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
+        self.last_val_outputs: tuple[Tensor, Tensor] | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -259,6 +261,8 @@ class EmotionClassifier(L.LightningModule):
             hp = self.hparams
             chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
+        if stage == "val":
+            self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
         scores = official_scores(probs >= fixed, target, self.label_names)
         tuned = official_scores(probs >= self.thresholds, target, self.label_names)
         # every rank computed the same numbers from the synced state: a MAX-reduce keeps them exact

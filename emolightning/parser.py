@@ -31,7 +31,7 @@ ALIASES = {
     "output_dir": "trainer.default_root_dir",
     "seed": "seed_everything",
 }
-SUBCOMMANDS = ["fit", "validate", "test", "predict", "score", "export"]
+SUBCOMMANDS = ["fit", "validate", "test", "predict", "score", "export", "report"]
 
 
 def model_keys() -> list[str]:

@@ -11,8 +11,13 @@ LightningCLI and W&B do not fit together out of the box (Lightning issues #11256
   write one config.yaml into `WandbLogger.save_dir`, shared by every run of a sweep (#11256).
 - `wandb_save_dir_default`: a WandbLogger without `save_dir` writes under
   `trainer.default_root_dir`, like the checkpoints, instead of the current directory.
+- `local_logger_defaults`: the CSV logger is the default (Lightning's own default turns into
+  TensorBoard when tensorboard is installed), and CSV/TensorBoard loggers without `save_dir` write
+  under `trainer.default_root_dir` (configs/logger/tensorboard.yaml).
 - `LabelTable`: after each validation, a W&B table of label, tuned threshold, F1 at the fixed
   threshold and gold positives.
+- `log_report_to_wandb`: at the end of `fit`, the run's report (report.py) in its W&B run: the
+  figures as images, a per-label F1 bar chart and precision-recall curves (`wandb.plot`).
 - Sweeps pass hyperparameters as `--key=value` on the command line (`sweeps/*.yaml`), never
   through `wandb.config`: under DDP every rank parses the same argv, while `wandb.config` exists
   on rank 0 only. WandbLogger creates its run on global rank 0 only (`rank_zero_experiment`; the
@@ -25,7 +30,9 @@ import os
 from contextlib import contextmanager
 
 import lightning as L
+import numpy as np
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
@@ -53,6 +60,29 @@ def wandb_save_dir_default(config) -> None:
         init = logger.init_args
         if init.get("save_dir") is None and init.get("dir") is None:
             init.save_dir = trainer.get("default_root_dir") or os.getcwd()
+
+
+def local_logger_defaults(config) -> None:
+    """CSV logs unless a config says otherwise, and a CSV/TensorBoard logger with `save_dir: ""` under `trainer.default_root_dir`.
+
+    With `trainer.logger` unset (or true) Lightning takes TensorBoard whenever the tensorboard
+    package happens to be installed, CSV otherwise: the default is pinned to CSV, whose metrics.csv
+    `emolightning report` reads (configs/logger/tensorboard.yaml adds TensorBoard beside it).
+    `config` is one subcommand's parsed namespace, changed in place (config.yaml records the logger).
+    """
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    root = trainer.get("default_root_dir") or os.getcwd()
+    loggers = trainer.get("logger")
+    if loggers is None or loggers is True:
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root))
+        return
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = logger.get("class_path", "") if hasattr(logger, "get") else ""
+        # "" (a config can't leave out this required argument): trainer.default_root_dir, not the current directory
+        if class_path.endswith((".CSVLogger", ".TensorBoardLogger")) and not logger.init_args.get("save_dir"):
+            logger.init_args.save_dir = root
 
 
 @contextmanager
@@ -144,3 +174,46 @@ class LabelTable(Callback):
         rows = self.rows(pl_module.label_names, pl_module.thresholds, trainer.callback_metrics, positives)
         for logger in wandb_loggers:
             logger.log_table(self.key, columns=LABEL_TABLE_COLUMNS, data=rows, step=trainer.global_step)
+
+
+def pr_curve_rows(probs: np.ndarray, target: np.ndarray, label_names: list[str], points: int = 21) -> list[list]:
+    """[label, precision, recall] rows of each label's precision-recall curve, for W&B's PR chart.
+
+    The same curve as `wandb.plot.pr_curve` (which needs scikit-learn and pandas): precision made
+    non-increasing in recall (the best precision at this recall or more), read at `points` recalls from 0 to 1.
+    """
+    rows = []
+    recalls = np.linspace(0, 1, points)
+    for j, name in enumerate(label_names):
+        gold = target[:, j].astype(bool)
+        if not gold.any():
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        tp = np.cumsum(gold[order])
+        precision = tp / np.arange(1, len(order) + 1)
+        recall = tp / gold.sum()
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        at = np.minimum(np.searchsorted(recall, recalls, side="left"), len(recall) - 1)
+        rows += [[name, round(float(p), 4), round(float(r), 4)] for p, r in zip(envelope[at], recalls)]
+    return rows
+
+
+def log_report_to_wandb(logger: WandbLogger, run, figures: list[tuple]) -> None:
+    """The report of `run` (report.Run) in the W&B run of `logger`: `report/<figure>` images (figures: [(png path, title)]),
+    `val/label_f1` (bar chart of the best checkpoint's per-label F1, at its tuned thresholds when saved) and `val/pr_curves` (one PR curve per label, best epoch)."""
+    import wandb
+
+    payload = {f"report/{os.path.splitext(os.path.basename(str(path)))[0]}": wandb.Image(str(path), caption=title) for path, title in figures}
+    f1, at = (run.label_f1_tuned, "tuned thresholds") if run.label_f1_tuned else (run.label_f1, "threshold 0.5")
+    if f1:
+        table = wandb.Table(columns=["label", "f1"], data=[[name, float(v)] for name, v in f1.items()])
+        payload["val/label_f1"] = wandb.plot.bar(table, "label", "f1", title=f"Per-label validation F1 of the best checkpoint ({at})")
+    if run.val_probs is not None:
+        vp = run.val_probs
+        table = wandb.Table(columns=["class", "precision", "recall"], data=pr_curve_rows(vp["probs"], vp["target"], vp["label_names"]))
+        payload["val/pr_curves"] = wandb.plot_table(
+            "wandb/area-under-curve/v0", table, {"x": "recall", "y": "precision", "class": "class"},
+            {"title": f"Validation precision-recall per label (epoch {vp['epoch']})", "x-axis-title": "Recall", "y-axis-title": "Precision"},
+        )
+    if payload:
+        logger.experiment.log(payload)

@@ -103,3 +103,26 @@ def test_label_table_rows_and_when_it_logs():
     LabelTable().on_validation_end(*fake_run([quiet], sanity=True))
     assert quiet.tables == []
     LabelTable().on_validation_end(*fake_run([csv]))  # no W&B logger: nothing to do, no error
+
+
+def test_csv_stays_the_default_logger_when_tensorboard_is_installed(tiny_encoder, ec_dir, tmp_path, monkeypatch):
+    # Lightning's own default (logger unset) is TensorBoard whenever tensorboard is importable
+    monkeypatch.setattr("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._TENSORBOARD_AVAILABLE", True)
+    monkeypatch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", True)
+    monkeypatch.chdir(REPO)
+    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    (logger,) = cli.trainer.loggers
+    assert type(logger) is CSVLogger and logger.save_dir == str(tmp_path / "run")
+
+
+def test_tensorboard_config_keeps_the_csv_logs_first(tiny_encoder, ec_dir, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monkeypatch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", True)  # nothing is written here
+    monkeypatch.chdir(REPO)
+    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/tensorboard.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    csv_logger, tensorboard = cli.trainer.loggers
+    assert type(csv_logger) is CSVLogger and type(tensorboard) is TensorBoardLogger
+    # save_dir "" in the config: trainer.default_root_dir, for both; each logger in its own folder
+    assert csv_logger.save_dir == tensorboard.save_dir == str(tmp_path / "run")
+    assert csv_logger.name == "lightning_logs" and tensorboard.name == "tensorboard"
