@@ -16,13 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_cli import REPO, tiny_args
 
 from emolightning.cli import main as cli_main
 from emolightning.record import RunClock, is_new_best, load_val_probs
 from emolightning.tracking import pr_curve_rows
 
 from conftest import LABELS
+from helpers import REPO, tiny_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["val_curves.png", "train_loss.png", "label_f1.png", "thresholds.png", "quality_vs_time.png"]
