@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .encoders import keep_layers, load_encoder
 from .errors import ConfigError
+from .hardware import adamw_options
 from .metrics import EmotionScores, official_scores, tune_thresholds
 
 
@@ -62,6 +63,9 @@ class EmotionClassifier(L.LightningModule):
         encoder_config: dict | None = None,
     ):
         """Multi-label emotion classifier on a Hugging Face encoder.
+
+        Optimizer: AdamW, fused (one kernel for all parameters); with `trainer.gradient_clip_val`
+        under `16-mixed`/`bf16-mixed` it is the foreach AdamW instead, which lets Lightning clip.
 
         Args:
             encoder: Hub name or local directory of the encoder (BERT, DistilBERT, RoBERTa, MiniLM, ...).
@@ -194,9 +198,9 @@ class EmotionClassifier(L.LightningModule):
             {"params": [self.head.weight], "weight_decay": self.hparams.weight_decay, "lr": head_lr},
             {"params": [self.head.bias], "weight_decay": 0.0, "lr": head_lr},
         ]
-        # fused AdamW updates all 22M+ parameters in one kernel: on 2 CPU cores the unfused
-        # step costs about as much as the forward pass of a MiniLM batch
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=True)
+        # fused (one kernel), except when clipping under mixed precision, which Lightning cannot do for it (hardware.py)
+        kernel = adamw_options(self.trainer.precision, self.trainer.gradient_clip_val)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, **kernel)
         total = self.trainer.estimated_stepping_batches
         scheduler = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
