@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .encoders import load_tokenizer
 from .errors import DataError
+from .hardware import pad_multiple
 from .resume import ResumableDataLoader
 from .tables import SPLIT_OPTIONS, Record, Table, find_split_file, read_records, read_table, resolve_data_dir, table_from_hub
 
@@ -176,6 +177,7 @@ class EmotionDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         teacher_tokenizer: str | None = None,
         predict_chunk_batches: int = 128,
+        pad_to_multiple_of: int | None = None,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -207,6 +209,9 @@ class EmotionDataModule(L.LightningDataModule):
             predict_chunk_batches: `predict` streams its input: it reads, tokenises and length-sorts
                 this many eval batches of texts at a time, so memory does not grow with the file
                 (larger: less padding, more memory; see stream.py).
+            pad_to_multiple_of: Pad each batch's length up to a multiple of this (1: to its longest
+                text). Default: 8 on a GPU (fewer distinct shapes, each of which costs a one-off kernel
+                selection; tensor cores want multiples of 8), 1 elsewhere.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -352,12 +357,19 @@ class EmotionDataModule(L.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size)
+        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple())
 
     # ---- loaders ---------------------------------------------------------------------
+    def _pad_multiple(self) -> int | None:
+        if self.hparams.pad_to_multiple_of is not None:
+            return self.hparams.pad_to_multiple_of
+        return pad_multiple(self.trainer.strategy.root_device if self.trainer is not None else None)
+
     def _collate(self) -> Collator:
         teacher = self.hparams.teacher_tokenizer
-        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id, teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None)
+        return Collator(
+            load_tokenizer(self.hparams.tokenizer).pad_token_id, self._pad_multiple(), teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None
+        )
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]

@@ -41,15 +41,17 @@ class PredictStream(IterableDataset):
         chunk_batches: int = 128,
         rank: int = 0,
         world_size: int = 1,
+        pad_to_multiple_of: int | None = None,
     ):
         """Batches of `records()` (a fresh iterator each time, picklable for worker processes).
 
         A batch is a dict: `input_ids`, `attention_mask` (batch, longest), `index` (batch,) each row's
         position in the file, `ids` and `texts` (lists of str, as read), `chunk` (int) and `truncated`
-        (int: rows cut to max_length).
+        (int: rows cut to max_length). The padded length is a multiple of `pad_to_multiple_of`, if set.
         """
         self.records, self.num_rows, self.tokenizer, self.max_length = records, num_rows, tokenizer, max_length
         self.batch_size, self.chunk_batches, self.rank, self.world_size = batch_size, chunk_batches, rank, world_size
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.num_batches = math.ceil(num_rows / batch_size)  # over all ranks
         self.num_chunks = math.ceil(self.num_batches / chunk_batches)
 
@@ -70,7 +72,7 @@ class PredictStream(IterableDataset):
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         tokenizer = load_tokenizer(self.tokenizer)
-        collate = Collator(tokenizer.pad_token_id)
+        collate = Collator(tokenizer.pad_token_id, self.pad_to_multiple_of)
         records = self.records()
         chunk_rows = self.chunk_batches * self.batch_size
         for chunk in range(self.num_chunks):

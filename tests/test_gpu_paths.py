@@ -58,3 +58,54 @@ def test_adamw_stays_fused_unless_clipping_under_mixed_precision():
 
     assert adamw_options("16-mixed", 1.0) == adamw_options("bf16-mixed", 0.5) == {"foreach": True}
     assert adamw_options("16-mixed", None) == adamw_options("bf16-mixed", 0) == adamw_options("32-true", 1.0) == {"fused": True}
+
+
+def padded_lengths(loader) -> list[int]:
+    return [batch["input_ids"].shape[1] for batch in loader]
+
+
+def test_batches_are_padded_to_a_multiple_of_8_on_a_gpu(tiny_encoder, ec_dir, cache_dir):
+    from types import SimpleNamespace
+
+    def data(**kwargs):
+        dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=cache_dir, batch_size=4, eval_batch_size=8, predict_chunk_batches=2, **kwargs)
+        dm.prepare_data()
+        dm.setup("fit")
+        dm.setup("predict")
+        return dm
+
+    def shapes(dm) -> dict[str, list[int]]:
+        return {"train": padded_lengths(dm.train_dataloader()), "val": padded_lengths(dm.val_dataloader()), "predict": padded_lengths(dm.predict_dataloader())}
+
+    on_cpu = shapes(data())  # no trainer, or a CPU one: each batch to its own longest text
+    assert all(any(n % 8 for n in lengths) for lengths in on_cpu.values()), on_cpu
+    gpu = data()
+    gpu.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), global_rank=0, world_size=1)
+    gpu.setup("predict")  # the stream learns the padding when it is made
+    on_gpu = shapes(gpu)
+    for split, lengths in on_gpu.items():
+        assert len(lengths) == len(on_cpu[split])
+        # rounded up, never more than 7 tokens added
+        assert all(n % 8 == 0 and 0 <= n - m < 8 for n, m in zip(sorted(lengths), sorted(on_cpu[split]))), (split, lengths, on_cpu[split])
+    assert len(set(on_gpu["train"])) < len(set(on_cpu["train"]))  # fewer distinct shapes
+    explicit = data(pad_to_multiple_of=1)
+    explicit.trainer = gpu.trainer
+    assert padded_lengths(explicit.val_dataloader()) == on_cpu["val"]  # the option overrides the device's default
+
+
+def test_gpu_benchmark_warms_up_every_shape_it_times():
+    import importlib.util
+
+    from test_cli import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_precision", REPO / "benchmarks" / "gpu_precision.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for multiple in (1, 8):
+        batches = bench.tweet_batches(60, 32, 1000, torch.device("cpu"), pad_to_multiple_of=multiple)
+        timed = {b["input_ids"].shape[1] for b in batches[10:]}
+        warm = bench.warmup_batches(batches, 10)
+        assert {b["input_ids"].shape[1] for b in warm} >= timed
+        assert warm[:10] == batches[:10] and len(warm) == 10 + len(timed - {b["input_ids"].shape[1] for b in batches[:10]})
+        assert all(n % multiple == 0 for n in timed)
+    assert len({b["input_ids"].shape[1] for b in bench.tweet_batches(60, 32, 1000, torch.device("cpu"), pad_to_multiple_of=8)}) <= 9  # lengths 8..70 -> 8..72
