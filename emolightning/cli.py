@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .data import EmotionDataModule
 from .errors import ConfigError, EmolightningError
 from .guards import FiniteLossGuard
+from .hardware import check_gpu
 from .model import EmotionClassifier
 from .parser import EmotionArgumentParser
 from .predict import PredictionFileWriter
@@ -46,6 +47,7 @@ class EmotionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
+        check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
         return trainer
 
     def before_instantiate_classes(self) -> None:

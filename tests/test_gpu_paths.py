@@ -109,3 +109,66 @@ def test_gpu_benchmark_warms_up_every_shape_it_times():
         assert warm[:10] == batches[:10] and len(warm) == 10 + len(timed - {b["input_ids"].shape[1] for b in batches[:10]})
         assert all(n % multiple == 0 for n in timed)
     assert len({b["input_ids"].shape[1] for b in bench.tweet_batches(60, 32, 1000, torch.device("cpu"), pad_to_multiple_of=8)}) <= 9  # lengths 8..70 -> 8..72
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """What torch.cuda reports, set by the test: (name, capability, arch list, native bf16)."""
+
+    def install(name: str, capability: tuple[int, int], arch_list: list[str], bf16: bool):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
+
+    return install
+
+
+CUDA13_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]  # no sm_70: Volta dropped
+
+
+def test_a_gpu_missing_from_the_torch_build_fails_early_with_the_fix(fake_gpu, tiny_encoder, ec_dir, monkeypatch):
+    from emolightning.errors import ConfigError
+    from emolightning.hardware import check_gpu
+
+    fake_gpu("Tesla V100-SXM2-16GB", (7, 0), CUDA13_ARCHS, bf16=False)
+    with pytest.raises(ConfigError, match=r"V100-SXM2-16GB \(compute capability 7.0, sm_70.*install a CUDA 12.x build.*cu126"):
+        check_gpu(torch.device("cuda", 0), "16-mixed")
+    fake_gpu("Tesla V100-SXM2-16GB", (7, 0), ["sm_70", "sm_75", "sm_80", "sm_90"], bf16=False)  # a CUDA 12.x build
+    check_gpu(torch.device("cuda", 0), "16-mixed")
+    fake_gpu("NVIDIA A10G", (8, 6), ["sm_80", "sm_90"], bf16=True)  # sm_80 cubins run on 8.6
+    check_gpu(torch.device("cuda", 0), "bf16-mixed")
+    check_gpu(torch.device("cpu"), "bf16-mixed")  # nothing to check on a CPU
+
+    # the CLI checks the trainer's device before any data or model work
+    import emolightning.cli as cli
+
+    seen = []
+
+    class Checked(Exception):
+        pass
+
+    def record(device, precision):
+        seen.append((device, precision))
+        raise Checked
+
+    monkeypatch.setattr(cli, "check_gpu", record)
+    with pytest.raises(Checked):
+        cli.run_cli(["fit", "--config", "configs/quickstart.yaml", "--model.init_args.encoder", tiny_encoder, "--trainer.precision", "bf16-mixed", "--data.data_dir", ec_dir])
+    assert seen == [(torch.device("cpu"), "bf16-mixed")]
+
+
+def test_bf16_on_a_gpu_without_native_bf16_warns_and_points_to_16_mixed(fake_gpu):
+    from emolightning.hardware import check_gpu
+
+    fake_gpu("Tesla T4", (7, 5), CUDA13_ARCHS, bf16=False)
+    with pytest.warns(UserWarning, match=r"'bf16-mixed' on the Tesla T4, which has no native bf16: it is emulated and slow.*16-mixed"):
+        check_gpu(torch.device("cuda", 0), "bf16-mixed")
+    fake_gpu("NVIDIA A100-SXM4-80GB", (8, 0), CUDA13_ARCHS, bf16=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_gpu(torch.device("cuda", 0), "bf16-mixed")
+        fake_gpu("Tesla T4", (7, 5), CUDA13_ARCHS, bf16=False)
+        check_gpu(torch.device("cuda", 0), "16-mixed")
