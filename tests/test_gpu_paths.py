@@ -172,3 +172,65 @@ def test_bf16_on_a_gpu_without_native_bf16_warns_and_points_to_16_mixed(fake_gpu
         check_gpu(torch.device("cuda", 0), "bf16-mixed")
         fake_gpu("Tesla T4", (7, 5), CUDA13_ARCHS, bf16=False)
         check_gpu(torch.device("cuda", 0), "16-mixed")
+
+
+def fp16_trainer(steps: int, callbacks=()) -> L.Trainer:
+    """Lightning's 16-mixed as on a GPU (fp16 autocast and a GradScaler), on the CPU; with emolightning's guard."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from emolightning.guards import FiniteLossGuard
+
+    plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))
+    return quiet_trainer(plugins=[plugin], max_steps=steps, limit_val_batches=0, callbacks=[FiniteLossGuard(), *callbacks])
+
+
+def fp16_fit(tiny_encoder, ec_dir, cache_dir, steps: int, broken) -> tuple[L.Trainer, EmotionClassifier, list[float]]:
+    """Fits with `broken(model, global_step)` called before each forward; returns the scales after each step."""
+
+    class Broken(EmotionClassifier):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return broken(self, self.trainer.global_step, loss)
+
+    scales = []
+
+    class Scales(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            scales.append(trainer.precision_plugin.scaler.get_scale())
+
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=cache_dir, batch_size=4, eval_batch_size=32)
+    model = Broken(tiny_encoder, LABELS, lr=1e-3)
+    trainer = fp16_trainer(steps, [Scales()])
+    try:
+        trainer.fit(model, data)
+    finally:
+        trainer.scales = scales
+    return trainer, model, scales
+
+
+def test_fp16_one_overflow_the_scaler_survives_does_not_stop_the_run(tiny_encoder, ec_dir, cache_dir, one_thread):
+    # an fp16 overflow in the forward at step 3: the loss is inf, the gradients too; the scaler skips that step
+    trainer, model, scales = fp16_fit(tiny_encoder, ec_dir, cache_dir, 8, lambda m, step, loss: loss * float("inf") if step == 3 else loss)
+    assert trainer.global_step == 8 and len(scales) == 8
+    assert scales == [65536.0] * 3 + [32768.0] * 5  # halved once, by the skipped step
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fp16_persistent_nan_gradients_stop_the_run_when_the_scaler_gives_up(tiny_encoder, ec_dir, cache_dir, one_thread):
+    from emolightning.errors import TrainingError
+
+    MAX_SKIPPED_STEPS = 20  # guards.MAX_SKIPPED_STEPS
+
+    def nan_gradients(model, step, loss):
+        if step >= 2:  # a finite loss whose gradients are NaN: the scaler skips every step from here on
+            model.head.weight.register_hook(lambda grad: grad * float("nan")) if not hasattr(model, "hooked") else None
+            model.hooked = True
+        return loss
+
+    with pytest.raises(TrainingError) as stopped:
+        fp16_fit(tiny_encoder, ec_dir, cache_dir, 40, nan_gradients)
+    message = str(stopped.value)
+    assert f"the fp16 loss scaler skipped the last {MAX_SKIPPED_STEPS} optimizer steps" in message
+    assert f"down to {65536 / 2**MAX_SKIPPED_STEPS:g}" in message  # 0.0625
+    # steps 0-1 stepped; from step 2 on every step was skipped: the 20th skip ends global step 2 + 20
+    assert f"after global step {2 + MAX_SKIPPED_STEPS}" in message
