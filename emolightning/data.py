@@ -10,10 +10,12 @@ tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on p
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterator
 from functools import partial
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .stream import PredictStream
 
 CACHE_VERSION = 1
+HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
 
@@ -261,8 +264,35 @@ class EmotionDataModule(L.LightningDataModule):
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
                     raise DataError(f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc.")
-                self._label_names = self.load_table(split).label_names
+                source = self.split_source(split)
+                self._label_names = self._hub_label_names(source) if source.startswith("hub:") else self.load_table(split).label_names
         return self._label_names
+
+    def _hub_label_names(self, source: str) -> list[str]:
+        """A Hub split's label columns, read from the Hub by local rank 0 only and shared through a file in cache_dir.
+
+        The names are needed when the model is built, before `prepare_data`: under torchrun or SLURM
+        every rank builds one, and 16 ranks downloading the data at once (or offline compute nodes
+        trying to) is what this avoids. The other ranks of the node wait for the file.
+        """
+        key = hashlib.sha1(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}/{self.hparams.text_column}/{self.hparams.id_column}".encode())
+        path = os.path.join(self.cache_dir, f"labels-{key.hexdigest()[:16]}.json")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        if not os.path.exists(path) and local_rank == 0:
+            names = self.load_table(source[4:]).label_names
+            os.makedirs(self.cache_dir, exist_ok=True)
+            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+            Path(tmp).write_text(json.dumps(names))
+            os.replace(tmp, path)  # atomic: a waiting rank never reads half a file
+        deadline = time.monotonic() + HUB_LABELS_WAIT_S
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise DataError(
+                    f"Local rank {local_rank} waited {HUB_LABELS_WAIT_S} s for local rank 0 to read the label names of the Hub dataset "
+                    f"'{self.hparams.hub_dataset}' into {path}. Check rank 0's log, or set `data.label_columns` so that no rank needs the Hub for them."
+                )
+            time.sleep(0.5)
+        return json.loads(Path(path).read_text())
 
     @property
     def num_labels(self) -> int:

@@ -93,3 +93,33 @@ def test_predict_end_uses_no_tensor_collective_and_a_merge_failure_reaches_every
         one[0].on_predict_epoch_end(one[1], one[2])
     assert zero[1].strategy.calls == one[1].strategy.calls == [("barrier", "prediction parts written"), ("broadcast", 0)]
     assert not (tmp_path / "pred.txt").exists()
+
+
+def test_hub_label_names_are_read_by_local_rank_zero_only_and_shared(tmp_path, monkeypatch):
+    import threading
+
+    from emolightning.data import EmotionDataModule
+    from emolightning.tables import Table
+
+    reads = []
+
+    def hub_read(self, split):  # stands in for load_dataset: the Hub, which only one rank per node may touch
+        reads.append((os.environ.get("LOCAL_RANK"), split))
+        return Table(["1"], ["text"], None, ["joy", "anger"], "hub")
+
+    monkeypatch.setattr(EmotionDataModule, "load_table", hub_read)
+    cache = str(tmp_path / "cache")
+    # rank 1 starts first (under torchrun/SLURM nothing orders them) and waits for rank 0's file
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    found = {}
+    waiting = threading.Thread(target=lambda: found.setdefault("rank1", EmotionDataModule(cache_dir=cache).label_names))
+    waiting.start()
+    waiting.join(timeout=1.5)
+    assert waiting.is_alive() and reads == []  # still waiting, and it did not read the Hub itself
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert EmotionDataModule(cache_dir=cache).label_names == ["joy", "anger"]
+    waiting.join(timeout=10)
+    assert found["rank1"] == ["joy", "anger"]
+    assert reads == [("0", "train")]  # one read, by local rank 0
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert EmotionDataModule(cache_dir=cache).label_names == ["joy", "anger"] and len(reads) == 1
