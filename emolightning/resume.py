@@ -148,7 +148,9 @@ class ExactResume(Callback):
     `on_train_batch_start` after loading, the point at which the uninterrupted run went on after
     saving. Earlier would not do: between loading and training, a resumed run draws numbers the
     uninterrupted one did not (sanity validation, the DataLoader iterator's base seed). Under DDP
-    every rank gets rank 0's state, which is what all ranks had anyway (same seed, same draws).
+    the ranks' states differ (each rank's dropout draws as many numbers as its batches have
+    elements), and only rank 0 writes the checkpoint: so every rank's state is gathered into it,
+    and each rank gets its own back.
 
     Loader position: when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours
     does, for the LR schedule), Lightning builds the train loader before restoring the checkpoint
@@ -159,15 +161,25 @@ class ExactResume(Callback):
     def __init__(self):
         self._pending: dict | None = None
         self._device: torch.device | None = None
+        self._rank = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self._device = pl_module.device
+        self._device, self._rank = pl_module.device, trainer.global_rank
 
     def state_dict(self) -> dict:
-        return rng_states(self._device)
+        states = rng_states(self._device)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+            return {"ranks": [states]}
+        # every rank saves (Lightning builds the checkpoint on all ranks, and rank 0 writes it)
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, states)
+        return {"ranks": gathered}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict
+        ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states held rank 0's alone
+        if self._rank >= len(ranks):
+            rank_zero_warn(f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume).")
+        self._pending = ranks[self._rank] if self._rank < len(ranks) else ranks[0]
 
     def on_train_start(self, trainer, pl_module) -> None:
         fit_loop = trainer.fit_loop

@@ -123,3 +123,52 @@ def test_hub_label_names_are_read_by_local_rank_zero_only_and_shared(tmp_path, m
     assert reads == [("0", "train")]  # one read, by local rank 0
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert EmotionDataModule(cache_dir=cache).label_names == ["joy", "anger"] and len(reads) == 1
+
+
+def _rng_rank(rank: int, folder: str, port: int) -> None:
+    """One of 2 gloo ranks: save the gathered RNG states (rank 0 writes), draw, scramble, restore from the file, draw again."""
+    import random
+
+    import numpy as np
+    import torch.distributed as dist
+
+    from emolightning.resume import ExactResume
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(10 + rank), random.seed(20 + rank), np.random.seed(30 + rank)  # the ranks' streams differ, as dropout makes them
+        callback = ExactResume()
+        callback._device = torch.device("cpu")
+        callback._rank = rank
+        state = callback.state_dict()
+        if rank == 0:
+            torch.save({"callbacks": {"ExactResume": state}}, os.path.join(folder, "ckpt.pt"))
+        dist.barrier()
+        expected = (torch.rand(4).tolist(), random.random(), np.random.rand(2).tolist())
+        torch.manual_seed(99), random.seed(99), np.random.seed(99)
+        resumed = ExactResume()
+        resumed._rank = rank
+        resumed.load_state_dict(torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)["callbacks"]["ExactResume"])
+        resumed._restore_rng(type("Module", (), {"device": torch.device("cpu")})())
+        again = (torch.rand(4).tolist(), random.random(), np.random.rand(2).tolist())
+        Path(folder, f"rank{rank}.json").write_text(json.dumps({"expected": expected, "again": again}))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_exact_resume_restores_each_ranks_own_random_state(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rng_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0]["expected"] != results[1]["expected"]  # the two ranks' streams differ ...
+    for r in results:
+        assert r["again"] == r["expected"]  # ... and each rank continues its own
