@@ -22,7 +22,7 @@ from .hardware import check_gpu
 from .model import EmotionClassifier
 from .parser import EmotionArgumentParser
 from .predict import PredictionFileWriter
-from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
+from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
 
@@ -68,6 +68,7 @@ class EmotionCLI(LightningCLI):
         # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
         if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
             resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
+            refuse_stale_hpc_checkpoint(self.config[self.config.subcommand])
         super()._parse_ckpt_path()
         ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
         if ckpt and os.path.isfile(ckpt):
@@ -102,7 +103,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory); each has --help.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         with wandb_login_explained():
             run_cli(argv)  # None: LightningCLI reads sys.argv itself (and warns if given both)
-    except SIGTERMException:  # a SystemExit: left alone, a preempted run would exit with status 0
-        print("emolightning: stopped by SIGTERM. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
+    except SIGTERMException as stop:  # a SystemExit: left alone, a preempted run would exit with status 0
+        what = "SIGUSR1 (the requeue signal)" if isinstance(stop, StopRequested) else "SIGTERM"
+        print(f"emolightning: stopped by {what}. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
         sys.exit(143)
     except Exception as exc:
         # jsonargparse re-raises what a model's __init__ raised as a ValueError ("Does not validate

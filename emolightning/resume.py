@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import signal
 import socket
 
 import numpy as np
@@ -116,6 +117,50 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StopRequested(SIGTERMException):
+    """The requeue signal (SIGUSR1) stopped training at an optimizer step boundary, after saving last.ckpt."""
+
+
+class RequeueSignal(Callback):
+    """SIGUSR1 -> save last.ckpt at the next optimizer step and stop: the requeue path emolightning controls.
+
+    `scripts/slurm/train.sbatch` traps SLURM's warning signal before the time limit, forwards it
+    to the tasks as SIGUSR1 and requeues the job once they have exited; the requeued job resumes
+    with `--ckpt_path last`. The handler only sets a flag: nothing is saved inside a signal
+    handler (Lightning's SLURM handler checkpoints there, with a barrier, on every rank, and can
+    hang; its auto-requeue is off in configs/trainer/multinode.yaml). After each optimizer step the
+    ranks agree (one all-reduce of a flag) whether any of them got the signal, so all stop at the
+    same step, where a step-wise save would also have been: the resume is exact. The stop raises
+    StopRequested (a SIGTERMException), on which `last_checkpoint` saves, and the command exits 143.
+    The handler is installed only if SIGUSR1 has none (Lightning's auto-requeue, when on, keeps its own).
+    """
+
+    def __init__(self):
+        self._requested, self._step, self._previous = False, -1, None
+
+    def _handler(self, signum, frame) -> None:
+        self._requested = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step = trainer.global_step
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous = signal.signal(signal.SIGUSR1, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step:  # mid-accumulation: not a step boundary
+            return
+        self._step = trainer.global_step
+        requested = trainer.strategy.reduce_boolean_decision(self._requested, all=False) if trainer.world_size > 1 else self._requested
+        if requested:
+            rank_zero_info(f"SIGUSR1: stopping after global step {trainer.global_step} to be requeued; last.ckpt is saved first.")
+            raise StopRequested(143)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
 
 
 def rng_states(device: torch.device | None = None) -> dict:
@@ -236,6 +281,31 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._batches_done += 1
             yield batch
+
+
+def refuse_stale_hpc_checkpoint(config) -> None:
+    """Under SLURM, a fresh job with no --ckpt_path must not silently resume another job's hpc_ckpt_N.ckpt.
+
+    Lightning resumes from the newest `hpc_ckpt_N.ckpt` in `trainer.default_root_dir` whenever SLURM
+    is detected and no --ckpt_path is given. Every config shares that folder across runs, so a new
+    job (another lr, another seed) would start from an old job's weights, and skip emolightning's
+    own resume logic. A requeued job (SLURM_RESTART_COUNT > 0) is left to it.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if config.get("ckpt_path") is not None or not SLURMEnvironment.detect() or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        return
+    root = (config.get("trainer") or {}).get("default_root_dir") or os.getcwd()
+    if "://" in str(root):
+        return
+    stale = sorted(glob.glob(os.path.join(root, "hpc_ckpt_*.ckpt")))
+    if stale:
+        raise ConfigError(
+            f"trainer.default_root_dir '{root}' holds {', '.join(os.path.basename(p) for p in stale)} from an earlier SLURM job, which Lightning "
+            "would resume from silently (its weights, step and lr schedule) in this new job. Give this run its own folder "
+            "(`--trainer.default_root_dir runs/<name>`; scripts/slurm/train.sbatch uses one per job), resume on purpose with "
+            "`--ckpt_path hpc`, or delete the old files."
+        )
 
 
 def find_last_checkpoint(folders: list[str]) -> str | None:
