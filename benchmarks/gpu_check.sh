@@ -56,7 +56,7 @@ check nan-guard-16-mixed python - <<'PY'
 import lightning as L, torch
 from emolightning.data import EmotionDataModule
 from emolightning.errors import TrainingError
-from emolightning.guards import FiniteLossGuard, MAX_SKIPPED_STEPS
+from emolightning.nan_guard import FiniteLossGuard, MAX_SKIPPED_STEPS
 from emolightning.model import EmotionClassifier
 ENC = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -92,6 +92,11 @@ def _decode_lines(path: str) -> Iterator[str]:
                 ) from None
 
 
+def read_header(path: str) -> list[str]:
+    """The column names of a table file (its first line, or its first JSON object's keys)."""
+    return _read_rows(path)[0]
+
+
 def _read_rows(path: str) -> tuple[list[str], Iterator[tuple[int, list]]]:
     """(header, lazy (line number, fields) rows) of a tsv/txt/csv/jsonl/parquet file."""
     suffix = Path(path).suffix.lower()
@@ -218,6 +223,11 @@ def _records(path: str, header: list[str], rows, text_column: str, id_column: st
         yield row_id, str(text), values if row_labelled else None
     if labelled is None:
         raise DataError(f"{path} has a header but no rows.")
+
+
+def file_records(path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True) -> Iterator[Record]:
+    """The rows of a predict file (a table, or one text per line), read lazily."""
+    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids)[1]
 
 
 def read_table(

@@ -19,9 +19,9 @@ import torch
 
 from conftest import LABELS
 from emolightning.errors import DataError
-from emolightning.predict import PredictionFileWriter
+from emolightning.prediction_writer import PredictionFileWriter
 from emolightning.stream import PredictStream
-from test_cli import REPO, emolightning
+from helpers import REPO, emolightning
 
 TESTS = Path(__file__).resolve().parent
 

@@ -14,12 +14,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
-from test_cli import emolightning
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import LABELS
+from helpers import REPO, emolightning
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -182,7 +181,7 @@ def test_cached_teacher_logits_give_the_same_losses(tiny_encoder, ec_dir, teache
     assert len(plain.losses) == len(cached.losses) == 12  # 96 rows / 16, 2 epochs
     assert sum(n for _, n in plain.teacher_rows) == 2 * 96  # without the cache: every row, every epoch
     assert {step for step, _ in cached.teacher_rows} == {0} and sum(n for _, n in cached.teacher_rows) == 96  # once, before the first step
-    assert model._cache.shape == (96, len(LABELS))
+    assert model._teacher_logits.shape == (96, len(LABELS))
     # the cache holds the logits of rows padded in other batches: float32 rounding only
     assert max(abs(a - b) for a, b in zip(plain.losses, cached.losses)) < 1e-5
     # with the cosine loss on, the teacher must run every step, so the cache is off
@@ -192,7 +191,7 @@ def test_cached_teacher_logits_give_the_same_losses(tiny_encoder, ec_dir, teache
 def test_cached_teacher_logits_need_no_host_sync(tiny_encoder, teacher_ckpt):
     """Meta tensors have no values: any .item(), int() or bool() on them raises, as a host sync would stall a GPU."""
     cached = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=True)
-    cached._cache = torch.zeros(96, len(LABELS), device="meta")
+    cached._teacher_logits = torch.zeros(96, len(LABELS), device="meta")
     logits, hidden = cached.teacher_outputs({"input_ids": None, "attention_mask": None, "index": torch.tensor([3, 0, 5], device="meta")})
     assert logits.shape == (3, len(LABELS)) and logits.device.type == "meta" and hidden is None
 
@@ -218,7 +217,8 @@ def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec
 
     plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
     plain.prepare_data(), plain.setup("fit")
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels"}  # no extra cost
+    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
+    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
     with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
         model.distillation_losses(next(iter(plain.train_dataloader())))
 

@@ -96,7 +96,7 @@ def test_batches_are_padded_to_a_multiple_of_8_on_a_gpu(tiny_encoder, ec_dir, ca
 def test_gpu_benchmark_warms_up_every_shape_it_times():
     import importlib.util
 
-    from test_cli import REPO
+    from helpers import REPO
 
     spec = importlib.util.spec_from_file_location("gpu_precision", REPO / "benchmarks" / "gpu_precision.py")
     bench = importlib.util.module_from_spec(spec)
@@ -178,7 +178,7 @@ def fp16_trainer(steps: int, callbacks=()) -> L.Trainer:
     """Lightning's 16-mixed as on a GPU (fp16 autocast and a GradScaler), on the CPU; with emolightning's guard."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from emolightning.guards import FiniteLossGuard
+    from emolightning.nan_guard import FiniteLossGuard
 
     plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))
     return quiet_trainer(plugins=[plugin], max_steps=steps, limit_val_batches=0, callbacks=[FiniteLossGuard(), *callbacks])
@@ -219,7 +219,7 @@ def test_fp16_one_overflow_the_scaler_survives_does_not_stop_the_run(tiny_encode
 def test_fp16_persistent_nan_gradients_stop_the_run_when_the_scaler_gives_up(tiny_encoder, ec_dir, cache_dir, one_thread):
     from emolightning.errors import TrainingError
 
-    MAX_SKIPPED_STEPS = 20  # guards.MAX_SKIPPED_STEPS
+    MAX_SKIPPED_STEPS = 20  # nan_guard.MAX_SKIPPED_STEPS
 
     def nan_gradients(model, step, loss):
         if step >= 2:  # a finite loss whose gradients are NaN: the scaler skips every step from here on

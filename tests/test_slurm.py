@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import REPO, emolightning
+from helpers import REPO, emolightning
 from test_cluster import free_port
 
 TESTS = Path(__file__).resolve().parent

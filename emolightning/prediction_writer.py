@@ -42,6 +42,7 @@ class PredictionFileWriter(BasePredictionWriter):
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities = output, probabilities
+        self.part = None  # this rank's part file, open while predicting
 
     def _beside_output(self, tag: str) -> str:
         directory, name = os.path.split(os.path.abspath(self.output))
@@ -103,7 +104,7 @@ class PredictionFileWriter(BasePredictionWriter):
         self.part = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if getattr(self, "part", None) is not None:  # a failed run leaves no part file behind
+        if self.part is not None:  # a failed run leaves no part file behind
             self.part.close()
             for path in (self.part.name, f"{self.part.name}.counts"):
                 if os.path.exists(path):
