@@ -252,7 +252,7 @@ def test_cosine_projection_when_hidden_sizes_differ(tiny_encoder, teacher_ckpt, 
     losses["loss"].backward()
     assert model.projection.weight.grad.abs().sum() > 0
 
-    model._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10, precision="32-true", gradient_clip_val=None)
     config = model.configure_optimizers()
     optimized = {id(p) for group in config["optimizer"].param_groups for p in group["params"]}
     assert id(model.projection.weight) in optimized and not optimized & {id(p) for p in model.teacher.parameters()}
