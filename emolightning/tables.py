@@ -230,15 +230,9 @@ def file_records(path: str, text_column: str, id_column: str | None, label_colum
     return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids)[1]
 
 
-def read_table(
-    path: str,
-    text_column: str = "Tweet",
-    id_column: str | None = "ID",
-    label_columns: list[str] | None = None,
-    allow_plain_text: bool = False,
-) -> Table:
-    """Read one split whole (see `read_records` for the columns and the checks)."""
-    label_names, records = read_records(path, text_column, id_column, label_columns, allow_plain_text)
+def read_table(path: str, text_column: str = "Tweet", id_column: str | None = "ID", label_columns: list[str] | None = None) -> Table:
+    """Read one split whole (see `read_records` for the columns and the checks); a one-text-per-line file is `file_records`' alone."""
+    label_names, records = read_records(path, text_column, id_column, label_columns)
     ids, texts, labels = [], [], []
     for row_id, text, values in records:
         ids.append(row_id)
