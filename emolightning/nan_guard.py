@@ -30,7 +30,6 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from .compat import last_global_step_saved
 from .errors import TrainingError
 
-
 MAX_SKIPPED_STEPS = 20
 
 

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.errors import DataError
 from emolightning.prediction_writer import PredictionFileWriter
 from emolightning.stream import PredictStream
-from helpers import REPO, emolightning
+
+from conftest import LABELS
 
 TESTS = Path(__file__).resolve().parent
 

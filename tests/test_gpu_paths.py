@@ -7,9 +7,10 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.data import EmotionDataModule
 from emolightning.model import EmotionClassifier
+
+from conftest import LABELS
 
 
 @pytest.fixture

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from test_cluster import free_port
 
 from helpers import REPO, emolightning
-from test_cluster import free_port
 
 TESTS = Path(__file__).resolve().parent
 
