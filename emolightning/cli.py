@@ -17,12 +17,13 @@ from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
+from .hardware import check_gpu
 from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
 from .parser import EmotionArgumentParser
 from .prediction_writer import PredictionFileWriter
 from .record import BestValidationOutputs, RunClock
-from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
+from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
@@ -47,6 +48,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
+        check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -63,6 +65,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def before_ckpt_path(self) -> None:
         if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
             resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
+            refuse_stale_hpc_checkpoint(self.config[self.config.subcommand])
 
     def after_ckpt_path(self) -> None:
         # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
@@ -101,7 +104,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory), `emolightning report RUN_DIR ... --output DIR` (a table and figures comparing runs); each has --help.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RunClock(), BestValidationOutputs()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
@@ -117,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         with wandb_login_explained():
             run_cli(argv)  # None: LightningCLI reads sys.argv itself (and warns if given both)
-    except SIGTERMException:  # a SystemExit: left alone, a preempted run would exit with status 0
-        print("emolightning: stopped by SIGTERM. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
+    except SIGTERMException as stop:  # a SystemExit: left alone, a preempted run would exit with status 0
+        what = "SIGUSR1 (the requeue signal)" if isinstance(stop, StopRequested) else "SIGTERM"
+        print(f"emolightning: stopped by {what}. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
         sys.exit(143)
     except Exception as exc:
         # jsonargparse re-raises what a model's __init__ raised as a ValueError ("Does not validate

@@ -9,9 +9,11 @@ A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
+import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -26,11 +28,13 @@ from torch.utils.data import DataLoader
 from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
 from .encoders import load_tokenizer
 from .errors import DataError
+from .hardware import pad_multiple
 from .resume import ResumableDataLoader
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, file_records, find_split_file, read_table, table_from_hub
 
 CACHE_VERSION = 1
+HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
 
@@ -59,6 +63,7 @@ class EmotionDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         teacher_tokenizer: str | None = None,
         predict_chunk_batches: int = 128,
+        pad_to_multiple_of: int | None = None,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -90,6 +95,9 @@ class EmotionDataModule(L.LightningDataModule):
             predict_chunk_batches: `predict` streams its input: it reads, tokenises and length-sorts
                 this many eval batches of texts at a time, so memory does not grow with the file
                 (larger: less padding, more memory; see stream.py).
+            pad_to_multiple_of: Pad each batch's length up to a multiple of this (1: to its longest
+                text). Default: 8 on a GPU (fewer distinct shapes, each of which costs a one-off kernel
+                selection; tensor cores want multiples of 8), 1 elsewhere.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -138,8 +146,35 @@ class EmotionDataModule(L.LightningDataModule):
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
                     raise DataError(f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc.")
-                self._label_names = self.load_table(split).label_names
+                source = self.split_source(split)
+                self._label_names = self._hub_label_names(source) if source.startswith("hub:") else self.load_table(split).label_names
         return self._label_names
+
+    def _hub_label_names(self, source: str) -> list[str]:
+        """A Hub split's label columns, read from the Hub by local rank 0 only and shared through a file in cache_dir.
+
+        The names are needed when the model is built, before `prepare_data`: under torchrun or SLURM
+        every rank builds one, and 16 ranks downloading the data at once (or offline compute nodes
+        trying to) is what this avoids. The other ranks of the node wait for the file.
+        """
+        key = hashlib.sha1(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}/{self.hparams.text_column}/{self.hparams.id_column}".encode())
+        path = os.path.join(self.cache_dir, f"labels-{key.hexdigest()[:16]}.json")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        if not os.path.exists(path) and local_rank == 0:
+            names = self.load_table(source[4:]).label_names
+            os.makedirs(self.cache_dir, exist_ok=True)
+            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+            Path(tmp).write_text(json.dumps(names))
+            os.replace(tmp, path)  # atomic: a waiting rank never reads half a file
+        deadline = time.monotonic() + HUB_LABELS_WAIT_S
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise DataError(
+                    f"Local rank {local_rank} waited {HUB_LABELS_WAIT_S} s for local rank 0 to read the label names of the Hub dataset "
+                    f"'{self.hparams.hub_dataset}' into {path}. Check rank 0's log, or set `data.label_columns` so that no rank needs the Hub for them."
+                )
+            time.sleep(0.5)
+        return json.loads(Path(path).read_text())
 
     @property
     def num_labels(self) -> int:
@@ -236,12 +271,19 @@ class EmotionDataModule(L.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size)
+        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple())
 
     # ---- loaders ---------------------------------------------------------------------
+    def _pad_multiple(self) -> int | None:
+        if self.hparams.pad_to_multiple_of is not None:
+            return self.hparams.pad_to_multiple_of
+        return pad_multiple(self.trainer.strategy.root_device if self.trainer is not None else None)
+
     def _collate(self) -> Collator:
         teacher = self.hparams.teacher_tokenizer
-        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id, teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None)
+        return Collator(
+            load_tokenizer(self.hparams.tokenizer).pad_token_id, self._pad_multiple(), teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None
+        )
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]

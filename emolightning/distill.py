@@ -201,9 +201,11 @@ class EmotionDistiller(EmotionClassifier):
                 the cosine loss (true) or switch the cosine loss off (false).
             soft_loss: `sigmoid`: per-label binary KL (multi-label data); `softmax`: the DistilBERT
                 paper's KL over the labels (single-label data).
-            cache_teacher_logits: Run the teacher once per training example and reuse its logits in
-                later epochs (valid because the teacher is in eval mode and the data is fixed). No
-                effect while the cosine loss is on: it needs the teacher's hidden states every step.
+            cache_teacher_logits: Run the teacher once over the training split when training starts
+                (each DDP rank a 1/N share, then gathered to all) and read its logits from memory at
+                every step after that (valid because the teacher is in eval mode and the data is
+                fixed). Every step then hits the cache, on any number of ranks, with no host sync.
+                No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
         if student_layers is not None and kwargs.get("encoder_layers") is not None:
             raise ConfigError("Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both.")
@@ -245,8 +247,7 @@ class EmotionDistiller(EmotionClassifier):
         self.cache_logits = cache_teacher_logits and not self.use_cosine
         if cache_teacher_logits and self.use_cosine:
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
-        self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
-        self._teacher_logits_seen: Tensor | None = None  # (N,) bool: row i holds example i's logits
+        self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i (on_train_start)
         rank_zero_info(
             f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
             f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if from_checkpoint else encoder}); "
@@ -256,32 +257,47 @@ class EmotionDistiller(EmotionClassifier):
         )
 
     # ---- the teacher ---------------------------------------------------------------------
+    def teacher_inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """The batch's token ids and mask in the teacher's tokenisation."""
+        if self.same_tokenizer:
+            return batch["input_ids"], batch["attention_mask"]
+        if "teacher_input_ids" in batch:
+            return batch["teacher_input_ids"], batch["teacher_attention_mask"]
+        raise ConfigError(
+            f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
+            f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
+        )
+
     @torch.no_grad()
     def teacher_outputs(self, batch: dict) -> tuple[Tensor, Tensor | None]:
         """(B, L) teacher logits and, if the cosine loss needs them, (B, T, H) last hidden states."""
-        if self.same_tokenizer:
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-        elif "teacher_input_ids" in batch:
-            ids, mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
-        else:
-            raise ConfigError(
-                f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
-                f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
-            )
-        if not self.cache_logits:
-            return self.teacher(ids, mask, hidden=self.use_cosine)
-        index = batch["index"]
-        if self._teacher_logits is None or len(self._teacher_logits) <= int(index.max()):
-            size = max(int(index.max()) + 1, 2 * (0 if self._teacher_logits is None else len(self._teacher_logits)))
-            grown = torch.zeros(size, len(self.label_names), device=index.device)
-            seen = torch.zeros(size, dtype=torch.bool, device=index.device)
-            if self._teacher_logits is not None:
-                grown[: len(self._teacher_logits)], seen[: len(self._teacher_logits_seen)] = self._teacher_logits, self._teacher_logits_seen
-            self._teacher_logits, self._teacher_logits_seen = grown, seen
-        if not bool(self._teacher_logits_seen[index].all()):  # the batch is padded together, so run it whole
-            logits, _ = self.teacher(ids, mask, hidden=False)
-            self._teacher_logits[index], self._teacher_logits_seen[index] = logits.float(), True
-        return self._teacher_logits[index], None
+        if self._teacher_logits is not None:  # an index on the device: no host sync
+            return self._teacher_logits[batch["index"]], None
+        return self.teacher(*self.teacher_inputs(batch), hidden=self.use_cosine)
+
+    @torch.no_grad()
+    def fill_teacher_cache(self, dataset, collate, batch_size: int = 64) -> None:
+        """The teacher's logits for every row of `dataset`: this rank computes rows rank, rank + N, ..., and all ranks gather them."""
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        mine = list(range(rank, len(dataset), world))
+        share = torch.zeros(-(-len(dataset) // world), len(self.label_names), device=self.device)  # ranks' shares padded to one size
+        order = sorted(range(len(mine)), key=lambda k: -len(dataset[mine[k]]["input_ids"]))  # similar lengths share a batch
+        with self.trainer.precision_plugin.forward_context():
+            for start in range(0, len(order), batch_size):
+                positions = order[start : start + batch_size]
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in collate([dataset[mine[k]] for k in positions]).items()}
+                share[positions] = self.teacher(*self.teacher_inputs(batch), hidden=False)[0].float()
+        shares = self.all_gather(share) if world > 1 else share[None]  # (world, share, L)
+        cache = torch.empty(len(dataset), len(self.label_names), device=self.device)
+        for r in range(world):
+            cache[r::world] = shares[r, : len(range(r, len(dataset), world))]
+        self._teacher_logits = cache
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.cache_logits:
+            loader = self.trainer.train_dataloader
+            self.fill_teacher_cache(loader.dataset, loader.collate_fn)
 
     # ---- training ------------------------------------------------------------------------
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .errors import ConfigError
+from .hardware import adamw_options
 from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
 from .losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
 from .metrics import EmotionScores, choose_thresholds, official_scores
@@ -79,6 +80,9 @@ class EmotionClassifier(L.LightningModule):
         encoder_config: dict | None = None,
     ):
         """Multi-label emotion classifier on a Hugging Face encoder.
+
+        Optimizer: AdamW, fused (one kernel for all parameters); with `trainer.gradient_clip_val`
+        under `16-mixed`/`bf16-mixed` it is the foreach AdamW instead, which lets Lightning clip.
 
         Args:
             encoder: Hub name or local directory of the encoder (BERT, DistilBERT, RoBERTa, MiniLM, ...).
@@ -324,9 +328,9 @@ class EmotionClassifier(L.LightningModule):
         return groups
 
     def configure_optimizers(self):
-        # fused AdamW updates all 22M+ parameters in one kernel: on 2 CPU cores the unfused
-        # step costs about as much as the forward pass of a MiniLM batch
-        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, fused=True)
+        # fused (one kernel), except when clipping under mixed precision, which Lightning cannot do for it (hardware.py)
+        kernel = adamw_options(self.trainer.precision, self.trainer.gradient_clip_val)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, **kernel)
         total = self.trainer.estimated_stepping_batches
         scheduler = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

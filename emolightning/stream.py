@@ -41,15 +41,17 @@ class PredictStream(IterableDataset):
         chunk_batches: int = 128,
         rank: int = 0,
         world_size: int = 1,
+        pad_to_multiple_of: int | None = None,
     ):
         """Batches of `records()` (a fresh iterator each time, picklable for worker processes).
 
         A batch is a dict: `input_ids`, `attention_mask` (batch, longest), `index` (batch,) each row's
         position in the file, `ids` and `texts` (lists of str, as read), `chunk` (int) and `truncated`
-        (int: rows cut to max_length).
+        (int: rows cut to max_length). The padded length is a multiple of `pad_to_multiple_of`, if set.
         """
         self.records, self.num_rows, self.tokenizer, self.max_length = records, num_rows, tokenizer, max_length
         self.batch_size, self.chunk_batches, self.rank, self.world_size = batch_size, chunk_batches, rank, world_size
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.num_batches = math.ceil(num_rows / batch_size)  # over all ranks
         self.num_chunks = math.ceil(self.num_batches / chunk_batches)
 
@@ -84,7 +86,7 @@ class PredictStream(IterableDataset):
                 if (chunk * self.chunk_batches + k // self.batch_size) % self.world_size != self.rank:
                     continue
                 members = order[k : k + self.batch_size]
-                input_ids, attention_mask = pad(truncate([encoded[i] for i in members], self.max_length), tokenizer.pad_token_id)
+                input_ids, attention_mask = pad(truncate([encoded[i] for i in members], self.max_length), tokenizer.pad_token_id, self.pad_to_multiple_of)
                 yield {
                     "input_ids": input_ids,
                     "attention_mask": attention_mask,
