@@ -19,11 +19,12 @@ import torch
 
 from .errors import DataError
 from .metrics import official_scores
-from .tables import _read_rows, read_table
+from .formats import read_header
+from .tables import read_table
 
 
 def label_columns(path: str, text_column: str, id_column: str) -> list[str]:
-    header, _ = _read_rows(path)
+    header = read_header(path)
     return [c for c in header if c not in (text_column, id_column) and not c.startswith("p_")]
 
 
