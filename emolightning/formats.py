@@ -39,7 +39,7 @@ def clip(value, limit: int = 80) -> str:
 
 
 def where(path: str, line: int) -> str:
-    return f"{path}, {'row' if Path(path).suffix.lower() == '.parquet' else 'line'} {line}"
+    return f"{path}, {'row' if path.startswith('hub:') or Path(path).suffix.lower() == '.parquet' else 'line'} {line}"
 
 
 def physical_lines(path: str) -> Iterator[str]:

@@ -265,11 +265,59 @@ def read_table(
     return Table(ids, texts, matrix, names, path)
 
 
-def table_from_hub(dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None) -> Table:
-    """Convert one split of a `datasets` DatasetDict (bool or 0/1 label columns)."""
+def load_hub(name: str, config: str | None):
+    """`datasets.load_dataset(name, config)`; without network (or a wrong name) one paragraph that says what to do instead."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config)
+    except Exception as err:  # offline, unknown name or config, no access: the user's next step is the same
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"Could not load the Hub dataset '{name}' (config {config!r}; options `data.hub_dataset`, `data.hub_config`): "
+            f"{type(err).__name__}: {clip(first, 160)[1:-1]}. Without network, use local files: point `data.data_dir` at the folder "
+            "holding the official E-c files (2018-E-c-En-train.txt, -dev.txt, -test-gold.txt), or name tables with "
+            "`data.train_file`, `data.val_file` and `data.test_file`; `--data.data_dir builtin:demo` trains on the bundled demo set."
+        ) from None
+
+
+def table_from_hub(
+    dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None, labels_column: str | None = None, label_names: list[str] | None = None
+) -> Table:
+    """Convert one split of a `datasets` DatasetDict: bool or 0/1 label columns, or a column of label lists
+    (`labels_column`) whose names come from its ClassLabel feature or `label_names`."""
     split = dataset[split_name]
+    source = f"hub:{split_name}"
+    for column in [text_column] + ([labels_column] if labels_column else []):
+        if column not in split.column_names:
+            raise DataError(f"The Hub split '{split_name}' has no column '{column}' (its columns: {clip(split.column_names, 200)}). Set `data.text_column` / `data.labels_column`.")
+    texts = [spaced(str(text)) for text in split[text_column]]
+    ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
+    if labels_column:
+        if not label_names:
+            feature = getattr(split.features[labels_column], "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
+            label_names = list(getattr(feature, "names", None) or [])
+        if not label_names:
+            raise ConfigError(f"The Hub column '{labels_column}' holds label ids without names: set `data.label_names` to the label names, in id order.")
+        rows = [_label_list(value, source, line, labels_column, list(label_names)) for line, value in enumerate(split[labels_column], start=1)]
+        return Table(ids, texts, np.asarray(rows, dtype=np.uint8), list(label_names), source)
     if label_columns is None:
         label_columns = [c for c in split.column_names if c not in (text_column, id_column)]
     labels = np.stack([np.asarray(split[c], dtype=np.uint8) for c in label_columns], axis=1)
-    ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
-    return Table(ids, list(split[text_column]), labels, list(label_columns), f"hub:{split_name}")
+    return Table(ids, texts, labels, list(label_columns), source)
+
+
+def aligned_labels(table: Table, label_names: list[str]) -> Table:
+    """`table` with its label columns in the order of `label_names` (the training split's); refuses other labels."""
+    if table.labels is None or table.label_names == label_names:
+        return table
+    if sorted(table.label_names) != sorted(label_names):
+        missing = [n for n in label_names if n not in table.label_names]
+        extra = [n for n in table.label_names if n not in label_names]
+        raise DataError(
+            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}"
+            f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}. "
+            "Every split needs the same label columns (in any order); fix the header, or list the labels to use with `data.label_columns`."
+        )
+    order = [table.label_names.index(name) for name in label_names]
+    return Table(table.ids, table.texts, table.labels[:, order], list(label_names), table.source)
