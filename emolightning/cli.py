@@ -19,13 +19,25 @@ from .data import EmotionDataModule
 from .errors import ConfigError, EmolightningError
 from .guards import FiniteLossGuard
 from .model import EmotionClassifier
-from .parser import EmotionArgumentParser
+from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .predict import PredictionFileWriter
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        parser = super().init_parser(**kwargs)
+        from . import __version__
+
+        parser.add_argument("--version", action="version", version=f"emolightning {__version__}")
+        return parser
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            add_plain_commands(self.parser)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.encoder", "data.tokenizer")
         parser.link_arguments("seed_everything", "data.seed")
@@ -97,7 +109,8 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         save_config_callback=SaveConfigToLogger,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory); each has --help.",
+            "prog": "emolightning",
+            "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
         trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
@@ -109,7 +122,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        if args and args[0] in ("score", "export"):  # plain commands, no Trainer
+        if args and args[0] in PLAIN_COMMANDS:  # no Trainer
             from importlib import import_module
 
             import_module(f".{args[0]}", __package__).main(args[1:])

@@ -1,0 +1,80 @@
+"""A first contact that explains itself: short option errors, --version, a help that names every command,
+no output a user cannot act on, and a fit that ends by saying where everything went."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emolightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+def assert_one_paragraph(err: str, max_lines: int = 4) -> None:
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("emolightning: error: ") and len(lines) <= max_lines, err[-3000:]
+    assert "usage:" not in err and "Traceback" not in err and "Subtypes" not in err and all(line.strip() for line in lines)
+
+
+def test_an_abbreviated_option_is_refused_with_the_full_name(capsys):
+    code, out, err = run_main(["fit", "--config", QUICKSTART, "--trainer.max_epoch", "1", "--print_config"], capsys)
+    assert code == 2 and "max_epochs: 1" not in out
+    assert_one_paragraph(err)
+    assert "--trainer.max_epoch 1" in err and "Did you mean `trainer.max_epochs`" in err
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--model.init_args.learning_rate", "1"], ["Option 'learning_rate' is not accepted", "`model.init_args.lr`"]),
+        (["--trainer.max_epochs", "abc"], ["trainer.max_epochs", "int"]),
+        (["--data.batch_size", "1.5"], ["data.batch_size", "1.5"]),
+    ],
+)
+def test_option_errors_are_one_paragraph_without_the_usage_dump(capsys, extra, words):
+    code, _, err = run_main(["fit", "--config", QUICKSTART, *extra], capsys)
+    assert code == 2
+    assert_one_paragraph(err)
+    assert all(w in err for w in words), err
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys, monkeypatch):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trainer:\n  max_epochz: 2\n")
+    code, _, err = run_main(["fit", "--config", QUICKSTART, "--config", str(unknown)], capsys)
+    assert code == 2 and "trainer.max_epochz" in err and "Did you mean `trainer.max_epochs`" in err
+    assert_one_paragraph(err)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: [\n  max_epochs: 2\n")
+    argv = ["fit", "--config", QUICKSTART, "--config", str(broken)]
+    monkeypatch.setattr(sys, "argv", ["emolightning", *argv])
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and f"{broken}, line " in err
+    assert_one_paragraph(err)
+
+
+def test_version(capsys):
+    from emolightning import __version__
+
+    code, out, _ = run_main(["--version"], capsys)
+    assert code == 0 and out.strip() == f"emolightning {__version__}"
+
+
+def test_help_of_python_m_names_the_program_and_every_command():
+    proc = subprocess.run([sys.executable, "-m", "emolightning", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: emolightning ")
+    assert "{fit,validate,test,predict,score,export}" in proc.stdout
+    assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
