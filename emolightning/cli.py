@@ -21,6 +21,7 @@ from .guards import FiniteLossGuard
 from .model import EmotionClassifier
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .predict import PredictionFileWriter
+from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
@@ -58,6 +59,7 @@ class EmotionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
+        tidy_trainer(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -110,7 +112,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "prog": "emolightning",
-            "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options.",
+            "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
         trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
@@ -120,7 +122,13 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    verbose, args = verbose_requested(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (and warns if also given args)
+    else:
+        argv = args
+    if not verbose:
+        silence_libraries()
     try:
         if args and args[0] in PLAIN_COMMANDS:  # no Trainer
             from importlib import import_module

@@ -216,7 +216,9 @@ class EmotionDataModule(L.LightningDataModule):
                 (larger: less padding, more memory; see stream.py).
         """
         super().__init__()
-        self.save_hyperparameters()
+        # not a hyperparameter: Lightning refuses a data and a model hyperparameter of one name with two values
+        self.save_hyperparameters(ignore=["label_names"])
+        self.given_label_names = list(label_names) if label_names else None  # for labels_column
         self.files = {"train": train_file, "validation": val_file, "test": test_file, "predict": predict_file}
         self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "emolightning")
         self._label_names: list[str] | None = None
@@ -248,10 +250,10 @@ class EmotionDataModule(L.LightningDataModule):
             if self._hub is None:
                 self._hub = load_hub(self.hparams.hub_dataset, self.hparams.hub_config)
             hp = self.hparams
-            return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, hp.label_names)
+            return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
         hp = self.hparams
-        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=hp.label_names)
+        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
 
     @property
     def label_names(self) -> list[str]:
@@ -259,8 +261,8 @@ class EmotionDataModule(L.LightningDataModule):
         if self._label_names is None:
             if self.hparams.label_columns:
                 self._label_names = list(self.hparams.label_columns)
-            elif self.hparams.label_names and self.hparams.labels_column:
-                self._label_names = list(self.hparams.label_names)
+            elif self.given_label_names and self.hparams.labels_column:
+                self._label_names = list(self.given_label_names)
             else:
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
@@ -350,8 +352,8 @@ class EmotionDataModule(L.LightningDataModule):
             # a first pass checks every row (and holds the IDs, for the duplicate check) before the
             # model sees a text; the streaming pass then needs no check that keeps anything
             columns = (source, hp.text_column, hp.id_column, hp.label_columns)
-            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=hp.label_names))
-            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=hp.label_names)
+            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
+            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
         log.info(rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank))
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
