@@ -12,7 +12,7 @@ import sys
 from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .data import EmotionDataModule
@@ -22,6 +22,7 @@ from .model import EmotionClassifier
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .predict import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
+from .summary import ValHistory, closing_block
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
@@ -57,10 +58,22 @@ class EmotionCLI(LightningCLI):
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
 
     def instantiate_trainer(self, **kwargs):
+        evaluating = self.subcommand in ("validate", "test", "predict")
+        if evaluating and self.config_init[self.subcommand]["trainer"].get("logger") in (None, True):
+            # the default logger would open a new version_N in the training run's folder, so the next
+            # `fit` would not land where the README (and fit's closing block) said; test prints its scores
+            kwargs["logger"] = False
         trainer = super().instantiate_trainer(**kwargs)
+        if evaluating:  # the run's config.yaml is saved already; none for an evaluation
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         tidy_trainer(trainer)
         return trainer
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            history = next((c.history for c in self.trainer.callbacks if isinstance(c, ValHistory)), [])
+            print("\n" + closing_block(self.trainer, history), flush=True)
 
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
@@ -115,7 +128,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), ValHistory()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )

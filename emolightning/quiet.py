@@ -5,7 +5,8 @@ loads the train loader to count steps, torch's LeafSpec deprecation warning, tra
 "Loading weights" bars, the tokenizer's warning that a text is "longer than the specified maximum
 sequence length" (emolightning truncates such texts itself and counts them in one log line), the
 FLOPs column and "Total FLOPs: 0" of the model summary (no example input is given, so it is always
-0) and `v_num` on the progress bar (the run's folder is printed at the end of `fit`). Everything
+0) and `v_num` on the progress bar (the run's folder is printed at the end of `fit`) and, in test/predict, notes about the checkpoint callback's folder
+and batch indices that concern Lightning's internals. Everything
 else stays. `--verbose` on the command line, or EMOLIGHTNING_VERBOSE=1, keeps it all.
 """
 
@@ -20,7 +21,12 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
-WARNINGS = [r"Starting from v1\.9\.0, `tensorboardX` has been removed", r"`isinstance\(treespec, LeafSpec\)` is deprecated"]
+WARNINGS = [
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The dirpath has changed from",  # test/predict log nowhere (cli.py), so the checkpoint callback's folder differs
+    r"Couldn't infer the batch indices fetched from your dataloader",  # predict's stream yields whole batches
+]
 INFO_LINES = re.compile(r"💡 Tip: |(TPU|HPU) available: |Loading `train_dataloader` to estimate number of stepping batches|Trainer already configured with model summary callbacks")
 TOKENIZER_LINES = re.compile(r"longer than the specified maximum sequence length")
 _silenced = False

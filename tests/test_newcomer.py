@@ -78,3 +78,61 @@ def test_help_of_python_m_names_the_program_and_every_command():
     assert proc.returncode == 0 and proc.stdout.startswith("usage: emolightning ")
     assert "{fit,validate,test,predict,score,export}" in proc.stdout
     assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
+
+
+NOISE = ["tensorboardX", "litlogger", "LeafSpec", "Loading weights", "FLOPs", "v_num", "TPU available", "dirpath has changed", "Couldn't infer the batch indices"]
+
+
+def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_alone(tiny_encoder, ec_dir, tmp_path):
+    import shlex
+
+    from test_cli import emolightning, tiny_args
+
+    args = tiny_args(tiny_encoder, ec_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
+    args[args.index("--trainer.enable_progress_bar") + 1] = "true"  # v_num would show on the bar
+    fit = emolightning("fit", *args)
+    printed = fit.stdout + fit.stderr
+    assert not [word for word in NOISE if word in printed], printed[-4000:]
+    block = fit.stdout[fit.stdout.index("Run folder:") :].strip().splitlines()
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert block[0] == f"Run folder:      {run} (config.yaml, metrics.csv, checkpoints)" and block[1] == f"Best checkpoint: {best}"
+    assert block[2].startswith("  val/jaccard ") and "threshold 0.5" in block[2] and block[3].startswith("  val/tuned/jaccard ")
+    test_line, predict_line = block[-2].strip(), block[-1].strip()
+    assert test_line == f"emolightning test --config {run / 'config.yaml'} --ckpt_path {best}"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("so delighted\nscared\n", encoding="utf-8")
+    test = emolightning(*shlex.split(test_line)[1:])
+    assert "test/jaccard" in test.stdout + test.stderr
+    predict = emolightning(*shlex.split(predict_line.replace("FILE", str(texts)).replace("predictions.txt", str(tmp_path / "pred.txt")))[1:])
+    assert not [word for word in NOISE if word in test.stdout + test.stderr + predict.stdout + predict.stderr]
+    assert (tmp_path / "pred.txt").read_text().count("\n") == 3
+    # test and predict opened no version_1: the next fit lands where the README says
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"] and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["lightning_logs"]
+    verbose = emolightning(*shlex.split(test_line)[1:], env={"EMOLIGHTNING_VERBOSE": "1"})
+    assert "TPU available" in verbose.stdout + verbose.stderr
+
+
+def test_the_tokenizer_warning_about_long_texts_is_hidden_unless_verbose(tiny_encoder, monkeypatch):
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from emolightning import quiet
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "filters", list(logger.filters))  # undone after the test
+    try:
+        AutoTokenizer.from_pretrained(tiny_encoder, model_max_length=8)(["very " * 20])
+        assert any("longer than the specified maximum sequence length" in m for m in seen)
+        seen.clear()
+        monkeypatch.setattr(quiet, "_silenced", False)
+        quiet.silence_libraries()
+        AutoTokenizer.from_pretrained(tiny_encoder, model_max_length=8)(["very " * 20])
+        assert seen == []
+    finally:
+        logger.removeHandler(handler)
