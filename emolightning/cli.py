@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
+from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
-from .guards import FiniteLossGuard
 from .model import EmotionClassifier
+from .nan_guard import FiniteLossGuard
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
-from .predict import PredictionFileWriter
+from .prediction_writer import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
-from .summary import ValHistory, closing_block
 from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
+from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, wandb_login_explained, wandb_save_dir_default
 
 
-class EmotionCLI(LightningCLI):
+class EmotionCLI(LightningCLIWithHooks):
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)
         from . import __version__
@@ -79,30 +80,23 @@ class EmotionCLI(LightningCLI):
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        # LightningCLI has no public hook for one subcommand's own options: `predict` gets two
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def add_subcommand_arguments(self, parser, subcommand: str) -> None:
+        # `predict` gets two options of its own
         if subcommand == "predict":
-            parser.add_argument("--output", type=Optional[str], default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
+            parser.add_argument("--output", type=str | None, default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
             parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
-        return parser
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
-        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
-        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
+    def before_ckpt_path(self) -> None:
         if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
             resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
-        super()._parse_ckpt_path()
-        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
-        if ckpt and os.path.isfile(ckpt):
-            import torch
 
-            checkpoint = torch.load(ckpt, weights_only=True, map_location="cpu")
-            if "distillation" in checkpoint:
-                init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
-                model = {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
-                self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
+    def after_ckpt_path(self) -> None:
+        # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
+        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
+        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
+        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
+        if ckpt and os.path.isfile(ckpt) and (model := distiller_config(ckpt)) is not None:
+            self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
 
     def before_predict(self) -> None:
         config = self.config_init["predict"]

@@ -2,8 +2,7 @@
 
 A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk by
 `prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
-`collate`, which pads each batch only to its own longest text. Tweets average ~27 WordPiece
-tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on padding.
+`Collator`, which pads each batch only to its own longest text (batching.py).
 `predict` input is not cached: it is streamed, a chunk at a time (stream.py), whatever its length.
 """
 
@@ -11,145 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import socket
 import warnings
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message, rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
 from .encoders import load_tokenizer
 from .errors import DataError
 from .resume import ResumableDataLoader
-from .tables import SPLIT_OPTIONS, Record, Table, aligned_labels, find_split_file, load_hub, read_records, read_table, resolve_data_dir, table_from_hub
-
-if TYPE_CHECKING:
-    from .stream import PredictStream
+from .stream import PredictStream
+from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, read_table, table_from_hub
 
 CACHE_VERSION = 1
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
-
-
-def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
-    """Token id lists -> int32 tensors of at most `limit` ids, keeping the final [SEP]/</s> as the tokenizer's own truncation would."""
-    return [torch.tensor(x if len(x) <= limit else x[: limit - 1] + x[-1:], dtype=torch.int32) for x in encoded]
-
-
-class TokenizedSplit(Dataset):
-    """Token ids and labels of one split; item i is (ids, labels or None, i)."""
-
-    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None, teacher_input_ids: list[torch.Tensor] | None = None):
-        self.input_ids, self.labels = input_ids, labels
-        self.teacher_input_ids = teacher_input_ids  # a distillation teacher's own tokenisation, if it differs
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i], "index": i}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        if self.teacher_input_ids is not None:
-            item["teacher_input_ids"] = self.teacher_input_ids[i]
-        return item
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def file_records(path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True, labels_column: str | None = None, label_names: list[str] | None = None) -> Iterator[Record]:
-    """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
-    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids, labels_column=labels_column, label_names=label_names, note_spaces=unique_ids)[1]
-
-
-class Collator:
-    """Pads a list of items to the longest one in the batch (optionally to a multiple of 8)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_token_id: int | None = None):
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-        self.teacher_pad_token_id = teacher_pad_token_id
-
-    def pad(self, sequences: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(len(ids) for ids in sequences)
-        if self.pad_to_multiple_of:
-            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        return input_ids, attention_mask
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = self.pad([item["input_ids"] for item in items], self.pad_token_id)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([item["labels"] for item in items]).float()
-        if "teacher_input_ids" in items[0]:
-            batch["teacher_input_ids"], batch["teacher_attention_mask"] = self.pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id)
-        return batch
-
-
-class LengthGroupedSampler(DistributedSampler):
-    """Shuffles, then groups texts of similar length into the same batch.
-
-    Each epoch: a seeded permutation is cut into mega-batches of 50 global batches, each sorted by
-    length and cut into global batches (batch_size x world size), whose order is shuffled; rank r
-    takes every world-size-th item of each global batch. So 2 ranks at batch 8 see exactly the
-    batches that 1 process sees at batch 16. It subclasses DistributedSampler so that Lightning
-    neither wraps it (which would reshuffle away the grouping) nor forgets to call `set_epoch`.
-    With by_length=False the permutation is cut into batches as it is. The order depends on
-    (seed, epoch) only, so a resumed run can skip the batches already trained on (`skip_batches`,
-    set by resume.ResumableDataLoader).
-    """
-
-    skip_batches = 0  # global batches of this epoch's order not to yield again (once)
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, by_length: bool = True):
-        if num_replicas is None or rank is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = torch.distributed.get_world_size() if dist else 1
-            rank = torch.distributed.get_rank() if dist else 0
-        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.num_replicas, self.rank, self.epoch, self.by_length = num_replicas, rank, 0, by_length
-        global_batch = batch_size * num_replicas
-        self.num_batches = math.ceil(len(self.lengths) / global_batch)
-        self.num_samples = self.num_batches * batch_size
-
-    def global_batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        global_batch = self.batch_size * self.num_replicas
-        # pad with repeats so every rank gets the same number of full batches
-        order += order[: self.num_batches * global_batch - len(order)]
-        if not self.by_length:
-            return [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
-        mega = global_batch * 50
-        batches = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
-        shuffled = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in shuffled]
-
-    def __iter__(self):
-        skip, self.skip_batches = self.skip_batches, 0
-        for batch in self.global_batches()[skip:]:
-            yield from batch[self.rank :: self.num_replicas]
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class EmotionDataModule(L.LightningDataModule):
@@ -224,7 +107,6 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
-        self.tables: dict[str, Table] = {}  # IDs and texts of each split, for messages (guards.py names a bad batch's rows)
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -302,7 +184,7 @@ class EmotionDataModule(L.LightningDataModule):
             data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
         return data
 
-    def _cached(self, split: str, build: bool) -> dict:
+    def _tokenized(self, split: str, build: bool) -> dict:
         source = self.split_source(split)
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
@@ -321,7 +203,7 @@ class EmotionDataModule(L.LightningDataModule):
         """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
         for split in ("train", "validation", "test"):
             if self.split_source(split) is not None:
-                self._cached(split, build=True)
+                self._tokenized(split, build=True)
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
@@ -329,17 +211,19 @@ class EmotionDataModule(L.LightningDataModule):
             return
         wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"]}[stage]
         for split in wanted:
-            data = self._cached(split, build=False)
+            data = self._tokenized(split, build=False)
             if data["truncated"]:
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
             if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
-            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
-            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
+            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"])
 
-    def _predict_stream(self) -> "PredictStream":
-        from .stream import PredictStream  # stream.py builds on this module
+    def label_positives(self, split: str) -> list[int] | None:
+        """Gold positives of each label in a split set up by `setup` (None when it is not)."""
+        dataset = self.splits.get(split)
+        return None if dataset is None or dataset.labels is None else dataset.labels.sum(dim=0).long().tolist()
 
+    def _predict_stream(self) -> PredictStream:
         source = self.split_source("predict")
         if source is None:
             self.load_table("predict")  # raises the missing-split error
@@ -389,3 +273,8 @@ class EmotionDataModule(L.LightningDataModule):
         # __len__ may be wrong with several workers; this one's is exact (chunks are dealt to workers).
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(self.predict_stream, batch_size=None, num_workers=self.hparams.num_workers)
+
+    # ---- statistics the model may ask for ------------------------------------------------
+    def train_label_frequencies(self) -> list[float]:
+        """Fraction of training texts carrying each label, in `label_names` order (after setup("fit"))."""
+        return self.splits["train"].labels.mean(dim=0).tolist()

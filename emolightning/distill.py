@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .errors import ConfigError
-from .losses import hard_label_loss, hidden_cosine_loss, soft_target_loss
-from .model import EmotionClassifier, linear_warmup_decay, pool
+from .losses import hidden_cosine_loss, soft_target_loss
+from .model import EmotionClassifier, linear_warmup_decay
 
 # text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
 PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
@@ -47,6 +47,19 @@ def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
     out = {k: v for k, v in hparams.items() if k in names and k != "self"}
     out["encoder_config"] = encoder_config
     return out
+
+
+def distiller_config(checkpoint_path: str) -> dict | None:
+    """The `model` config (class_path, init_args) that resumes the distiller which wrote a checkpoint; None for a plain classifier's.
+
+    The checkpoint's `hyper_parameters` are the student's (`on_save_checkpoint`), so that test and
+    predict build a plain EmotionClassifier; the distiller's own sit in its `distillation` entry.
+    """
+    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+    if "distillation" not in checkpoint:
+        return None
+    init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
+    return {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
 
 
 class Teacher(nn.Module):
@@ -69,7 +82,7 @@ class Teacher(nn.Module):
                     "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
                 )
             classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
-            self.encoder, self.head, self.pooling = classifier.encoder, classifier.head, classifier.hparams.pooling
+            self.classifier, self.pooling = classifier, classifier.hparams.pooling
             self.label_names: list[str] | None = classifier.label_names
             self.tokenizer = classifier.hparams.encoder
         else:
@@ -95,15 +108,25 @@ class Teacher(nn.Module):
     @property
     def base(self) -> nn.Module:
         """The transformer under the head (what a DistilBERT-style student is copied from)."""
-        return self.encoder if self.model is None else self.model.base_model
+        return self.classifier.encoder if self.model is None else self.model.base_model
+
+    @property
+    def encoder(self) -> nn.Module:
+        """An emolightning teacher's encoder."""
+        return self.classifier.encoder
+
+    @property
+    def head(self) -> nn.Module:
+        """An emolightning teacher's linear head."""
+        return self.classifier.head
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = True) -> tuple[Tensor, Tensor | None]:
         if self.model is None:
-            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.head(pool(states, attention_mask, self.pooling)), states
+            states, states_mask = self.classifier.token_states(input_ids, attention_mask)
+            return self.classifier.classify(self.classifier.pool_states(states, states_mask)), states
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
         return out.logits, (out.hidden_states[-1] if hidden else None)
 
@@ -118,9 +141,17 @@ class EmotionDistiller(EmotionClassifier):
         head_lr: float | None = None,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean", "label_attention", "label_prompt"] = "cls",
         dropout: float = 0.1,
-        pos_weight: list[float] | None = None,
+        loss: Literal["bce", "focal", "asl"] = "bce",
+        focal_gamma: float = 2.0,
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
+        label_correlation_weight: float = 0.0,
+        pos_weight: list[float] | Literal["auto"] | None = None,
+        layer_lr_decay: float = 1.0,
+        ema_decay: float | None = None,
         threshold: float = 0.5,
         tune_thresholds: bool = True,
         min_label_positives: int = 10,
@@ -152,9 +183,17 @@ class EmotionDistiller(EmotionClassifier):
             head_lr: Learning rate of the classification head (default: lr).
             weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
             warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
-            pooling: `cls` (first token) or `mean` (mean over real tokens) for the student.
+            pooling: The student's pooling: `cls`, `mean`, `label_attention` or `label_prompt` (see EmotionClassifier).
             dropout: Dropout before the student's linear head.
-            pos_weight: Per-label positive-class weights of the hard BCE loss, or none.
+            loss: The student's hard-label loss: `bce`, `focal` or `asl` (see EmotionClassifier).
+            focal_gamma: Focusing exponent of the focal loss.
+            asl_gamma_neg: Asymmetric loss: focusing exponent of negative labels.
+            asl_gamma_pos: Asymmetric loss: focusing exponent of positive labels.
+            asl_clip: Asymmetric loss: probability margin below which a negative costs nothing.
+            label_correlation_weight: Weight of SpanEmo's label-correlation loss in the hard loss (0: off).
+            pos_weight: Per-label positive-class weights of the hard BCE loss, `auto`, or none.
+            layer_lr_decay: Layer-wise learning-rate decay of the student's encoder (1: off).
+            ema_decay: Exponential moving average of the student's weights (none: off).
             threshold: Decision threshold before tuning, used by `val/*` metrics.
             tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
             min_label_positives: Labels with fewer validation positives keep the global threshold.
@@ -195,7 +234,9 @@ class EmotionDistiller(EmotionClassifier):
                 raise ConfigError(f"`model.init_args.student_layers` {student_layers} must name layers 0..{len(layer_list(frozen.base)) - 1} of the teacher.") from None
         super().__init__(
             encoder, label_names, lr, head_lr=head_lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, pooling=pooling,
-            dropout=dropout, pos_weight=pos_weight, threshold=threshold, tune_thresholds=tune_thresholds,
+            dropout=dropout, loss=loss, focal_gamma=focal_gamma, asl_gamma_neg=asl_gamma_neg, asl_gamma_pos=asl_gamma_pos,
+            asl_clip=asl_clip, label_correlation_weight=label_correlation_weight, pos_weight=pos_weight,
+            layer_lr_decay=layer_lr_decay, ema_decay=ema_decay, threshold=threshold, tune_thresholds=tune_thresholds,
             min_label_positives=min_label_positives, encoder_layers=encoder_layers,
             encoder_config=copied.config.to_dict() if copied is not None else encoder_config,
         )
@@ -213,7 +254,7 @@ class EmotionDistiller(EmotionClassifier):
             self.encoder.train()
             self.hparams.encoder_config = self.encoder.config.to_dict()
             if frozen.model is None:
-                self.head.load_state_dict(frozen.head.state_dict())
+                self.head.load_state_dict(frozen.classifier.head.state_dict())
                 if frozen.pooling != pooling:
                     rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{frozen.pooling}`.")
         self.teacher = frozen
@@ -233,8 +274,8 @@ class EmotionDistiller(EmotionClassifier):
         self.cache_logits = cache_teacher_logits and not self.use_cosine
         if cache_teacher_logits and self.use_cosine:
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
-        self._cache: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
-        self._cached: Tensor | None = None  # (N,) bool: row i holds example i's logits
+        self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
+        self._teacher_logits_seen: Tensor | None = None  # (N,) bool: row i holds example i's logits
         rank_zero_info(
             f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
             f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if encoder_config else encoder}); "
@@ -259,28 +300,28 @@ class EmotionDistiller(EmotionClassifier):
         if not self.cache_logits:
             return self.teacher(ids, mask, hidden=self.use_cosine)
         index = batch["index"]
-        if self._cache is None or len(self._cache) <= int(index.max()):
-            size = max(int(index.max()) + 1, 2 * (0 if self._cache is None else len(self._cache)))
-            cache = torch.zeros(size, len(self.label_names), device=index.device)
-            cached = torch.zeros(size, dtype=torch.bool, device=index.device)
-            if self._cache is not None:
-                cache[: len(self._cache)], cached[: len(self._cached)] = self._cache, self._cached
-            self._cache, self._cached = cache, cached
-        if not bool(self._cached[index].all()):  # the batch is padded together, so run it whole
+        if self._teacher_logits is None or len(self._teacher_logits) <= int(index.max()):
+            size = max(int(index.max()) + 1, 2 * (0 if self._teacher_logits is None else len(self._teacher_logits)))
+            grown = torch.zeros(size, len(self.label_names), device=index.device)
+            seen = torch.zeros(size, dtype=torch.bool, device=index.device)
+            if self._teacher_logits is not None:
+                grown[: len(self._teacher_logits)], seen[: len(self._teacher_logits_seen)] = self._teacher_logits, self._teacher_logits_seen
+            self._teacher_logits, self._teacher_logits_seen = grown, seen
+        if not bool(self._teacher_logits_seen[index].all()):  # the batch is padded together, so run it whole
             logits, _ = self.teacher(ids, mask, hidden=False)
-            self._cache[index], self._cached[index] = logits.float(), True
-        return self._cache[index], None
+            self._teacher_logits[index], self._teacher_logits_seen[index] = logits.float(), True
+        return self._teacher_logits[index], None
 
     # ---- training ------------------------------------------------------------------------
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:
         """`loss` (the weighted sum) and its parts `loss_soft`, `loss_hard` and, when on, `loss_cos`."""
         hp, mask = self.hparams, batch["attention_mask"]
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-        logits = self.head(self.dropout(pool(hidden, mask, hp.pooling)))
+        hidden, states_mask = self.token_states(batch["input_ids"], mask)
+        logits = self.classify(self.pool_states(hidden, states_mask))
         teacher_logits, teacher_hidden = self.teacher_outputs(batch)
         losses = {
             "loss_soft": soft_target_loss(logits, teacher_logits, hp.temperature, multi_label=hp.soft_loss == "sigmoid"),
-            "loss_hard": hard_label_loss(logits, batch["labels"], self.pos_weight),
+            "loss_hard": self.loss(logits, batch["labels"]),
         }
         total = hp.soft_weight * losses["loss_soft"] + hp.hard_weight * losses["loss_hard"]
         if self.use_cosine:

@@ -183,10 +183,11 @@ def _json_file(path: str) -> Rows:
 def _json_header(path: str, rows: Rows) -> tuple[list[str], Rows]:
     """Every key of every object, in order of first appearance: an object may omit its zero labels."""
     keys: dict[str, None] = {}
-    count = 0
-    for count, (_, record) in enumerate(rows, start=1):
+    empty = True
+    for _, record in rows:
         keys.update(dict.fromkeys(record))
-    if not count:
+        empty = False
+    if empty:
         raise DataError(f"{path} holds no JSON object: it needs one object per row.")
     header = list(keys)
     fresh = _json_lines(path) if Path(path).suffix.lower() == ".jsonl" else _json_file(path)

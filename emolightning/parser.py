@@ -21,6 +21,8 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser
 
+from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
+
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
 ALIASES = {
     "learning_rate": "model.init_args.lr",
@@ -47,15 +49,10 @@ NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subty
 
 def model_keys() -> list[str]:
     """`model.init_args.<name>` for every argument of the model classes."""
-    from . import model
+    from .distill import EmotionDistiller  # the parser is built before the model classes are needed: import them late
+    from .model import EmotionClassifier
 
-    classes = [model.EmotionClassifier]
-    try:
-        from .distill import EmotionDistiller
-
-        classes.append(EmotionDistiller)
-    except ImportError:
-        pass
+    classes = [EmotionClassifier, EmotionDistiller]
     names = {n for c in classes for n in inspect.signature(c.__init__).parameters if n not in ("self", "args", "kwargs")}
     return ["model.class_path"] + [f"model.init_args.{n}" for n in sorted(names)]
 
@@ -63,11 +60,10 @@ def model_keys() -> list[str]:
 def known_keys(parser) -> list[str]:
     """Every option key of `parser` and its subcommands' parsers (dotted, without dashes)."""
     keys = []
-    subcommands = getattr(parser, "_subcommands_action", None)
-    if subcommands is not None:
-        for sub in subcommands._name_parser_map.values():
-            keys += known_keys(sub)
-    for action in parser._actions:
+    for sub in subcommand_parsers(parser):
+        keys += known_keys(sub)
+    subcommands = subcommand_action(parser)
+    for action in parser_actions(parser):
         if action.dest not in ("help", "config", "==SUPPRESS==") and action is not subcommands:
             keys.append(action.dest)
     if "model" in keys:
@@ -149,7 +145,7 @@ def add_plain_commands(parser) -> None:
     """List PLAIN_COMMANDS among the subcommands of `emolightning --help` (cli.main runs them before any parsing)."""
     from jsonargparse import ArgumentParser
 
-    subcommands = parser._subcommands_action  # jsonargparse has no public accessor for it
+    subcommands = subcommand_action(parser)
     for name, text in PLAIN_COMMANDS.items():
         subcommands.add_subcommand(name, ArgumentParser(description=text, prog=f"emolightning {name}"), help=text)
 
@@ -161,12 +157,12 @@ class EmotionArgumentParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None):
         try:
-            hint = suggestion(message, getattr(ex, "subcommand_parser", None) or self)
+            hint = suggestion(message, error_parser(ex, self))
         except Exception:  # a hint must never hide the error itself
             hint = ""
         if not self.exit_on_error:  # a nested parser: its caller reports the error
             return super().error(message + hint, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
+        parser = error_parser(ex, self)
         prog = parser.prog.replace(" [options]", "")
         if "Problems parsing config" in message and (where := bad_config_file(sys.argv)):
             message = f"the config file {where}. Fix the YAML there."

@@ -21,6 +21,8 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+from .compat import summary_depth
+
 WARNINGS = [
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
@@ -83,7 +85,7 @@ def tidy_trainer(trainer) -> None:
         return
     for i, callback in enumerate(trainer.callbacks):
         if type(callback).__name__ in ("ModelSummary", "RichModelSummary"):
-            trainer.callbacks[i] = CompactModelSummary(max_depth=callback._max_depth)
+            trainer.callbacks[i] = CompactModelSummary(max_depth=summary_depth(callback))
     bar = trainer.progress_bar_callback
     if bar is not None:
         standard = bar.get_metrics

@@ -26,13 +26,13 @@ import socket
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
+from .compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
 from .errors import ConfigError
 
 # where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
@@ -54,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = str(path)
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -97,11 +97,11 @@ class LastCheckpoint(ModelCheckpoint):
 
     # step-wise saves: ModelCheckpoint.on_train_batch_end (save_top_k=0 writes only last.ckpt)
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -115,7 +115,7 @@ class LastCheckpoint(ModelCheckpoint):
         # validation results (tuned thresholds, the best-model tracking of `checkpoint`)
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
 
 
 def rng_states(device: torch.device | None = None) -> dict:
@@ -170,11 +170,7 @@ class ExactResume(Callback):
         self._pending = state_dict
 
     def on_train_start(self, trainer, pl_module) -> None:
-        fit_loop = trainer.fit_loop
-        states = getattr(fit_loop, "_combined_loader_states_to_load", None)
-        if states and fit_loop._combined_loader is not None:
-            fit_loop._combined_loader._load_state_dicts(states)
-            fit_loop._combined_loader_states_to_load = []
+        load_pending_train_loader_state(trainer)
 
     def _restore_rng(self, pl_module) -> None:
         if self._pending is not None:

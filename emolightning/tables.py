@@ -244,6 +244,13 @@ def _records(path: str, rows, text_column: str, id_column: str | None, label_nam
         _note(path, changed)
 
 
+def file_records(
+    path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True, labels_column: str | None = None, label_names: list[str] | None = None
+) -> Iterator[Record]:
+    """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
+    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids, labels_column=labels_column, label_names=label_names, note_spaces=unique_ids)[1]
+
+
 def read_table(
     path: str,
     text_column: str = "Tweet",

@@ -78,7 +78,7 @@ def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
 
     Returns its root dir, saved config.yaml and best checkpoint.
     """
-    from test_cli import emolightning, tiny_args
+    from helpers import emolightning, tiny_args
 
     root = tmp_path_factory.mktemp("trained")
     emolightning("fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3"))

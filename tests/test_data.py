@@ -3,10 +3,12 @@ import json
 import pytest
 import torch
 
-from conftest import LABELS, make_rows, write_official
-from emolightning.data import Collator, EmotionDataModule, LengthGroupedSampler
+from emolightning.batching import Collator, LengthGroupedSampler
+from emolightning.data import EmotionDataModule
 from emolightning.errors import DataError
 from emolightning.tables import read_table
+
+from conftest import LABELS, make_rows, write_official
 
 
 def dm(tiny_encoder, cache_dir, **kwargs):

@@ -14,12 +14,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
-from test_cli import emolightning
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import LABELS
+from helpers import REPO, emolightning
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -171,12 +170,12 @@ def test_cached_teacher_logits_give_the_same_loss(tiny_encoder, teacher_ckpt):
     for losses in (first, second):
         for key in ("loss", "loss_soft", "loss_hard"):
             torch.testing.assert_close(losses[key], expected[key], rtol=0, atol=1e-6)
-    assert cached._cached.nonzero().flatten().tolist() == [0, 3, 5]
+    assert cached._teacher_logits_seen.nonzero().flatten().tolist() == [0, 3, 5]
     # a batch with one unseen example runs the teacher again (and grows the cache to hold index 40)
     batch["index"] = torch.tensor([3, 40, 5])
     with torch.no_grad():
         cached.distillation_losses(batch)
-    assert len(calls) == 2 and len(cached._cache) >= 41 and cached._cached.sum() == 4
+    assert len(calls) == 2 and len(cached._teacher_logits) >= 41 and cached._teacher_logits_seen.sum() == 4
     # with the cosine loss on, the teacher must run every step, so the cache is off
     assert not distiller(tiny_encoder, teacher_ckpt, cosine_weight=0.1, cache_teacher_logits=True).cache_logits
 
@@ -202,7 +201,8 @@ def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec
 
     plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
     plain.prepare_data(), plain.setup("fit")
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels"}  # no extra cost
+    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
+    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
     with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
         model.distillation_losses(next(iter(plain.train_dataloader())))
 

@@ -63,7 +63,7 @@ def test_hub_split_names_come_from_its_classlabel_feature(tiny_encoder, cache_di
 
 
 def test_goemotions_config_trains_and_predicts_one_column_per_label(tiny_encoder, tmp_path):
-    from test_cli import emolightning
+    from helpers import emolightning
 
     train = write(tmp_path / "train.jsonl", [(f"{i}-{k}", t, ids) for k in range(4) for i, t, ids in ROWS])
     dev = write(tmp_path / "dev.tsv")

@@ -86,7 +86,7 @@ NOISE = ["tensorboardX", "litlogger", "LeafSpec", "Loading weights", "FLOPs", "v
 def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_alone(tiny_encoder, ec_dir, tmp_path):
     import shlex
 
-    from test_cli import emolightning, tiny_args
+    from helpers import emolightning, tiny_args
 
     args = tiny_args(tiny_encoder, ec_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
     args[args.index("--trainer.enable_progress_bar") + 1] = "true"  # v_num would show on the bar
@@ -125,7 +125,7 @@ def test_the_tokenizer_warning_about_long_texts_is_hidden_unless_verbose(tiny_en
     handler.emit = lambda record: seen.append(record.getMessage())
     logger = logging.getLogger("transformers.tokenization_utils_base")
     logger.addHandler(handler)
-    monkeypatch.setattr(logger, "filters", list(logger.filters))  # undone after the test
+    monkeypatch.setattr(logger, "filters", [])  # as before any silence_libraries() of this process; restored after the test
     try:
         AutoTokenizer.from_pretrained(tiny_encoder, model_max_length=8)(["very " * 20])
         assert any("longer than the specified maximum sequence length" in m for m in seen)

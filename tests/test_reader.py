@@ -46,7 +46,7 @@ def test_csv_errors_name_the_physical_line_not_the_record(tmp_path):
 
 def test_plain_text_predict_file_keeps_every_line_as_a_row(tmp_path):
     path = tmp_path / "texts.txt"
-    path.write_bytes("first\n\n   \nfourth\twith a tab\r\nfifth\rsixth\n".encode())
+    path.write_bytes(b"first\n\n   \nfourth\twith a tab\r\nfifth\rsixth\n")
     rows = records(path, allow_plain_text=True)
     # IDs are the line numbers: the empty and the whitespace-only line are rows too, nothing shifts
     assert rows == [("1", "first", None), ("2", "", None), ("3", "   ", None), ("4", "fourth with a tab", None), ("5", "fifth", None), ("6", "sixth", None)]

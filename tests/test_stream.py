@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import LABELS, make_rows
-from emolightning.predict import PredictionFileWriter
+from emolightning.prediction_writer import PredictionFileWriter
 from emolightning.stream import PredictStream
+
+from conftest import LABELS, make_rows
 
 ROWS = make_rows(53, 7, "s")  # 53 = 13 full batches of 4 and a short one
 

@@ -41,6 +41,7 @@ class PredictionFileWriter(BasePredictionWriter):
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities = output, probabilities
+        self.part = None  # this rank's part file, open while predicting
 
     def _beside_output(self, tag: str) -> str:
         directory, name = os.path.split(os.path.abspath(self.output))
@@ -90,7 +91,7 @@ class PredictionFileWriter(BasePredictionWriter):
         self.stream = self.part = self.pending = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if getattr(self, "part", None) is not None:  # a failed run leaves no part file behind
+        if self.part is not None:  # a failed run leaves no part file behind
             self.part.close()
             os.remove(self.part.name)
             self.part = None

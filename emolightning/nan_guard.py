@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .compat import last_global_step_saved
 from .errors import TrainingError
 
 
@@ -51,17 +52,16 @@ class FiniteLossGuard(Callback):
     def message(self, trainer, what: str) -> str:
         where = f"the training step after global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx} of {trainer.num_training_batches} in the epoch)"
         rows = ""
-        index = self._batch.get("index") if isinstance(self._batch, dict) else None
-        if index is not None:
-            table = getattr(getattr(trainer, "datamodule", None), "tables", {}).get("train")
-            index = index.tolist()
-            ids = [table.ids[i] for i in index] if table is not None else [str(i) for i in index]
+        batch = self._batch if isinstance(self._batch, dict) else {}
+        # the data module's batches carry their rows' IDs and file (batching.Collator); other loaders' rows go by index
+        ids = batch.get("ids") or ([str(i) for i in batch["index"].tolist()] if "index" in batch else None)
+        if ids:
             shown = ", ".join(ids[:16]) + (f", ... ({len(ids)} rows)" if len(ids) > 16 else "")
-            rows = f" The batch held the rows with IDs {shown}" + (f" of {table.source}." if table is not None else ".")
+            rows = f" The batch held the rows with IDs {shown}" + (f" of {batch['source']}." if batch.get("source") else ".")
         callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         kept = []
         if last := next((c for c in callbacks if c.last_model_path), None):
-            step = last._last_global_step_saved  # 0 until this process saved one
+            step = last_global_step_saved(last)  # 0 until this process saved one
             kept.append(f"the last good checkpoint is {last.last_model_path}" + (f" (global step {step})" if step else ""))
         if best := next((c.best_model_path for c in callbacks if c.best_model_path), None):
             kept.append(f"the best is {best}")
