@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
             err = err.__cause__ or err.__context__
         if err is None or os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
-        print(f"emolightning: error: {err}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
+        message = " ".join(str(err).split())  # one paragraph, whatever a message quotes
+        if len(message) > 1500:  # messages cut what they quote; this bounds anything they missed
+            message = message[:1450] + " [...] " + message[-45:]
+        print(f"emolightning: error: {message}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -3,6 +3,7 @@ no output a user cannot act on, and a fit that ends by saying where everything w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,35 @@ def test_the_tokenizer_warning_about_long_texts_is_hidden_unless_verbose(tiny_en
         assert seen == []
     finally:
         logger.removeHandler(handler)
+
+
+def bad_inputs(tmp_path: Path) -> dict:
+    """name -> (extra options, words the message must hold): each a case seen printing a traceback or pages of text."""
+    big_header = tmp_path / "big.tsv"
+    big_header.write_text("ID\tText" + "\tx" * 20000 + "\n1\thi" + "\t0" * 20000 + "\n", encoding="utf-8")
+    columns = tmp_path / "columns.json"
+    columns.write_text(json.dumps({"Tweet": {str(i): "so happy " * 20 for i in range(3000)}, "joy": {str(i): 1 for i in range(3000)}}), encoding="utf-8")
+    multiline = tmp_path / "multi.csv"
+    multiline.write_text('ID,Tweet,joy\n1,"a\nlong\ntext",1\n2,"unclosed,1\n3,fine,0\n', encoding="utf-8")
+    return {
+        "hub_offline": ([], ["Could not load the Hub dataset", "`data.data_dir`", "builtin:demo"]),
+        "huge_header": (["--data.train_file", str(big_header)], ["big.tsv, line 1", "no text column 'Tweet'", "data.text_column"]),
+        "json_columns": (["--data.train_file", str(columns)], ["columns.json", "orient='records'"]),
+        "unclosed_quote": (["--data.train_file", str(multiline)], ["multi.csv, line 5", "double quote"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["hub_offline", "huge_header", "json_columns", "unclosed_quote"])
+def test_every_data_error_is_a_short_paragraph_with_exit_2(case, tiny_encoder, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'SemEvalWorkshop/sem_eval_2018_task_1' on the Hub (LocalEntryNotFoundError)\n" + "details\n" * 50)
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    extra, words = bad_inputs(tmp_path)[case]
+    code, _, err = run_main(["fit", "--config", str(REPO / "configs" / "semeval" / "minilm-l6.yaml"), "--model.init_args.encoder", tiny_encoder,
+                             "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "run"), *extra], capsys)
+    assert code == 2
+    assert_one_paragraph(err, max_lines=2)
+    assert len(err) < 1700 and all(w in err for w in words), err[-2000:]
