@@ -9,7 +9,8 @@ points, so the table shows the mean and standard deviation over seeds; compare m
     python benchmarks/recipes.py --data_dir ../shared/data/semeval2018-ec --out runs/recipes \\
         --recipes baseline label_prompt --seeds 1 2 3 --epochs 3 --jobs 2
 
-Runs already finished under --out are scored, not retrained, so the grid can grow over sessions.
+Runs already under --out are scored, not retrained (their dev predictions are kept in dev_probs.pt), so
+the grid can grow over sessions.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
-from emolightning.metrics import held_out_scores, official_scores  # noqa: E402
+from emolightning.metrics import THRESHOLD_STRATEGIES, held_out_scores, official_scores  # noqa: E402
 
 BASE_CONFIG = "configs/semeval/minilm-l6-baseline.yaml"
 M = "--model.init_args."
@@ -91,16 +92,17 @@ def dev_probs(ckpt: str, data_dir: str) -> tuple[torch.Tensor, torch.Tensor, lis
 
 
 def score_run(directory: str, data_dir: str) -> dict:
-    result_file = os.path.join(directory, "recipe_result.json")
-    if os.path.exists(result_file):
-        return json.loads(Path(result_file).read_text())
     ckpt = best_checkpoint(directory)
     if ckpt is None:
         raise SystemExit(f"{directory}: no best-*.ckpt: the run failed or did not finish (see {directory}.log)")
-    probs, target, labels = dev_probs(ckpt, data_dir)
-    torch.save({"probs": probs, "target": target, "labels": labels}, os.path.join(directory, "dev_probs.pt"))
+    saved = os.path.join(directory, "dev_probs.pt")
+    if os.path.exists(saved):  # the model's dev predictions, made once: re-scoring needs no model
+        probs, target, labels = torch.load(saved).values()
+    else:
+        probs, target, labels = dev_probs(ckpt, data_dir)
+        torch.save({"probs": probs, "target": target, "labels": labels}, saved)
     result = {"checkpoint": ckpt, "held_out": held_out_scores(probs, target, labels), "at_0.5": official_scores(probs >= 0.5, target, labels)}
-    Path(result_file).write_text(json.dumps(result, indent=1))
+    Path(directory, "recipe_result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -136,24 +138,24 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="fits at a time (each gets cpu_count / jobs threads)")
     args = p.parse_args()
 
-    todo = [(r, s) for r in args.recipes for s in args.seeds if best_checkpoint(run_dir(args.out, r, s)) is None]
+    # a run directory without a best checkpoint is still training (another invocation) or failed: never
+    # train twice into one directory; delete it to train that run again
+    todo = [(r, s) for r in args.recipes for s in args.seeds if not os.path.exists(run_dir(args.out, r, s))]
     train_all(todo, args)
-    print("\ndev (n=886), best checkpoint on dev Jaccard; thresholds held out: tuned on one half of dev, scored on the other (10 halvings x 2)")
-    print("mean +- std over seeds, in points\n")
-    print("| recipe | seeds | Jaccard @0.5 | macro-F1 @0.5 | Jaccard per-label | micro-F1 per-label | macro-F1 per-label | Jaccard global | macro-F1 global |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    summary = {}
-    for recipe in args.recipes:
-        results = [score_run(run_dir(args.out, recipe, s), args.data_dir) for s in args.seeds]
-
-        def stat(where: str, key: str) -> tuple[float, float]:
-            values = [100 * r["held_out"][where][key] for r in results]
-            return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-        cells = [stat("0.5", "jaccard"), stat("0.5", "f1_macro"), stat("per_label", "jaccard"), stat("per_label", "f1_micro"), stat("per_label", "f1_macro"), stat("global", "jaccard"), stat("global", "f1_macro")]
-        summary[recipe] = {"seeds": args.seeds, "runs": results}
-        print(f"| {recipe} | {len(results)} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in cells) + " |")
-    print("RESULT " + json.dumps({r: {w: {k: statistics.mean(x["held_out"][w][k] for x in v["runs"]) for k in KEYS} for w in ("0.5", "global", "per_label")} for r, v in summary.items()}))
+    print("\ndev (n=886), best checkpoint on dev Jaccard; thresholds held out: chosen on one half of dev, scored on the other (10 halvings x 2)")
+    print("mean ± std over seeds, in points")
+    results = {recipe: [score_run(run_dir(args.out, recipe, s), args.data_dir) for s in args.seeds] for recipe in args.recipes}
+    for strategy in THRESHOLD_STRATEGIES:
+        print(f"\nthresholds: {strategy}{' (0.5)' if strategy == 'fixed' else ''}\n")
+        print("| recipe | seeds | Jaccard | micro-F1 | macro-F1 |\n|---|---:|---:|---:|---:|")
+        for recipe, runs in results.items():
+            cells = []
+            for key in KEYS:
+                values = [100 * r["held_out"][strategy][key] for r in runs]
+                cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}")
+            print(f"| {recipe} | {len(runs)} | " + " | ".join(cells) + " |")
+    means = {r: {w: {k: statistics.mean(x["held_out"][w][k] for x in runs) for k in KEYS} for w in THRESHOLD_STRATEGIES} for r, runs in results.items()}
+    print("RESULT " + json.dumps(means))
 
 
 if __name__ == "__main__":

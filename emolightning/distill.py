@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .errors import ConfigError
 from .losses import hidden_cosine_loss, soft_target_loss
-from .model import EmotionClassifier, linear_warmup_decay
+from .model import EmotionClassifier
 
 # text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
 PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
@@ -131,6 +131,31 @@ class Teacher(nn.Module):
         return out.logits, (out.hidden_states[-1] if hidden else None)
 
 
+def copy_teacher_layers(teacher: Teacher, layers: list[int]) -> nn.Module:
+    """A copy of the teacher's transformer (embeddings included) that keeps only `layers`, in that order: a DistilBERT-style student."""
+    copied = copy.deepcopy(teacher.base)
+    try:
+        keep_layers(copied, layers)
+    except ConfigError:
+        raise ConfigError(f"`model.init_args.student_layers` {layers} must name layers 0..{len(layer_list(teacher.base)) - 1} of the teacher.") from None
+    return copied
+
+
+def load_copied_student(student: EmotionClassifier, copied: nn.Module, teacher: Teacher) -> None:
+    """Put the copied layers' weights into `student`'s encoder and, for an emolightning teacher, the teacher's head into its head."""
+    missing, unexpected = student.encoder.load_state_dict(copied.state_dict(), strict=False)
+    # the only difference allowed: BERT/RoBERTa poolers, which the student never uses
+    if [k for k in missing + unexpected if not k.startswith("pooler.")]:
+        raise ConfigError(f"Cannot copy the teacher's layers into the student: missing {missing}, unexpected {unexpected}.")
+    student.encoder.train()
+    student.hparams.encoder_config = student.encoder.config.to_dict()
+    if teacher.model is None:
+        student.head.load_state_dict(teacher.head.state_dict())
+        pooling = student.hparams.pooling
+        if teacher.pooling != pooling:
+            rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{teacher.pooling}`.")
+
+
 class EmotionDistiller(EmotionClassifier):
     def __init__(
         self,
@@ -138,25 +163,6 @@ class EmotionDistiller(EmotionClassifier):
         label_names: list[str],
         lr: float,
         teacher: str,
-        head_lr: float | None = None,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.0,
-        pooling: Literal["cls", "mean", "label_attention", "label_prompt"] = "cls",
-        dropout: float = 0.1,
-        loss: Literal["bce", "focal", "asl"] = "bce",
-        focal_gamma: float = 2.0,
-        asl_gamma_neg: float = 4.0,
-        asl_gamma_pos: float = 0.0,
-        asl_clip: float = 0.05,
-        label_correlation_weight: float = 0.0,
-        pos_weight: list[float] | Literal["auto"] | None = None,
-        layer_lr_decay: float = 1.0,
-        ema_decay: float | None = None,
-        threshold: float = 0.5,
-        tune_thresholds: bool = True,
-        min_label_positives: int = 10,
-        encoder_layers: list[int] | None = None,
-        encoder_config: dict | None = None,
         student_layers: list[int] | None = None,
         temperature: float = 2.0,
         soft_weight: float = 0.5,
@@ -165,12 +171,15 @@ class EmotionDistiller(EmotionClassifier):
         cosine_projection: bool = False,
         soft_loss: Literal["sigmoid", "softmax"] = "sigmoid",
         cache_teacher_logits: bool = False,
+        **kwargs,
     ):
         """A student EmotionClassifier trained against a frozen teacher (DistilBERT-style).
 
         Its checkpoints are plain EmotionClassifier checkpoints, without the teacher: test or
         predict with a config naming `class_path: emolightning.EmotionClassifier` (or
-        `EmotionClassifier.load_from_checkpoint`), no teacher needed.
+        `EmotionClassifier.load_from_checkpoint`), no teacher needed. Every other argument
+        (`head_lr`, `pooling`, `loss`, `pos_weight`, `encoder_layers`, ...) is EmotionClassifier's, for the
+        student; the CLI shows each as a typed key (`--model.init_args.<name>`).
 
         Args:
             encoder: The student's encoder (Hub name or directory), loaded from pretrained; with
@@ -180,31 +189,12 @@ class EmotionDistiller(EmotionClassifier):
             teacher: An emolightning checkpoint (.ckpt) of the fine-tuned teacher, or a Hugging Face
                 directory/name of a fine-tuned multi-label AutoModelForSequenceClassification.
                 If its tokenizer differs from the student's, set `data.teacher_tokenizer` to it.
-            head_lr: Learning rate of the classification head (default: lr).
-            weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
-            warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
-            pooling: The student's pooling: `cls`, `mean`, `label_attention` or `label_prompt` (see EmotionClassifier).
-            dropout: Dropout before the student's linear head.
-            loss: The student's hard-label loss: `bce`, `focal` or `asl` (see EmotionClassifier).
-            focal_gamma: Focusing exponent of the focal loss.
-            asl_gamma_neg: Asymmetric loss: focusing exponent of negative labels.
-            asl_gamma_pos: Asymmetric loss: focusing exponent of positive labels.
-            asl_clip: Asymmetric loss: probability margin below which a negative costs nothing.
-            label_correlation_weight: Weight of SpanEmo's label-correlation loss in the hard loss (0: off).
-            pos_weight: Per-label positive-class weights of the hard BCE loss, `auto`, or none.
-            layer_lr_decay: Layer-wise learning-rate decay of the student's encoder (1: off).
-            ema_decay: Exponential moving average of the student's weights (none: off).
-            threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
-            min_label_positives: Labels with fewer validation positives keep the global threshold.
-            encoder_layers: Keep only these layers of the pretrained student encoder (not with student_layers).
-            encoder_config: Filled in automatically: the student encoder's config.
             student_layers: Build the student from the teacher as in DistilBERT: its embeddings, these
                 of its layers (e.g. [0, 2, 4] of 6) and, for an emolightning teacher, its head.
                 Unset: the student is `encoder` from pretrained.
             temperature: Softmax/sigmoid temperature T of the soft targets (the loss is scaled by T²).
             soft_weight: Weight of the soft-target loss (`train/loss_soft`).
-            hard_weight: Weight of the gold-label BCE loss (`train/loss_hard`).
+            hard_weight: Weight of the gold-label loss (`train/loss_hard`: the student's `loss`, with `pos_weight`).
             cosine_weight: Weight of the hidden-state cosine loss (`train/loss_cos`); it needs the
                 same tokenizer for both, and equal hidden sizes or `cosine_projection`.
             cosine_projection: If the hidden sizes differ, learn a linear map student -> teacher for
@@ -215,7 +205,7 @@ class EmotionDistiller(EmotionClassifier):
                 later epochs (valid because the teacher is in eval mode and the data is fixed). No
                 effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
-        if student_layers is not None and encoder_layers is not None:
+        if student_layers is not None and kwargs.get("encoder_layers") is not None:
             raise ConfigError("Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both.")
         frozen = Teacher(teacher)
         if frozen.label_names is not None and list(frozen.label_names) != list(label_names):
@@ -225,21 +215,11 @@ class EmotionDistiller(EmotionClassifier):
             )
         if frozen.model is not None and frozen.num_labels != len(label_names):
             raise ConfigError(f"The teacher '{teacher}' has {frozen.num_labels} outputs, but the data has {len(label_names)} labels {list(label_names)}.")
-        copied = None
-        if student_layers is not None and encoder_config is None:  # (with encoder_config the weights come from a checkpoint)
-            copied = copy.deepcopy(frozen.base)
-            try:
-                keep_layers(copied, student_layers)
-            except ConfigError:
-                raise ConfigError(f"`model.init_args.student_layers` {student_layers} must name layers 0..{len(layer_list(frozen.base)) - 1} of the teacher.") from None
-        super().__init__(
-            encoder, label_names, lr, head_lr=head_lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, pooling=pooling,
-            dropout=dropout, loss=loss, focal_gamma=focal_gamma, asl_gamma_neg=asl_gamma_neg, asl_gamma_pos=asl_gamma_pos,
-            asl_clip=asl_clip, label_correlation_weight=label_correlation_weight, pos_weight=pos_weight,
-            layer_lr_decay=layer_lr_decay, ema_decay=ema_decay, threshold=threshold, tune_thresholds=tune_thresholds,
-            min_label_positives=min_label_positives, encoder_layers=encoder_layers,
-            encoder_config=copied.config.to_dict() if copied is not None else encoder_config,
-        )
+        from_checkpoint = kwargs.get("encoder_config") is not None  # the student's weights come from a checkpoint's state dict
+        copied = copy_teacher_layers(frozen, student_layers) if student_layers is not None and not from_checkpoint else None
+        if copied is not None:  # the student is built with the copy's shape; its weights are loaded below
+            kwargs["encoder_config"] = copied.config.to_dict()
+        super().__init__(encoder, label_names, lr, **kwargs)
         self.same_tokenizer = same_tokenizer(encoder, frozen.tokenizer)
         if copied is not None:
             if not self.same_tokenizer:
@@ -247,16 +227,7 @@ class EmotionDistiller(EmotionClassifier):
                     f"With `student_layers` the student inherits the teacher's embeddings, so `model.init_args.encoder` must name the "
                     f"teacher's tokenizer: set it to '{frozen.tokenizer}' (it is '{encoder}')."
                 )
-            missing, unexpected = self.encoder.load_state_dict(copied.state_dict(), strict=False)
-            # the only difference allowed: BERT/RoBERTa poolers, which the student never uses
-            if [k for k in missing + unexpected if not k.startswith("pooler.")]:
-                raise ConfigError(f"Cannot copy the teacher's layers into the student: missing {missing}, unexpected {unexpected}.")
-            self.encoder.train()
-            self.hparams.encoder_config = self.encoder.config.to_dict()
-            if frozen.model is None:
-                self.head.load_state_dict(frozen.classifier.head.state_dict())
-                if frozen.pooling != pooling:
-                    rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{frozen.pooling}`.")
+            load_copied_student(self, copied, frozen)
         self.teacher = frozen
 
         teacher_hidden, student_hidden = frozen.base.config.hidden_size, self.encoder.config.hidden_size
@@ -278,7 +249,7 @@ class EmotionDistiller(EmotionClassifier):
         self._teacher_logits_seen: Tensor | None = None  # (N,) bool: row i holds example i's logits
         rank_zero_info(
             f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
-            f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if encoder_config else encoder}); "
+            f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if from_checkpoint else encoder}); "
             f"loss = {soft_weight} x soft (T={temperature}, {soft_loss}) + {hard_weight} x hard"
             + (f" + {cosine_weight} x cosine" if self.use_cosine else "")
             + f". The teacher's {len(list(frozen.modules()))} modules stay in eval mode on purpose (Lightning warns about them at the start of fit)."
@@ -337,14 +308,11 @@ class EmotionDistiller(EmotionClassifier):
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]
 
-    def configure_optimizers(self):
-        config = super().configure_optimizers()
-        if self.projection is not None:  # trained like the head; the schedule is rebuilt to cover it
-            optimizer, head_lr = config["optimizer"], self.hparams.head_lr or self.hparams.lr
-            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": head_lr})
-            total = self.trainer.estimated_stepping_batches
-            config["lr_scheduler"]["scheduler"] = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
-        return config
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.projection is not None:  # trained like the head
+            groups.append({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": self.hparams.head_lr or self.hparams.lr})
+        return groups
 
     # ---- checkpoints: the student alone, as a plain EmotionClassifier ---------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

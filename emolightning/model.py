@@ -23,7 +23,7 @@ from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .errors import ConfigError
 from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
 from .losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
-from .metrics import EmotionScores, official_scores, tune_thresholds
+from .metrics import EmotionScores, choose_thresholds, official_scores
 
 __all__ = ["EmotionClassifier", "linear_warmup_decay", "pool"]
 
@@ -72,6 +72,8 @@ class EmotionClassifier(L.LightningModule):
         ema_decay: float | None = None,
         threshold: float = 0.5,
         tune_thresholds: bool = True,
+        threshold_strategy: Literal["fixed", "global", "per_label", "shrunk"] = "per_label",
+        threshold_shrinkage: float = 50.0,
         min_label_positives: int = 10,
         encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
@@ -105,7 +107,12 @@ class EmotionClassifier(L.LightningModule):
             ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.999),
                 used for validation, test and the saved checkpoints; none turns it off.
             threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
+            tune_thresholds: After each validation epoch in fit, choose the thresholds on it (`threshold_strategy`).
+            threshold_strategy: `fixed` (`threshold` for every label), `global` (one tuned threshold),
+                `per_label` (each label its own), `shrunk` (each label's pulled toward the global one,
+                the more the fewer validation positives it has: see metrics.choose_thresholds).
+            threshold_shrinkage: `shrunk` only: the number of positives at which a label's own
+                threshold and the global one count equally.
             min_label_positives: Labels with fewer validation positives keep the global threshold.
             encoder_layers: Keep only these layers of the pretrained encoder (e.g. [0, 2, 4] for a
                 half-depth MiniLM); all layers when unset.
@@ -249,8 +256,9 @@ class EmotionClassifier(L.LightningModule):
             return
         fixed = torch.full_like(self.thresholds, self.hparams.threshold)
         if stage == "val" and self.hparams.tune_thresholds and self.trainer.state.fn == "fit":
-            _, per_label = tune_thresholds(probs.cpu(), target.cpu(), min_positives=self.hparams.min_label_positives)
-            self.thresholds.copy_(per_label.to(self.thresholds.device))
+            hp = self.hparams
+            chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
+            self.thresholds.copy_(chosen.to(self.thresholds.device))
         scores = official_scores(probs >= fixed, target, self.label_names)
         tuned = official_scores(probs >= self.thresholds, target, self.label_names)
         # every rank computed the same numbers from the synced state: a MAX-reduce keeps them exact

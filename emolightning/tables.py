@@ -256,12 +256,11 @@ def read_table(
     text_column: str = "Tweet",
     id_column: str | None = "ID",
     label_columns: list[str] | None = None,
-    allow_plain_text: bool = False,
     labels_column: str | None = None,
     label_names: list[str] | None = None,
 ) -> Table:
-    """Read one split whole (see `read_records` for the columns and the checks)."""
-    names, records = read_records(path, text_column, id_column, label_columns, allow_plain_text, labels_column=labels_column, label_names=label_names)
+    """Read one split whole (see `read_records` for the columns and the checks); a one-text-per-line file is `file_records`' alone."""
+    names, records = read_records(path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names)
     ids, texts, labels = [], [], []
     for row_id, text, values in records:
         ids.append(row_id)

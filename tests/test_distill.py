@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,12 +48,22 @@ def distiller(tiny_encoder, teacher, **kwargs) -> EmotionDistiller:
     return EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=teacher, pooling="mean", **kwargs)
 
 
-def test_signature_has_every_emotion_classifier_argument():
-    # the CLI needs explicit typed arguments; a new EmotionClassifier option must be added here too
-    parent = inspect.signature(EmotionClassifier.__init__).parameters
-    child = inspect.signature(EmotionDistiller.__init__).parameters
-    for name, param in parent.items():
-        assert name in child and child[name].default == param.default and child[name].annotation == param.annotation, name
+def test_cli_help_shows_every_emotion_classifier_argument_of_the_distiller(capsys):
+    # the distiller passes the student's arguments on as **kwargs: `--help` must still show each one as
+    # a typed key, with EmotionClassifier's type and default (a new EmotionClassifier option included)
+    from emolightning.cli import run_cli
+
+    def options(class_path: str) -> dict[str, str]:
+        with pytest.raises(SystemExit):
+            run_cli(["fit", "--model.help", class_path])
+        # an option's entry: its line `  --model.<name> ...` and the indented lines after it, ending in `(type: ..., default: ...)`
+        entries = re.findall(r"^  --model\.(\w+)(.*?)(?=^  -|\Z)", capsys.readouterr().out, flags=re.M | re.S)
+        return {name: re.search(r"\(((?:required, )?type: .*)\)$", " ".join(body.split())).group(1) for name, body in entries}
+
+    parent, child = options("emolightning.EmotionClassifier"), options("emolightning.EmotionDistiller")
+    assert sorted(parent) == sorted(n for n in inspect.signature(EmotionClassifier.__init__).parameters if n != "self")
+    for name, typed in parent.items():
+        assert child.get(name) == typed, name
 
 
 def test_student_layers_copy_the_teacher_exactly(tiny_encoder, teacher_ckpt):

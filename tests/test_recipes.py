@@ -180,3 +180,34 @@ def test_pos_weight_auto_from_training_frequencies(tiny_encoder):
 def test_bad_recipe_values_are_config_errors(tiny_encoder, option, value):
     with pytest.raises(ConfigError, match=option):
         EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, **{option: value})
+
+
+def test_threshold_strategies_by_hand():
+    from emolightning.metrics import choose_thresholds, tune_thresholds
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(60, 3, generator=gen)
+    # each label's gold cut is elsewhere (0.25, 0.5, 0.8), so per-label thresholds differ from the global one
+    gold = (probs + 0.05 * torch.rand(60, 3, generator=gen) > torch.tensor([0.25, 0.5, 0.8])).float()
+    global_t, per_label = tune_thresholds(probs, gold, min_positives=1)
+    assert choose_thresholds(probs, gold, "fixed", fixed=0.4).tolist() == pytest.approx([0.4] * 3)
+    assert choose_thresholds(probs, gold, "global", min_positives=1).tolist() == [global_t] * 3
+    assert torch.equal(choose_thresholds(probs, gold, "per_label", min_positives=1), per_label)
+    shrunk = choose_thresholds(probs, gold, "shrunk", min_positives=1, shrinkage=10.0)
+    n = gold.sum(dim=0)
+    for j in range(3):  # n / (n + 10) of the label's own cut, the rest global
+        w = n[j].item() / (n[j].item() + 10.0)
+        assert shrunk[j].item() == pytest.approx(w * per_label[j].item() + (1 - w) * global_t, abs=1e-6)
+    assert not torch.equal(per_label, torch.full((3,), global_t))  # the strategies differ on this data
+
+
+def test_held_out_scores_never_score_the_tuning_half():
+    from emolightning.metrics import held_out_scores
+
+    # label 0 is perfectly separable at any cut in (0.2, 0.8): every strategy scores it perfectly held out
+    probs = torch.tensor([[0.9], [0.8], [0.2], [0.1]] * 10)
+    gold = torch.tensor([[1.0], [1.0], [0.0], [0.0]] * 10)
+    scores = held_out_scores(probs, gold, ["joy"], halvings=3, min_positives=1)
+    assert set(scores) == {"fixed", "global", "per_label", "shrunk"}
+    for strategy in scores.values():
+        assert strategy["f1_macro"] == pytest.approx(1.0)
