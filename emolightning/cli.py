@@ -11,6 +11,7 @@ import os
 import sys
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .compat import LightningCLIWithHooks
@@ -20,14 +21,28 @@ from .errors import ConfigError, EmolightningError
 from .hardware import check_gpu
 from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
-from .parser import EmotionArgumentParser
+from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .prediction_writer import PredictionFileWriter
+from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .record import BestValidationOutputs, RunClock
 from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
+from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLIWithHooks):
+    def init_parser(self, **kwargs):
+        parser = super().init_parser(**kwargs)
+        from . import __version__
+
+        parser.add_argument("--version", action="version", version=f"emolightning {__version__}")
+        return parser
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            add_plain_commands(self.parser)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.encoder", "data.tokenizer")
         parser.link_arguments("seed_everything", "data.seed")
@@ -46,10 +61,26 @@ class EmotionCLI(LightningCLIWithHooks):
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
 
     def instantiate_trainer(self, **kwargs):
+        evaluating = self.subcommand in ("validate", "test", "predict")
+        if evaluating and self.config_init[self.subcommand]["trainer"].get("logger") in (None, True):
+            # the default logger would open a new version_N in the training run's folder, so the next
+            # `fit` would not land where the README (and fit's closing block) said; test prints its scores
+            kwargs["logger"] = False
         trainer = super().instantiate_trainer(**kwargs)
+        if evaluating:  # the run's config.yaml is saved already; none for an evaluation
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
+        tidy_trainer(trainer)
         return trainer
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            from .report import report_after_fit
+
+            report = report_after_fit(self.trainer)  # the single-run report, named in the closing block
+            history = next((c.history for c in self.trainer.callbacks if isinstance(c, ValHistory)), [])
+            print("\n" + closing_block(self.trainer, history, report), flush=True)
 
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
@@ -85,11 +116,6 @@ class EmotionCLI(LightningCLIWithHooks):
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
 
-    def after_fit(self) -> None:
-        if self.trainer.is_global_zero:
-            from .report import report_after_fit
-
-            report_after_fit(self.trainer)
 
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:
@@ -101,19 +127,26 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         save_config_callback=SaveConfigToLogger,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory), `emolightning report RUN_DIR ... --output DIR` (a table and figures comparing runs); each has --help.",
+            "prog": "emolightning",
+            "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), ValHistory()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    verbose, args = verbose_requested(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (and warns if also given args)
+    else:
+        argv = args
+    if not verbose:
+        silence_libraries()
     try:
-        if args and args[0] in ("score", "export", "report"):  # plain commands, no Trainer
+        if args and args[0] in PLAIN_COMMANDS:  # no Trainer
             from importlib import import_module
 
             import_module(f".{args[0]}", __package__).main(args[1:])
@@ -132,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
             err = err.__cause__ or err.__context__
         if err is None or os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
-        print(f"emolightning: error: {err}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
+        message = " ".join(str(err).split())  # one paragraph, whatever a message quotes
+        if len(message) > 1500:  # messages cut what they quote; this bounds anything they missed
+            message = message[:1450] + " [...] " + message[-45:]
+        print(f"emolightning: error: {message}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -27,6 +27,7 @@ PRIVATE_NAMES = [
     ("ArgumentParser() with subcommands", "_subcommands_action"),
     ("ArgumentParser()._subcommands_action", "_name_parser_map"),
     ("ArgumentParser()", "_actions"),
+    ("ModelSummary()", "_max_depth"),
 ]
 
 
@@ -82,6 +83,12 @@ def subcommand_action(parser):
 def error_parser(error: Exception | None, parser):
     """The parser that raised a jsonargparse error: the subcommand's, when jsonargparse recorded it on the error."""
     return getattr(error, "subcommand_parser", None) or parser
+
+
+# ---- the model summary: quiet.py swaps Lightning's for a compact one of the same depth -------------
+def summary_depth(callback) -> int:
+    """The `max_depth` a ModelSummary callback was made with (it keeps no public copy)."""
+    return callback._max_depth
 
 
 # ---- LightningCLI: the two public hooks it lacks ----------------------------------------------

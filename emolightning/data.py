@@ -31,7 +31,7 @@ from .errors import DataError
 from .hardware import pad_multiple
 from .resume import ResumableDataLoader
 from .stream import PredictStream
-from .tables import SPLIT_OPTIONS, Table, file_records, find_split_file, read_table, table_from_hub
+from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, read_table, table_from_hub
 
 CACHE_VERSION = 1
 HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
@@ -53,6 +53,8 @@ class EmotionDataModule(L.LightningDataModule):
         text_column: str = "Tweet",
         id_column: str = "ID",
         label_columns: list[str] | None = None,
+        labels_column: str | None = None,
+        label_names: list[str] | None = None,
         tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2",
         max_length: int = 128,
         batch_size: int = 16,
@@ -79,7 +81,12 @@ class EmotionDataModule(L.LightningDataModule):
             hub_config: Its configuration name.
             text_column: Column holding the text.
             id_column: Column holding the example ID (row numbers when absent).
-            label_columns: Label columns; default every column but the ID and text.
+            label_columns: Label columns (one 0/1 column per label), matched by name in every split (the
+                training split's order wins); default every column but the ID and text.
+            labels_column: Instead of 0/1 columns, one column holding each row's list of label ids or
+                names, as GoEmotions stores them (`labels: [3, 27]`). The names come from the Hub
+                dataset's ClassLabel feature, or from `label_names`.
+            label_names: The label names, in id order, for `labels_column` (needed for local files).
             tokenizer: Tokenizer name or path; linked to the model's encoder by the CLI.
             max_length: Longer texts are truncated (and counted in the log).
             batch_size: Training batch size per device.
@@ -100,7 +107,9 @@ class EmotionDataModule(L.LightningDataModule):
                 selection; tensor cores want multiples of 8), 1 elsewhere.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # not a hyperparameter: Lightning refuses a data and a model hyperparameter of one name with two values
+        self.save_hyperparameters(ignore=["label_names"])
+        self.given_label_names = list(label_names) if label_names else None  # for labels_column
         self.files = {"train": train_file, "validation": val_file, "test": test_file, "predict": predict_file}
         self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "emolightning")
         self._label_names: list[str] | None = None
@@ -128,13 +137,13 @@ class EmotionDataModule(L.LightningDataModule):
                 f"and `data.{option}` is not set. Add the file (named like {OFFICIAL_EXAMPLE.get(split, OFFICIAL_EXAMPLE['test'])}) or set `data.{option}`."
             )
         if source.startswith("hub:"):
-            from datasets import load_dataset
-
             if self._hub is None:
-                self._hub = load_dataset(self.hparams.hub_dataset, self.hparams.hub_config)
-            return table_from_hub(self._hub, source[4:], self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
+                self._hub = load_hub(self.hparams.hub_dataset, self.hparams.hub_config)
+            hp = self.hparams
+            return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
-        return read_table(source, self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
+        hp = self.hparams
+        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
 
     @property
     def label_names(self) -> list[str]:
@@ -142,6 +151,8 @@ class EmotionDataModule(L.LightningDataModule):
         if self._label_names is None:
             if self.hparams.label_columns:
                 self._label_names = list(self.hparams.label_columns)
+            elif self.given_label_names and self.hparams.labels_column:
+                self._label_names = list(self.given_label_names)
             else:
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
@@ -193,12 +204,7 @@ class EmotionDataModule(L.LightningDataModule):
         return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
 
     def _tokenize(self, split: str) -> dict:
-        table = self.load_table(split)
-        if table.labels is not None and table.label_names != self.label_names:
-            raise DataError(
-                f"{table.source}: its label columns {table.label_names} differ from the training split's {self.label_names}. "
-                "All splits must have the same label columns in the same order."
-            )
+        table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
         log.info(rank_prefixed_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}", rank_zero_only.rank))
         tokenizer = load_tokenizer(self.hparams.tokenizer)
@@ -264,8 +270,9 @@ class EmotionDataModule(L.LightningDataModule):
         else:
             # a first pass checks every row (and holds the IDs, for the duplicate check) before the
             # model sees a text; the streaming pass then needs no check that keeps anything
-            num_rows = sum(1 for _ in file_records(source, hp.text_column, hp.id_column, hp.label_columns))
-            records = partial(file_records, source, hp.text_column, hp.id_column, hp.label_columns, unique_ids=False)
+            columns = (source, hp.text_column, hp.id_column, hp.label_columns)
+            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
+            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
         log.info(rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank))
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .formats import read_header
 from .metrics import official_scores
-from .tables import read_header, read_table
+from .tables import read_table
 
 
 def label_columns(path: str, text_column: str, id_column: str) -> list[str]:

@@ -10,6 +10,11 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# property tests (test_roundtrip.py) draw the same examples on every run: CI stays deterministic
+settings.register_profile("emolightning", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("emolightning")
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 # One cue word per label, so that a tiny model can learn something in a few steps.

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonargparse
 import lightning as L
 import pytest
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 
@@ -38,6 +38,7 @@ def owners() -> dict:
         "ArgumentParser() with subcommands": with_subcommands,
         "ArgumentParser()._subcommands_action": with_subcommands._subcommands_action,
         "ArgumentParser()": jsonargparse.ArgumentParser(),
+        "ModelSummary()": ModelSummary(),
     }
 
 
