@@ -194,6 +194,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # `duplicates` pairs this opening with report.main's: the shape of any argparse command, with nothing to share between them
     parser = argparse.ArgumentParser(
         prog="emolightning export",
         description="Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). "
