@@ -47,15 +47,17 @@ class EmolightningForSequenceClassification(PreTrainedModel):
         if pooling == "label_attention":
             self.label_attention = nn.Module()
             self.label_attention.queries = nn.Parameter(torch.zeros(config.num_labels, config.hidden_size))
-        if pooling == "label_prompt":
-            prompt = list(config.label_prompt_ids)
-            self.register_buffer("prompt", torch.tensor([*prompt, config.label_prompt_sep_id], dtype=torch.long), persistent=False)
-            average = torch.zeros(config.num_labels, len(prompt))
-            for j, (start, end) in enumerate(config.label_prompt_spans):
-                average[j, start:end] = 1.0 / (end - start)
-            self.register_buffer("average", average, persistent=False)
         self.post_init()
 
+
+    def prompt_average(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(L, P): row j averages label j's name tokens. Built from the config on each call, not kept as a
+        buffer: from_pretrained creates the model without running buffer initialisers."""
+        spans = self.config.label_prompt_spans
+        average = torch.zeros(len(spans), len(self.config.label_prompt_ids), dtype=hidden.dtype, device=hidden.device)
+        for j, (start, end) in enumerate(spans):
+            average[j, start:end] = 1.0 / (end - start)
+        return average
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> (B, H) or (B, L, H), exactly as emolightning's heads.py."""
@@ -66,7 +68,7 @@ class EmolightningForSequenceClassification(PreTrainedModel):
             scores = scores.masked_fill(~attention_mask.bool().unsqueeze(1), torch.finfo(scores.dtype).min)
             return torch.einsum("blt,bth->blh", scores.softmax(dim=-1), hidden)
         if pooling == "label_prompt":
-            return torch.einsum("lp,bph->blh", self.average.to(hidden.dtype), hidden[:, 1 : 1 + self.average.shape[1]])
+            return torch.einsum("lp,bph->blh", self.prompt_average(hidden), hidden[:, 1 : 1 + len(self.config.label_prompt_ids)])
         if pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -78,7 +80,7 @@ class EmolightningForSequenceClassification(PreTrainedModel):
         # token_type_ids are accepted (tokenizers return them) but not passed: emolightning
         # trained on single texts without them, and the encoder's default is the same zeros
         if self.config.classifier_pooling == "label_prompt":
-            prompt = self.prompt.to(input_ids.device).expand(len(input_ids), -1)
+            prompt = torch.tensor([*self.config.label_prompt_ids, self.config.label_prompt_sep_id], device=input_ids.device).expand(len(input_ids), -1)
             input_ids = torch.cat([input_ids[:, :1], prompt, input_ids[:, 1:]], dim=1)
             attention_mask = torch.cat([attention_mask[:, :1], torch.ones_like(prompt, dtype=attention_mask.dtype), attention_mask[:, 1:]], dim=1)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
