@@ -12,6 +12,7 @@ import sys
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .compat import LightningCLIWithHooks
@@ -24,7 +25,7 @@ from .nan_guard import FiniteLossGuard
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .prediction_writer import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
-from .record import BestValidationOutputs, RunClock
+from .record import BestValidationOutputs, RunClock, TestScoresToRun
 from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
 from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
@@ -69,6 +70,9 @@ class EmotionCLI(LightningCLIWithHooks):
         trainer = super().instantiate_trainer(**kwargs)
         if evaluating:  # the run's config.yaml is saved already; none for an evaluation
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+            # the training run's config.yaml names its CSV logger: a file logger here would open a new version_N
+            # in that run's folder (test's scores go to the run itself, record.TestScoresToRun)
+            trainer.loggers = [logger for logger in trainer.loggers if not isinstance(logger, (CSVLogger, TensorBoardLogger))]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
         tidy_trainer(trainer)
@@ -131,7 +135,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), ValHistory()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), TestScoresToRun(), ValHistory()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )

@@ -131,3 +131,25 @@ class BestValidationOutputs(Callback):
         probs, target = pl_module.last_val_outputs
         path = os.path.join(checkpoint.dirpath, VAL_PROBS_FILE)
         save_val_probs(path, probs, target, pl_module.thresholds, pl_module.label_names, trainer.current_epoch, trainer.global_step)
+
+
+TEST_SCORES_FILE = "test_scores.jsonl"
+
+
+class TestScoresToRun(Callback):
+    """`emolightning test --ckpt_path RUN/checkpoints/X.ckpt` appends its test/* scores to RUN/test_scores.jsonl.
+
+    Evaluations open no logger folder of their own (a new version_N in the training run's folder would
+    shift where the next `fit` goes), so the scores go beside the checkpoint's run instead, one JSON
+    line per test, for `emolightning report`.
+    """
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ckpt = trainer.ckpt_path
+        if not trainer.is_global_zero or not ckpt or os.path.basename(os.path.dirname(ckpt)) != "checkpoints":
+            return
+        import json
+
+        scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        with open(os.path.join(os.path.dirname(os.path.dirname(ckpt)), TEST_SCORES_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"ckpt_path": os.path.abspath(ckpt), "time": time.time(), **scores}) + "\n")

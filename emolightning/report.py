@@ -34,7 +34,7 @@ import yaml
 
 from .errors import ConfigError, DataError
 from .metrics import official_scores
-from .record import VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
+from .record import TEST_SCORES_FILE, VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
 from .tracking import CSVLogger, TensorBoardLogger, WandbLogger, log_report_to_wandb
 
 MISSING = "–"
@@ -158,11 +158,14 @@ def parameters(ckpt: Path) -> int | None:
 
 
 def test_rows(path: Path) -> list[dict]:
-    """Test metrics of the run: its own metrics.csv, or `emolightning test` runs (siblings) of its checkpoints."""
+    """Test metrics of the run: its own metrics.csv, its test_scores.jsonl, or (older runs) `emolightning test` runs (siblings) of its checkpoints."""
     own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
     if own:
         return own
-    found = []
+    scores = path / TEST_SCORES_FILE  # `emolightning test` of one of its checkpoints (record.TestScoresToRun)
+    if scores.is_file():
+        return [json.loads(line) for line in scores.read_text(encoding="utf-8").splitlines() if line.strip()]
+    found = []  # runs made before that: `test` wrote a sibling version_N folder of its own
     for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
         ckpt = read_yaml(sibling / "config.yaml").get("ckpt_path") if sibling != path else None
         if ckpt and Path(ckpt).resolve().is_relative_to(path.resolve()):

@@ -215,5 +215,7 @@ def log_report_to_wandb(logger: WandbLogger, run, figures: list[tuple]) -> None:
             "wandb/area-under-curve/v0", table, {"x": "recall", "y": "precision", "class": "class"},
             {"title": f"Validation precision-recall per label (epoch {vp['epoch']})", "x-axis-title": "Recall", "y-axis-title": "Precision"},
         )
-    if payload:
-        logger.experiment.log(payload)
+    # the run fit logged into, if it is still open: `logger.experiment` would start a new one after fit
+    # has closed it, and under a sweep (a fixed WANDB_RUN_ID) that second init fails with "run ID is in use"
+    if payload and wandb.run is not None:
+        wandb.run.log(payload)

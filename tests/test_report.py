@@ -89,7 +89,7 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
     assert f"report: {out / 'report.html'}" in printed
     sidecar = json.loads((out / "report.json").read_text())
     labels = [r["label"] for r in sidecar["runs"]]
-    assert labels == ["A/run/version_0", "B/run/version_0"], labels  # the A root's `test` run (version_1) is not a run of its own
+    assert labels == ["A/run/version_0", "B/run/version_0"], labels  # the A root holds no `test` run folder
     table = report_csv(out / "report.csv")
 
     for label, name, epochs, layers in ((labels[0], "A", 3, None), (labels[1], "B", 2, [0])):
@@ -120,8 +120,9 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
         tuned = official_scores(torch.from_numpy(vp["probs"] >= vp["thresholds"]), torch.from_numpy(vp["target"]), LABELS)
         assert tuned["jaccard"] == pytest.approx(best["val/tuned/jaccard"], abs=1e-6)
 
-    # A was tested (version_1 ran `test` on its best checkpoint); B was not: "–" in the Markdown table
-    (tested,) = [r for r in metrics(two_runs["A"].parent / "version_1" / "metrics.csv") if "test/tuned/jaccard" in r]
+    # A was tested (`test` on its best checkpoint appended its scores to A's test_scores.jsonl, no folder of its own); B was not: "–"
+    assert sorted(p.name for p in two_runs["A"].parent.iterdir()) == ["version_0"]
+    (tested,) = [json.loads(line) for line in (two_runs["A"] / "test_scores.jsonl").read_text().splitlines()]
     for key in ("jaccard", "f1_micro", "f1_macro"):
         assert float(table[labels[0]][f"test_tuned_{key}"]) == tested[f"test/tuned/{key}"]
         assert table[labels[1]][f"test_tuned_{key}"] == ""
