@@ -88,7 +88,7 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
     assert f"report: {out / 'report.html'}" in printed
     sidecar = json.loads((out / "report.json").read_text())
     labels = [r["label"] for r in sidecar["runs"]]
-    assert labels == ["A/run/version_0", "B/run/version_0"], labels  # the A root's `test` run (version_1) is not a run of its own
+    assert labels == ["A/run", "B/run"], labels  # the A root's `test` run (version_1) is not a run of its own
     table = report_csv(out / "report.csv")
 
     for label, name, epochs, layers in ((labels[0], "A", 3, None), (labels[1], "B", 2, [0])):
@@ -232,8 +232,16 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     logger = WandbLogger(project="emolightning", save_dir=str(tmp_path), offline=True)
     trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/jaccard")],
                               default_root_dir=str(tmp_path), loggers=[logger])
-    report_after_fit(trainer)
-    logger.experiment.finish()
+    try:
+        report_after_fit(trainer)
+        logger.experiment.finish()
+    finally:
+        # W&B started its service in this (pytest) process and exported WANDB_SERVICE: later subprocess
+        # tests would join that service, where two runs of one ID (test_sweeps' "sweeprun") collide
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
     row = report_csv(run_dir / "report" / "report.csv")["abc123"]
     best = max((r for r in metrics(two_runs["A"] / "metrics.csv") if "val/jaccard" in r), key=lambda r: r["val/jaccard"])
     assert float(row["val_tuned_jaccard"]) == pytest.approx(best["val/tuned/jaccard"], abs=1e-6) and int(row["best_epoch"]) == int(best["epoch"])
