@@ -23,7 +23,7 @@ import time
 import torch
 
 from emolightning import EmotionClassifier, EmotionDataModule
-from emolightning.data import Collator
+from emolightning.batching import pad
 from emolightning.encoders import layer_list
 from emolightning.metrics import official_scores
 
@@ -50,10 +50,9 @@ def dev_metrics(model: EmotionClassifier, loader, device: torch.device) -> dict[
 def time_forward(model: EmotionClassifier, input_ids: list[torch.Tensor], pad_id: int, batch_size: int, repeats: int, device: torch.device) -> float:
     """Median seconds of one forward pass over all `input_ids`, longest first, each batch padded to its longest."""
     order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
-    collator = Collator(pad_id)
     batches = []
     for start in range(0, len(order), batch_size):
-        ids, mask = collator.pad([input_ids[i] for i in order[start : start + batch_size]], pad_id)
+        ids, mask = pad([input_ids[i] for i in order[start : start + batch_size]], pad_id)
         batches.append((ids.to(device), mask.to(device)))
     times = []
     for r in range(repeats + 1):  # the first pass warms up (allocator, kernels)

@@ -4,8 +4,11 @@ For DistilBERT-, BERT- and RoBERTa-base-sized encoders (built from their configs
 weights: nothing is downloaded) inside `EmotionClassifier` (pooling, head, the float32 BCE loss),
 at `32-true`, `16-mixed` (autocast fp16 + GradScaler) and `bf16-mixed` (autocast bf16), on
 tweet-length batches: lengths ~ N(27, 12) clipped to [8, 70] tokens, 32 texts padded to the
-batch's own longest, as emolightning's collator does. Batches are made up front and already on
-the device, so this measures the model step, not the data loader.
+batch's own longest rounded up to a multiple of 8, as emolightning's collator does on a GPU
+(`--pad_to_multiple_of 1`: no rounding). Batches are made up front and already on the device, so
+this measures the model step, not the data loader. Every padded length is a new shape, which costs
+a one-off kernel/plan selection: the warm-up runs every shape the timed steps will see (plus
+`--warmup` steps), so no timed step pays it.
 
     python benchmarks/gpu_precision.py                        # the three encoders, three precisions
     python benchmarks/gpu_precision.py --models bert-base --precisions bf16-mixed --steps 100
@@ -88,18 +91,29 @@ def matmul_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
-def tweet_batches(n: int, batch_size: int, vocab_size: int, device: torch.device, seed: int = 0) -> list[dict]:
-    """n batches of tweet-length texts: lengths ~ N(27, 12) clipped to [8, 70], padded per batch."""
+def tweet_batches(n: int, batch_size: int, vocab_size: int, device: torch.device, seed: int = 0, pad_to_multiple_of: int = 1) -> list[dict]:
+    """n batches of tweet-length texts: lengths ~ N(27, 12) clipped to [8, 70], padded per batch (up to a multiple of pad_to_multiple_of)."""
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n):
         lengths = (torch.randn(batch_size, generator=g) * 12 + 27).round().clamp(8, 70).long()
-        longest = int(lengths.max())
+        longest = -(-int(lengths.max()) // pad_to_multiple_of) * pad_to_multiple_of
         mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()
         ids = torch.randint(5, vocab_size, (batch_size, longest), generator=g) * mask
         labels = (torch.rand(batch_size, len(LABELS), generator=g) < 0.14).float()  # ~1.5 emotions per tweet
         batches.append({"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device), "tokens": int(lengths.sum())})
     return batches
+
+
+def warmup_batches(batches: list[dict], warmup: int) -> list[dict]:
+    """The first `warmup` batches, then one batch of every padded shape the timed ones (the rest) have that those lack."""
+    plan = batches[:warmup]
+    seen = {tuple(b["input_ids"].shape) for b in plan}
+    for batch in batches[warmup:]:
+        if tuple(batch["input_ids"].shape) not in seen:
+            seen.add(tuple(batch["input_ids"].shape))
+            plan.append(batch)
+    return plan
 
 
 def synchronize(device: torch.device) -> None:
@@ -115,7 +129,7 @@ def bench(name: str, precision: str, args, device: torch.device) -> dict:
     dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
     # fp16's narrow range needs loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    batches = tweet_batches(args.warmup + args.steps, args.batch_size, model.encoder.config.vocab_size, device)
+    batches = tweet_batches(args.warmup + args.steps, args.batch_size, model.encoder.config.vocab_size, device, pad_to_multiple_of=args.pad_to_multiple_of)
     row = {"model": name, "precision": precision, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
 
     def step(batch) -> torch.Tensor:
@@ -128,7 +142,7 @@ def bench(name: str, precision: str, args, device: torch.device) -> dict:
         return loss
 
     try:
-        for batch in batches[: args.warmup]:  # allocator, kernel selection, autotuning
+        for batch in warmup_batches(batches, args.warmup):  # allocator, kernel selection and autotuning, for every shape
             step(batch)
         synchronize(device)
         if device.type == "cuda":
@@ -179,6 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    p.add_argument("--pad_to_multiple_of", type=int, default=8, help="round each batch's padded length up to a multiple of this, as emolightning does on a GPU (1: off)")
     p.add_argument("--device", default="cuda", help="cuda, cuda:1, or cpu (smoke tests only)")
     p.add_argument("--tiny", action="store_true", help="2-layer, 32-wide encoders: a smoke test, not a measurement")
     p.add_argument("--matmul_precision", default="highest", choices=["highest", "high", "medium"], help="torch.set_float32_matmul_precision: 'high' lets 32-true use TF32")
@@ -203,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(f"device: {device_name} (peak FLOPs entry: {args.card or 'unknown, MFU n/a'}); torch {torch.__version__}; "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; float32 matmul precision {args.matmul_precision}\n")
+          f"batch {args.batch_size} padded to a multiple of {args.pad_to_multiple_of}, {args.steps} timed steps after {args.warmup} and a warm-up step per shape; float32 matmul precision {args.matmul_precision}\n")
     print(markdown(rows))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({"device": device_name, "card": args.card, "rows": rows}, indent=2))

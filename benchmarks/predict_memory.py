@@ -94,8 +94,9 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
-    from emolightning.tables import find_split_file
     from train_speed import run_measured
+
+    from emolightning.tables import find_split_file
 
     if args.padding:
         import yaml

@@ -23,12 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
-from emolightning.data import Collator  # noqa: E402
+from emolightning.batching import pad  # noqa: E402
 
 
 def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
     """`steps` batches: random tweets, or (grouped) runs of tweets of similar length, as the sampler makes them."""
-    collator = Collator(pad_token_id=0, pad_to_multiple_of=pad_to)  # pad_to=128: every batch (max_length) is 128 long
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(ids), generator=gen).tolist()
     if grouped:  # the sampler sorts mega-batches of 50 batches by length
@@ -37,7 +36,7 @@ def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, step
     out = []
     for b in range(steps):
         rows = order[b * batch_size * 7 % len(order):][:batch_size]  # spread over the epoch
-        x, m = collator.pad([ids[i] for i in rows], 0)
+        x, m = pad([ids[i] for i in rows], 0, multiple_of=pad_to)  # pad_to=128: every batch (max_length) is 128 long
         out.append((x, m, labels[rows]))
     return out
 

@@ -47,7 +47,6 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[dict, float]:
 def emolightning_worker(args) -> None:
     """One emolightning training run in this process; prints RESULT json."""
     import lightning as L
-    import torch
     import yaml
 
     from emolightning import EmotionClassifier, EmotionDataModule
@@ -124,7 +123,7 @@ def main() -> None:
         values = [x[key] for x in runs[side] if key in x]
         return statistics.median(values) if values else float("nan")
 
-    print(f"\n| side | samples/s | train s | peak RSS MB | dev jaccard | dev f1_micro | dev f1_macro |\n|---|---|---|---|---|---|---|")
+    print("\n| side | samples/s | train s | peak RSS MB | dev jaccard | dev f1_micro | dev f1_macro |\n|---|---|---|---|---|---|---|")
     for side in runs:
         print(f"| {side} | {median(side, 'train_samples_per_s'):.1f} | {median(side, 'train_time_s'):.1f} | {median(side, 'peak_rss_mb'):.0f} | "
               f"{median(side, 'dev_jaccard'):.4f} | {median(side, 'dev_f1_micro'):.4f} | {median(side, 'dev_f1_macro'):.4f} |")

@@ -29,8 +29,7 @@ import time
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          Trainer, TrainingArguments, set_seed)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love",
           "optimism", "pessimism", "sadness", "surprise", "trust"]

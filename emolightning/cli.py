@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
+from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
-from .guards import FiniteLossGuard
+from .hardware import check_gpu
 from .model import EmotionClassifier
-from .parser import EmotionArgumentParser
-from .predict import PredictionFileWriter
+from .nan_guard import FiniteLossGuard
+from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
+from .prediction_writer import PredictionFileWriter
+from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .record import BestValidationOutputs, RunClock
-from .resume import ExactResume, LastCheckpoint, resolve_resume, use_atomic_checkpoint_io
+from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
+from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
-class EmotionCLI(LightningCLI):
+class EmotionCLI(LightningCLIWithHooks):
+    def init_parser(self, **kwargs):
+        parser = super().init_parser(**kwargs)
+        from . import __version__
+
+        parser.add_argument("--version", action="version", version=f"emolightning {__version__}")
+        return parser
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            add_plain_commands(self.parser)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.encoder", "data.tokenizer")
         parser.link_arguments("seed_everything", "data.seed")
@@ -45,39 +61,50 @@ class EmotionCLI(LightningCLI):
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
 
     def instantiate_trainer(self, **kwargs):
+        evaluating = self.subcommand in ("validate", "test", "predict")
+        if evaluating and self.config_init[self.subcommand]["trainer"].get("logger") in (None, True):
+            # the default logger would open a new version_N in the training run's folder, so the next
+            # `fit` would not land where the README (and fit's closing block) said; test prints its scores
+            kwargs["logger"] = False
         trainer = super().instantiate_trainer(**kwargs)
+        if evaluating:  # the run's config.yaml is saved already; none for an evaluation
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
+        check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
+        tidy_trainer(trainer)
         return trainer
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            from .report import report_after_fit
+
+            report = report_after_fit(self.trainer)  # the single-run report, named in the closing block
+            history = next((c.history for c in self.trainer.callbacks if isinstance(c, ValHistory)), [])
+            print("\n" + closing_block(self.trainer, history, report), flush=True)
 
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
         local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # CSV unless configured: report.py reads metrics.csv
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        # LightningCLI has no public hook for one subcommand's own options: `predict` gets two
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def add_subcommand_arguments(self, parser, subcommand: str) -> None:
+        # `predict` gets two options of its own
         if subcommand == "predict":
-            parser.add_argument("--output", type=Optional[str], default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
+            parser.add_argument("--output", type=str | None, default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
             parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
-        return parser
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
-        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
-        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
+    def before_ckpt_path(self) -> None:
         if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
             resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
-        super()._parse_ckpt_path()
-        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
-        if ckpt and os.path.isfile(ckpt):
-            import torch
+            refuse_stale_hpc_checkpoint(self.config[self.config.subcommand])
 
-            checkpoint = torch.load(ckpt, weights_only=True, map_location="cpu")
-            if "distillation" in checkpoint:
-                init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
-                model = {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
-                self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
+    def after_ckpt_path(self) -> None:
+        # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
+        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
+        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
+        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
+        if ckpt and os.path.isfile(ckpt) and (model := distiller_config(ckpt)) is not None:
+            self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
 
     def before_predict(self) -> None:
         config = self.config_init["predict"]
@@ -89,11 +116,6 @@ class EmotionCLI(LightningCLI):
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
 
-    def after_fit(self) -> None:
-        if self.trainer.is_global_zero:
-            from .report import report_after_fit
-
-            report_after_fit(self.trainer)
 
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:
@@ -105,27 +127,35 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         save_config_callback=SaveConfigToLogger,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": "Multi-label emotion classification (SemEval-2018 E-c). Also: `emolightning score PRED GOLD` (official metrics of a prediction file) and `emolightning export --ckpt_path CKPT --output DIR` (a Hugging Face model directory), `emolightning report RUN_DIR ... --output DIR` (a table and figures comparing runs); each has --help.",
+            "prog": "emolightning",
+            "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RunClock(), BestValidationOutputs()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), ValHistory()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    verbose, args = verbose_requested(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (and warns if also given args)
+    else:
+        argv = args
+    if not verbose:
+        silence_libraries()
     try:
-        if args and args[0] in ("score", "export", "report"):  # plain commands, no Trainer
+        if args and args[0] in PLAIN_COMMANDS:  # no Trainer
             from importlib import import_module
 
             import_module(f".{args[0]}", __package__).main(args[1:])
             return
         with wandb_login_explained():
             run_cli(argv)  # None: LightningCLI reads sys.argv itself (and warns if given both)
-    except SIGTERMException:  # a SystemExit: left alone, a preempted run would exit with status 0
-        print("emolightning: stopped by SIGTERM. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
+    except SIGTERMException as stop:  # a SystemExit: left alone, a preempted run would exit with status 0
+        what = "SIGUSR1 (the requeue signal)" if isinstance(stop, StopRequested) else "SIGTERM"
+        print(f"emolightning: stopped by {what}. A `fit` saved its state in last.ckpt first: resume it with `--ckpt_path last`.", file=sys.stderr)
         sys.exit(143)
     except Exception as exc:
         # jsonargparse re-raises what a model's __init__ raised as a ValueError ("Does not validate
@@ -135,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
             err = err.__cause__ or err.__context__
         if err is None or os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
-        print(f"emolightning: error: {err}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
+        message = " ".join(str(err).split())  # one paragraph, whatever a message quotes
+        if len(message) > 1500:  # messages cut what they quote; this bounds anything they missed
+            message = message[:1450] + " [...] " + message[-45:]
+        print(f"emolightning: error: {message}\n(Set EMOLIGHTNING_TRACEBACK=1 to see the traceback.)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -2,154 +2,41 @@
 
 A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk by
 `prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
-`collate`, which pads each batch only to its own longest text. Tweets average ~27 WordPiece
-tokens (max ~70), so padding every batch to 128 would spend ~4x the compute on padding.
+`Collator`, which pads each batch only to its own longest text (batching.py).
 `predict` input is not cached: it is streamed, a chunk at a time (stream.py), whatever its length.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import math
 import os
 import socket
+import time
 import warnings
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message, rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
 from .encoders import load_tokenizer
 from .errors import DataError
+from .hardware import pad_multiple
 from .resume import ResumableDataLoader
-from .tables import SPLIT_OPTIONS, Record, Table, find_split_file, read_records, read_table, resolve_data_dir, table_from_hub
-
-if TYPE_CHECKING:
-    from .stream import PredictStream
+from .stream import PredictStream
+from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, read_table, table_from_hub
 
 CACHE_VERSION = 1
+HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
-
-
-def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
-    """Token id lists -> int32 tensors of at most `limit` ids, keeping the final [SEP]/</s> as the tokenizer's own truncation would."""
-    return [torch.tensor(x if len(x) <= limit else x[: limit - 1] + x[-1:], dtype=torch.int32) for x in encoded]
-
-
-class TokenizedSplit(Dataset):
-    """Token ids and labels of one split; item i is (ids, labels or None, i)."""
-
-    def __init__(self, input_ids: list[torch.Tensor], labels: torch.Tensor | None, teacher_input_ids: list[torch.Tensor] | None = None):
-        self.input_ids, self.labels = input_ids, labels
-        self.teacher_input_ids = teacher_input_ids  # a distillation teacher's own tokenisation, if it differs
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i], "index": i}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        if self.teacher_input_ids is not None:
-            item["teacher_input_ids"] = self.teacher_input_ids[i]
-        return item
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def file_records(path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True) -> Iterator[Record]:
-    """The rows of a predict file (a table, or one text per line), read lazily."""
-    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids)[1]
-
-
-class Collator:
-    """Pads a list of items to the longest one in the batch (optionally to a multiple of 8)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_token_id: int | None = None):
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-        self.teacher_pad_token_id = teacher_pad_token_id
-
-    def pad(self, sequences: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(len(ids) for ids in sequences)
-        if self.pad_to_multiple_of:
-            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        return input_ids, attention_mask
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = self.pad([item["input_ids"] for item in items], self.pad_token_id)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([item["labels"] for item in items]).float()
-        if "teacher_input_ids" in items[0]:
-            batch["teacher_input_ids"], batch["teacher_attention_mask"] = self.pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id)
-        return batch
-
-
-class LengthGroupedSampler(DistributedSampler):
-    """Shuffles, then groups texts of similar length into the same batch.
-
-    Each epoch: a seeded permutation is cut into mega-batches of 50 global batches, each sorted by
-    length and cut into global batches (batch_size x world size), whose order is shuffled; rank r
-    takes every world-size-th item of each global batch. So 2 ranks at batch 8 see exactly the
-    batches that 1 process sees at batch 16. It subclasses DistributedSampler so that Lightning
-    neither wraps it (which would reshuffle away the grouping) nor forgets to call `set_epoch`.
-    With by_length=False the permutation is cut into batches as it is. The order depends on
-    (seed, epoch) only, so a resumed run can skip the batches already trained on (`skip_batches`,
-    set by resume.ResumableDataLoader).
-    """
-
-    skip_batches = 0  # global batches of this epoch's order not to yield again (once)
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, by_length: bool = True):
-        if num_replicas is None or rank is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = torch.distributed.get_world_size() if dist else 1
-            rank = torch.distributed.get_rank() if dist else 0
-        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.num_replicas, self.rank, self.epoch, self.by_length = num_replicas, rank, 0, by_length
-        global_batch = batch_size * num_replicas
-        self.num_batches = math.ceil(len(self.lengths) / global_batch)
-        self.num_samples = self.num_batches * batch_size
-
-    def global_batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        global_batch = self.batch_size * self.num_replicas
-        # pad with repeats so every rank gets the same number of full batches
-        order += order[: self.num_batches * global_batch - len(order)]
-        if not self.by_length:
-            return [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
-        mega = global_batch * 50
-        batches = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
-        shuffled = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in shuffled]
-
-    def __iter__(self):
-        skip, self.skip_batches = self.skip_batches, 0
-        for batch in self.global_batches()[skip:]:
-            yield from batch[self.rank :: self.num_replicas]
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class EmotionDataModule(L.LightningDataModule):
@@ -166,6 +53,8 @@ class EmotionDataModule(L.LightningDataModule):
         text_column: str = "Tweet",
         id_column: str = "ID",
         label_columns: list[str] | None = None,
+        labels_column: str | None = None,
+        label_names: list[str] | None = None,
         tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2",
         max_length: int = 128,
         batch_size: int = 16,
@@ -176,6 +65,7 @@ class EmotionDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         teacher_tokenizer: str | None = None,
         predict_chunk_batches: int = 128,
+        pad_to_multiple_of: int | None = None,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -191,7 +81,12 @@ class EmotionDataModule(L.LightningDataModule):
             hub_config: Its configuration name.
             text_column: Column holding the text.
             id_column: Column holding the example ID (row numbers when absent).
-            label_columns: Label columns; default every column but the ID and text.
+            label_columns: Label columns (one 0/1 column per label), matched by name in every split (the
+                training split's order wins); default every column but the ID and text.
+            labels_column: Instead of 0/1 columns, one column holding each row's list of label ids or
+                names, as GoEmotions stores them (`labels: [3, 27]`). The names come from the Hub
+                dataset's ClassLabel feature, or from `label_names`.
+            label_names: The label names, in id order, for `labels_column` (needed for local files).
             tokenizer: Tokenizer name or path; linked to the model's encoder by the CLI.
             max_length: Longer texts are truncated (and counted in the log).
             batch_size: Training batch size per device.
@@ -207,15 +102,19 @@ class EmotionDataModule(L.LightningDataModule):
             predict_chunk_batches: `predict` streams its input: it reads, tokenises and length-sorts
                 this many eval batches of texts at a time, so memory does not grow with the file
                 (larger: less padding, more memory; see stream.py).
+            pad_to_multiple_of: Pad each batch's length up to a multiple of this (1: to its longest
+                text). Default: 8 on a GPU (fewer distinct shapes, each of which costs a one-off kernel
+                selection; tensor cores want multiples of 8), 1 elsewhere.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # not a hyperparameter: Lightning refuses a data and a model hyperparameter of one name with two values
+        self.save_hyperparameters(ignore=["label_names"])
+        self.given_label_names = list(label_names) if label_names else None  # for labels_column
         self.files = {"train": train_file, "validation": val_file, "test": test_file, "predict": predict_file}
         self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "emolightning")
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
-        self.tables: dict[str, Table] = {}  # IDs and texts of each split, for messages (guards.py names a bad batch's rows)
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -238,13 +137,13 @@ class EmotionDataModule(L.LightningDataModule):
                 f"and `data.{option}` is not set. Add the file (named like {OFFICIAL_EXAMPLE.get(split, OFFICIAL_EXAMPLE['test'])}) or set `data.{option}`."
             )
         if source.startswith("hub:"):
-            from datasets import load_dataset
-
             if self._hub is None:
-                self._hub = load_dataset(self.hparams.hub_dataset, self.hparams.hub_config)
-            return table_from_hub(self._hub, source[4:], self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
+                self._hub = load_hub(self.hparams.hub_dataset, self.hparams.hub_config)
+            hp = self.hparams
+            return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
-        return read_table(source, self.hparams.text_column, self.hparams.id_column, self.hparams.label_columns)
+        hp = self.hparams
+        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
 
     @property
     def label_names(self) -> list[str]:
@@ -252,12 +151,41 @@ class EmotionDataModule(L.LightningDataModule):
         if self._label_names is None:
             if self.hparams.label_columns:
                 self._label_names = list(self.hparams.label_columns)
+            elif self.given_label_names and self.hparams.labels_column:
+                self._label_names = list(self.given_label_names)
             else:
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
                     raise DataError(f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc.")
-                self._label_names = self.load_table(split).label_names
+                source = self.split_source(split)
+                self._label_names = self._hub_label_names(source) if source.startswith("hub:") else self.load_table(split).label_names
         return self._label_names
+
+    def _hub_label_names(self, source: str) -> list[str]:
+        """A Hub split's label columns, read from the Hub by local rank 0 only and shared through a file in cache_dir.
+
+        The names are needed when the model is built, before `prepare_data`: under torchrun or SLURM
+        every rank builds one, and 16 ranks downloading the data at once (or offline compute nodes
+        trying to) is what this avoids. The other ranks of the node wait for the file.
+        """
+        key = hashlib.sha1(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}/{self.hparams.text_column}/{self.hparams.id_column}".encode())
+        path = os.path.join(self.cache_dir, f"labels-{key.hexdigest()[:16]}.json")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        if not os.path.exists(path) and local_rank == 0:
+            names = self.load_table(source[4:]).label_names
+            os.makedirs(self.cache_dir, exist_ok=True)
+            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+            Path(tmp).write_text(json.dumps(names))
+            os.replace(tmp, path)  # atomic: a waiting rank never reads half a file
+        deadline = time.monotonic() + HUB_LABELS_WAIT_S
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise DataError(
+                    f"Local rank {local_rank} waited {HUB_LABELS_WAIT_S} s for local rank 0 to read the label names of the Hub dataset "
+                    f"'{self.hparams.hub_dataset}' into {path}. Check rank 0's log, or set `data.label_columns` so that no rank needs the Hub for them."
+                )
+            time.sleep(0.5)
+        return json.loads(Path(path).read_text())
 
     @property
     def num_labels(self) -> int:
@@ -276,12 +204,7 @@ class EmotionDataModule(L.LightningDataModule):
         return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
 
     def _tokenize(self, split: str) -> dict:
-        table = self.load_table(split)
-        if table.labels is not None and table.label_names != self.label_names:
-            raise DataError(
-                f"{table.source}: its label columns {table.label_names} differ from the training split's {self.label_names}. "
-                "All splits must have the same label columns in the same order."
-            )
+        table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
         log.info(rank_prefixed_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}", rank_zero_only.rank))
         tokenizer = load_tokenizer(self.hparams.tokenizer)
@@ -296,7 +219,7 @@ class EmotionDataModule(L.LightningDataModule):
             data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
         return data
 
-    def _cached(self, split: str, build: bool) -> dict:
+    def _tokenized(self, split: str, build: bool) -> dict:
         source = self.split_source(split)
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
@@ -315,7 +238,7 @@ class EmotionDataModule(L.LightningDataModule):
         """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
         for split in ("train", "validation", "test"):
             if self.split_source(split) is not None:
-                self._cached(split, build=True)
+                self._tokenized(split, build=True)
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
@@ -323,17 +246,19 @@ class EmotionDataModule(L.LightningDataModule):
             return
         wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"]}[stage]
         for split in wanted:
-            data = self._cached(split, build=False)
+            data = self._tokenized(split, build=False)
             if data["truncated"]:
                 rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
             if data["labels"] is None:
                 raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
-            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"))
-            self.tables[split] = Table(data["ids"], data["texts"], None, self.label_names, data["source"])
+            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"])
 
-    def _predict_stream(self) -> "PredictStream":
-        from .stream import PredictStream  # stream.py builds on this module
+    def label_positives(self, split: str) -> list[int] | None:
+        """Gold positives of each label in a split set up by `setup` (None when it is not)."""
+        dataset = self.splits.get(split)
+        return None if dataset is None or dataset.labels is None else dataset.labels.sum(dim=0).long().tolist()
 
+    def _predict_stream(self) -> PredictStream:
         source = self.split_source("predict")
         if source is None:
             self.load_table("predict")  # raises the missing-split error
@@ -345,19 +270,27 @@ class EmotionDataModule(L.LightningDataModule):
         else:
             # a first pass checks every row (and holds the IDs, for the duplicate check) before the
             # model sees a text; the streaming pass then needs no check that keeps anything
-            num_rows = sum(1 for _ in file_records(source, hp.text_column, hp.id_column, hp.label_columns))
-            records = partial(file_records, source, hp.text_column, hp.id_column, hp.label_columns, unique_ids=False)
+            columns = (source, hp.text_column, hp.id_column, hp.label_columns)
+            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
+            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
         log.info(rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank))
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size)
+        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple())
 
     # ---- loaders ---------------------------------------------------------------------
+    def _pad_multiple(self) -> int | None:
+        if self.hparams.pad_to_multiple_of is not None:
+            return self.hparams.pad_to_multiple_of
+        return pad_multiple(self.trainer.strategy.root_device if self.trainer is not None else None)
+
     def _collate(self) -> Collator:
         teacher = self.hparams.teacher_tokenizer
-        return Collator(load_tokenizer(self.hparams.tokenizer).pad_token_id, teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None)
+        return Collator(
+            load_tokenizer(self.hparams.tokenizer).pad_token_id, self._pad_multiple(), teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None
+        )
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]
@@ -382,3 +315,8 @@ class EmotionDataModule(L.LightningDataModule):
         # __len__ may be wrong with several workers; this one's is exact (chunks are dealt to workers).
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(self.predict_stream, batch_size=None, num_workers=self.hparams.num_workers)
+
+    # ---- statistics the model may ask for ------------------------------------------------
+    def train_label_frequencies(self) -> list[float]:
+        """Fraction of training texts carrying each label, in `label_names` order (after setup("fit"))."""
+        return self.splits["train"].labels.mean(dim=0).tolist()

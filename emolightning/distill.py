@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .errors import ConfigError
-from .losses import hard_label_loss, hidden_cosine_loss, soft_target_loss
-from .model import EmotionClassifier, linear_warmup_decay, pool
+from .losses import hidden_cosine_loss, soft_target_loss
+from .model import EmotionClassifier
 
 # text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
 PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
@@ -47,6 +47,19 @@ def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
     out = {k: v for k, v in hparams.items() if k in names and k != "self"}
     out["encoder_config"] = encoder_config
     return out
+
+
+def distiller_config(checkpoint_path: str) -> dict | None:
+    """The `model` config (class_path, init_args) that resumes the distiller which wrote a checkpoint; None for a plain classifier's.
+
+    The checkpoint's `hyper_parameters` are the student's (`on_save_checkpoint`), so that test and
+    predict build a plain EmotionClassifier; the distiller's own sit in its `distillation` entry.
+    """
+    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+    if "distillation" not in checkpoint:
+        return None
+    init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
+    return {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
 
 
 class Teacher(nn.Module):
@@ -69,7 +82,7 @@ class Teacher(nn.Module):
                     "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
                 )
             classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
-            self.encoder, self.head, self.pooling = classifier.encoder, classifier.head, classifier.hparams.pooling
+            self.classifier, self.pooling = classifier, classifier.hparams.pooling
             self.label_names: list[str] | None = classifier.label_names
             self.tokenizer = classifier.hparams.encoder
         else:
@@ -95,17 +108,52 @@ class Teacher(nn.Module):
     @property
     def base(self) -> nn.Module:
         """The transformer under the head (what a DistilBERT-style student is copied from)."""
-        return self.encoder if self.model is None else self.model.base_model
+        return self.classifier.encoder if self.model is None else self.model.base_model
+
+    @property
+    def encoder(self) -> nn.Module:
+        """An emolightning teacher's encoder."""
+        return self.classifier.encoder
+
+    @property
+    def head(self) -> nn.Module:
+        """An emolightning teacher's linear head."""
+        return self.classifier.head
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = True) -> tuple[Tensor, Tensor | None]:
         if self.model is None:
-            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.head(pool(states, attention_mask, self.pooling)), states
+            states, states_mask = self.classifier.token_states(input_ids, attention_mask)
+            return self.classifier.classify(self.classifier.pool_states(states, states_mask)), states
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
         return out.logits, (out.hidden_states[-1] if hidden else None)
+
+
+def copy_teacher_layers(teacher: Teacher, layers: list[int]) -> nn.Module:
+    """A copy of the teacher's transformer (embeddings included) that keeps only `layers`, in that order: a DistilBERT-style student."""
+    copied = copy.deepcopy(teacher.base)
+    try:
+        keep_layers(copied, layers)
+    except ConfigError:
+        raise ConfigError(f"`model.init_args.student_layers` {layers} must name layers 0..{len(layer_list(teacher.base)) - 1} of the teacher.") from None
+    return copied
+
+
+def load_copied_student(student: EmotionClassifier, copied: nn.Module, teacher: Teacher) -> None:
+    """Put the copied layers' weights into `student`'s encoder and, for an emolightning teacher, the teacher's head into its head."""
+    missing, unexpected = student.encoder.load_state_dict(copied.state_dict(), strict=False)
+    # the only difference allowed: BERT/RoBERTa poolers, which the student never uses
+    if [k for k in missing + unexpected if not k.startswith("pooler.")]:
+        raise ConfigError(f"Cannot copy the teacher's layers into the student: missing {missing}, unexpected {unexpected}.")
+    student.encoder.train()
+    student.hparams.encoder_config = student.encoder.config.to_dict()
+    if teacher.model is None:
+        student.head.load_state_dict(teacher.head.state_dict())
+        pooling = student.hparams.pooling
+        if teacher.pooling != pooling:
+            rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{teacher.pooling}`.")
 
 
 class EmotionDistiller(EmotionClassifier):
@@ -115,17 +163,6 @@ class EmotionDistiller(EmotionClassifier):
         label_names: list[str],
         lr: float,
         teacher: str,
-        head_lr: float | None = None,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.0,
-        pooling: Literal["cls", "mean"] = "cls",
-        dropout: float = 0.1,
-        pos_weight: list[float] | None = None,
-        threshold: float = 0.5,
-        tune_thresholds: bool = True,
-        min_label_positives: int = 10,
-        encoder_layers: list[int] | None = None,
-        encoder_config: dict | None = None,
         student_layers: list[int] | None = None,
         temperature: float = 2.0,
         soft_weight: float = 0.5,
@@ -134,12 +171,15 @@ class EmotionDistiller(EmotionClassifier):
         cosine_projection: bool = False,
         soft_loss: Literal["sigmoid", "softmax"] = "sigmoid",
         cache_teacher_logits: bool = False,
+        **kwargs,
     ):
         """A student EmotionClassifier trained against a frozen teacher (DistilBERT-style).
 
         Its checkpoints are plain EmotionClassifier checkpoints, without the teacher: test or
         predict with a config naming `class_path: emolightning.EmotionClassifier` (or
-        `EmotionClassifier.load_from_checkpoint`), no teacher needed.
+        `EmotionClassifier.load_from_checkpoint`), no teacher needed. Every other argument
+        (`head_lr`, `pooling`, `loss`, `pos_weight`, `encoder_layers`, ...) is EmotionClassifier's, for the
+        student; the CLI shows each as a typed key (`--model.init_args.<name>`).
 
         Args:
             encoder: The student's encoder (Hub name or directory), loaded from pretrained; with
@@ -149,34 +189,25 @@ class EmotionDistiller(EmotionClassifier):
             teacher: An emolightning checkpoint (.ckpt) of the fine-tuned teacher, or a Hugging Face
                 directory/name of a fine-tuned multi-label AutoModelForSequenceClassification.
                 If its tokenizer differs from the student's, set `data.teacher_tokenizer` to it.
-            head_lr: Learning rate of the classification head (default: lr).
-            weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
-            warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
-            pooling: `cls` (first token) or `mean` (mean over real tokens) for the student.
-            dropout: Dropout before the student's linear head.
-            pos_weight: Per-label positive-class weights of the hard BCE loss, or none.
-            threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
-            min_label_positives: Labels with fewer validation positives keep the global threshold.
-            encoder_layers: Keep only these layers of the pretrained student encoder (not with student_layers).
-            encoder_config: Filled in automatically: the student encoder's config.
             student_layers: Build the student from the teacher as in DistilBERT: its embeddings, these
                 of its layers (e.g. [0, 2, 4] of 6) and, for an emolightning teacher, its head.
                 Unset: the student is `encoder` from pretrained.
             temperature: Softmax/sigmoid temperature T of the soft targets (the loss is scaled by T²).
             soft_weight: Weight of the soft-target loss (`train/loss_soft`).
-            hard_weight: Weight of the gold-label BCE loss (`train/loss_hard`).
+            hard_weight: Weight of the gold-label loss (`train/loss_hard`: the student's `loss`, with `pos_weight`).
             cosine_weight: Weight of the hidden-state cosine loss (`train/loss_cos`); it needs the
                 same tokenizer for both, and equal hidden sizes or `cosine_projection`.
             cosine_projection: If the hidden sizes differ, learn a linear map student -> teacher for
                 the cosine loss (true) or switch the cosine loss off (false).
             soft_loss: `sigmoid`: per-label binary KL (multi-label data); `softmax`: the DistilBERT
                 paper's KL over the labels (single-label data).
-            cache_teacher_logits: Run the teacher once per training example and reuse its logits in
-                later epochs (valid because the teacher is in eval mode and the data is fixed). No
-                effect while the cosine loss is on: it needs the teacher's hidden states every step.
+            cache_teacher_logits: Run the teacher once over the training split when training starts
+                (each DDP rank a 1/N share, then gathered to all) and read its logits from memory at
+                every step after that (valid because the teacher is in eval mode and the data is
+                fixed). Every step then hits the cache, on any number of ranks, with no host sync.
+                No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
-        if student_layers is not None and encoder_layers is not None:
+        if student_layers is not None and kwargs.get("encoder_layers") is not None:
             raise ConfigError("Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both.")
         frozen = Teacher(teacher)
         if frozen.label_names is not None and list(frozen.label_names) != list(label_names):
@@ -186,19 +217,11 @@ class EmotionDistiller(EmotionClassifier):
             )
         if frozen.model is not None and frozen.num_labels != len(label_names):
             raise ConfigError(f"The teacher '{teacher}' has {frozen.num_labels} outputs, but the data has {len(label_names)} labels {list(label_names)}.")
-        copied = None
-        if student_layers is not None and encoder_config is None:  # (with encoder_config the weights come from a checkpoint)
-            copied = copy.deepcopy(frozen.base)
-            try:
-                keep_layers(copied, student_layers)
-            except ConfigError:
-                raise ConfigError(f"`model.init_args.student_layers` {student_layers} must name layers 0..{len(layer_list(frozen.base)) - 1} of the teacher.") from None
-        super().__init__(
-            encoder, label_names, lr, head_lr=head_lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, pooling=pooling,
-            dropout=dropout, pos_weight=pos_weight, threshold=threshold, tune_thresholds=tune_thresholds,
-            min_label_positives=min_label_positives, encoder_layers=encoder_layers,
-            encoder_config=copied.config.to_dict() if copied is not None else encoder_config,
-        )
+        from_checkpoint = kwargs.get("encoder_config") is not None  # the student's weights come from a checkpoint's state dict
+        copied = copy_teacher_layers(frozen, student_layers) if student_layers is not None and not from_checkpoint else None
+        if copied is not None:  # the student is built with the copy's shape; its weights are loaded below
+            kwargs["encoder_config"] = copied.config.to_dict()
+        super().__init__(encoder, label_names, lr, **kwargs)
         self.same_tokenizer = same_tokenizer(encoder, frozen.tokenizer)
         if copied is not None:
             if not self.same_tokenizer:
@@ -206,16 +229,7 @@ class EmotionDistiller(EmotionClassifier):
                     f"With `student_layers` the student inherits the teacher's embeddings, so `model.init_args.encoder` must name the "
                     f"teacher's tokenizer: set it to '{frozen.tokenizer}' (it is '{encoder}')."
                 )
-            missing, unexpected = self.encoder.load_state_dict(copied.state_dict(), strict=False)
-            # the only difference allowed: BERT/RoBERTa poolers, which the student never uses
-            if [k for k in missing + unexpected if not k.startswith("pooler.")]:
-                raise ConfigError(f"Cannot copy the teacher's layers into the student: missing {missing}, unexpected {unexpected}.")
-            self.encoder.train()
-            self.hparams.encoder_config = self.encoder.config.to_dict()
-            if frozen.model is None:
-                self.head.load_state_dict(frozen.head.state_dict())
-                if frozen.pooling != pooling:
-                    rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{frozen.pooling}`.")
+            load_copied_student(self, copied, frozen)
         self.teacher = frozen
 
         teacher_hidden, student_hidden = frozen.base.config.hidden_size, self.encoder.config.hidden_size
@@ -233,54 +247,68 @@ class EmotionDistiller(EmotionClassifier):
         self.cache_logits = cache_teacher_logits and not self.use_cosine
         if cache_teacher_logits and self.use_cosine:
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
-        self._cache: Tensor | None = None  # (N, L) teacher logits of training example i, filled as seen
-        self._cached: Tensor | None = None  # (N,) bool: row i holds example i's logits
+        self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i (on_train_start)
         rank_zero_info(
             f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
-            f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if encoder_config else encoder}); "
+            f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if from_checkpoint else encoder}); "
             f"loss = {soft_weight} x soft (T={temperature}, {soft_loss}) + {hard_weight} x hard"
             + (f" + {cosine_weight} x cosine" if self.use_cosine else "")
             + f". The teacher's {len(list(frozen.modules()))} modules stay in eval mode on purpose (Lightning warns about them at the start of fit)."
         )
 
     # ---- the teacher ---------------------------------------------------------------------
+    def teacher_inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """The batch's token ids and mask in the teacher's tokenisation."""
+        if self.same_tokenizer:
+            return batch["input_ids"], batch["attention_mask"]
+        if "teacher_input_ids" in batch:
+            return batch["teacher_input_ids"], batch["teacher_attention_mask"]
+        raise ConfigError(
+            f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
+            f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
+        )
+
     @torch.no_grad()
     def teacher_outputs(self, batch: dict) -> tuple[Tensor, Tensor | None]:
         """(B, L) teacher logits and, if the cosine loss needs them, (B, T, H) last hidden states."""
-        if self.same_tokenizer:
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-        elif "teacher_input_ids" in batch:
-            ids, mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
-        else:
-            raise ConfigError(
-                f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
-                f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
-            )
-        if not self.cache_logits:
-            return self.teacher(ids, mask, hidden=self.use_cosine)
-        index = batch["index"]
-        if self._cache is None or len(self._cache) <= int(index.max()):
-            size = max(int(index.max()) + 1, 2 * (0 if self._cache is None else len(self._cache)))
-            cache = torch.zeros(size, len(self.label_names), device=index.device)
-            cached = torch.zeros(size, dtype=torch.bool, device=index.device)
-            if self._cache is not None:
-                cache[: len(self._cache)], cached[: len(self._cached)] = self._cache, self._cached
-            self._cache, self._cached = cache, cached
-        if not bool(self._cached[index].all()):  # the batch is padded together, so run it whole
-            logits, _ = self.teacher(ids, mask, hidden=False)
-            self._cache[index], self._cached[index] = logits.float(), True
-        return self._cache[index], None
+        if self._teacher_logits is not None:  # an index on the device: no host sync
+            return self._teacher_logits[batch["index"]], None
+        return self.teacher(*self.teacher_inputs(batch), hidden=self.use_cosine)
+
+    @torch.no_grad()
+    def fill_teacher_cache(self, dataset, collate, batch_size: int = 64) -> None:
+        """The teacher's logits for every row of `dataset`: this rank computes rows rank, rank + N, ..., and all ranks gather them."""
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        mine = list(range(rank, len(dataset), world))
+        share = torch.zeros(-(-len(dataset) // world), len(self.label_names), device=self.device)  # ranks' shares padded to one size
+        order = sorted(range(len(mine)), key=lambda k: -len(dataset[mine[k]]["input_ids"]))  # similar lengths share a batch
+        with self.trainer.precision_plugin.forward_context():
+            for start in range(0, len(order), batch_size):
+                positions = order[start : start + batch_size]
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in collate([dataset[mine[k]] for k in positions]).items()}
+                share[positions] = self.teacher(*self.teacher_inputs(batch), hidden=False)[0].float()
+        shares = self.all_gather(share) if world > 1 else share[None]  # (world, share, L)
+        cache = torch.empty(len(dataset), len(self.label_names), device=self.device)
+        for r in range(world):
+            cache[r::world] = shares[r, : len(range(r, len(dataset), world))]
+        self._teacher_logits = cache
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.cache_logits:
+            loader = self.trainer.train_dataloader
+            self.fill_teacher_cache(loader.dataset, loader.collate_fn)
 
     # ---- training ------------------------------------------------------------------------
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:
         """`loss` (the weighted sum) and its parts `loss_soft`, `loss_hard` and, when on, `loss_cos`."""
         hp, mask = self.hparams, batch["attention_mask"]
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-        logits = self.head(self.dropout(pool(hidden, mask, hp.pooling)))
+        hidden, states_mask = self.token_states(batch["input_ids"], mask)
+        logits = self.classify(self.pool_states(hidden, states_mask))
         teacher_logits, teacher_hidden = self.teacher_outputs(batch)
         losses = {
             "loss_soft": soft_target_loss(logits, teacher_logits, hp.temperature, multi_label=hp.soft_loss == "sigmoid"),
-            "loss_hard": hard_label_loss(logits, batch["labels"], self.pos_weight),
+            "loss_hard": self.loss(logits, batch["labels"]),
         }
         total = hp.soft_weight * losses["loss_soft"] + hp.hard_weight * losses["loss_hard"]
         if self.use_cosine:
@@ -296,14 +324,11 @@ class EmotionDistiller(EmotionClassifier):
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]
 
-    def configure_optimizers(self):
-        config = super().configure_optimizers()
-        if self.projection is not None:  # trained like the head; the schedule is rebuilt to cover it
-            optimizer, head_lr = config["optimizer"], self.hparams.head_lr or self.hparams.lr
-            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": head_lr})
-            total = self.trainer.estimated_stepping_batches
-            config["lr_scheduler"]["scheduler"] = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
-        return config
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.projection is not None:  # trained like the head
+            groups.append({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": self.hparams.head_lr or self.hparams.lr})
+        return groups
 
     # ---- checkpoints: the student alone, as a plain EmotionClassifier ---------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -54,23 +54,14 @@ def load_tokenizer(name: str):
         raise _load_failed(name, "tokenizer", err) from err
 
 
-def load_encoder(name: str, **config_overrides):
+def load_encoder(name: str):
     """`AutoModel.from_pretrained` with the offline-first name resolution and a clear error."""
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(resolve_encoder(name), **config_overrides)
+        return AutoModel.from_pretrained(resolve_encoder(name))
     except (OSError, ValueError) as err:
         raise _load_failed(name, "weights", err) from err
-
-
-def load_encoder_config(name: str):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(resolve_encoder(name))
-    except (OSError, ValueError) as err:
-        raise _load_failed(name, "config", err) from err
 
 
 def layer_list(model):

@@ -28,6 +28,14 @@ MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
 MODEL_CLASS = "EmolightningForSequenceClassification"
 
 
+POOLING_WORDS = {
+    "cls": "first token",
+    "mean": "mean over real tokens",
+    "label_attention": "one attention query per label",
+    "label_prompt": "label names put before the text, each label read from its name's tokens",
+}
+
+
 def load_checkpoint(ckpt_path: str | Path) -> dict:
     """The checkpoint dict, checked to be an EmotionClassifier's."""
     path = Path(ckpt_path)
@@ -72,6 +80,13 @@ def hf_config(hparams: dict, thresholds: list[float]):
     config.label2id = {name: i for i, name in enumerate(labels)}
     config.problem_type = "multi_label_classification"
     config.classifier_pooling = hparams["pooling"]
+    if hparams["pooling"] == "label_prompt":  # the prompt is part of the model: the export carries its ids
+        from .encoders import load_tokenizer
+        from .heads import label_prompt_ids
+
+        tokenizer = load_tokenizer(hparams["encoder"])
+        config.label_prompt_ids, config.label_prompt_spans = label_prompt_ids(tokenizer, labels)
+        config.label_prompt_sep_id = tokenizer.sep_token_id
     config.classifier_dropout = float(hparams.get("dropout", 0.0))
     config.thresholds = thresholds
     config.architectures = [MODEL_CLASS]
@@ -97,7 +112,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float]) -> str:
         "",
         f"Exported by `emolightning export` from `{ckpt_path.name}` (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}).",
         f"Encoder `{hparams['encoder']}`, pooling `{hparams['pooling']}` "
-        f"({'first token' if hparams['pooling'] == 'cls' else 'mean over real tokens'}) -> dropout -> linear, one sigmoid per label"
+        f"({POOLING_WORDS.get(hparams['pooling'], hparams['pooling'])}) -> dropout -> linear, one sigmoid per label"
         + (f"; trained on texts truncated to {data['max_length']} tokens." if data.get("max_length") else "."),
         "",
         "## Use",
@@ -162,7 +177,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     # every tensor has its place, and save_pretrained writes the safetensors HF expects
     model = EmolightningForSequenceClassification(config)
     # (checkpoints from before emolightning dropped the unused BERT pooler still hold its weights)
-    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.")) and not k.startswith("encoder.pooler.")}
+    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "label_attention.")) and not k.startswith("encoder.pooler.")}
     result = model.load_state_dict(weights, strict=False)
     # encoders whose position_ids buffer is not persistent are the only tolerated difference
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
@@ -179,6 +194,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # `duplicates` pairs this opening with report.main's: the shape of any argparse command, with nothing to share between them
     parser = argparse.ArgumentParser(
         prog="emolightning export",
         description="Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). "

@@ -1,37 +1,45 @@
 """The LightningModule: any Hugging Face encoder with a multi-label emotion head.
 
-encoder (AutoModel) -> pooled text vector (CLS or mean over real tokens) -> dropout -> linear ->
-one logit per label -> BCE-with-logits. Metrics are the official E-c ones (metrics.py), computed
-on DDP-synced state; per-label thresholds are tuned on the validation split after each
-validation epoch and stored in the checkpoint, so test, predict and export use them.
+encoder (AutoModel) -> `encode`: a pooled text vector (CLS, mean) or one vector per label (label
+attention, label prompt; heads.py) -> `classify`: dropout -> linear -> one logit per label -> the
+training loss (BCE, focal or asymmetric, optionally plus SpanEmo's label-correlation loss; losses.py).
+Metrics are the official E-c ones (metrics.py), computed on DDP-synced state; per-label thresholds
+are tuned on the validation split after each validation epoch and stored in the checkpoint, so
+test, predict and export use them.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .encoders import keep_layers, load_encoder
+from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .errors import ConfigError
-from .metrics import EmotionScores, official_scores, tune_thresholds
+from .hardware import adamw_options
+from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
+from .losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
+from .metrics import EmotionScores, choose_thresholds, official_scores
 
-
-def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-    """(B, T, H) hidden states -> (B, H): the first token, or the mean over unpadded tokens."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+__all__ = ["EmotionClassifier", "linear_warmup_decay", "pool"]
 
 
 def no_decay(name: str) -> bool:
     """Biases and LayerNorm weights are not decayed (BERT's recipe)."""
     return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
+
+
+def encoder_depth(name: str, num_layers: int) -> int:
+    """Depth of an encoder parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, the rest on top."""
+    if "embeddings" in name:
+        return 0
+    match = re.search(r"(?:^|\.)(?:layer|layers)\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
@@ -52,29 +60,63 @@ class EmotionClassifier(L.LightningModule):
         head_lr: float | None = None,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean", "label_attention", "label_prompt"] = "cls",
         dropout: float = 0.1,
-        pos_weight: list[float] | None = None,
+        loss: Literal["bce", "focal", "asl"] = "bce",
+        focal_gamma: float = 2.0,
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
+        label_correlation_weight: float = 0.0,
+        pos_weight: list[float] | Literal["auto"] | None = None,
+        layer_lr_decay: float = 1.0,
+        ema_decay: float | None = None,
         threshold: float = 0.5,
         tune_thresholds: bool = True,
+        threshold_strategy: Literal["fixed", "global", "per_label", "shrunk"] = "per_label",
+        threshold_shrinkage: float = 50.0,
         min_label_positives: int = 10,
         encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
     ):
         """Multi-label emotion classifier on a Hugging Face encoder.
 
+        Optimizer: AdamW, fused (one kernel for all parameters); with `trainer.gradient_clip_val`
+        under `16-mixed`/`bf16-mixed` it is the foreach AdamW instead, which lets Lightning clip.
+
         Args:
             encoder: Hub name or local directory of the encoder (BERT, DistilBERT, RoBERTa, MiniLM, ...).
             label_names: Emotion names, in the data's column order (linked from the data by the CLI).
             lr: Peak learning rate of the encoder (AdamW).
-            head_lr: Learning rate of the classification head (default: lr).
+            head_lr: Learning rate of the classification head and label queries (default: lr).
             weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
             warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
-            pooling: `cls` (first token) or `mean` (mean over real tokens).
+            pooling: `cls` (first token), `mean` (mean over real tokens), `label_attention` (a learned
+                query per label attends over the tokens, RoBERTa-MA) or `label_prompt` (the label names
+                go in front of the text as a first segment and each label is read from its name's
+                tokens, SpanEmo; adds one token per name piece plus a separator to every input).
             dropout: Dropout before the linear head.
-            pos_weight: Per-label positive-class weights of the BCE loss (one per label), or none.
+            loss: `bce`, `focal` (exponent `focal_gamma`) or `asl`, the asymmetric loss (`asl_gamma_neg`,
+                `asl_gamma_pos`, `asl_clip`), which down-weights the many easy negatives of rare labels.
+            focal_gamma: Focusing exponent of the focal loss.
+            asl_gamma_neg: Asymmetric loss: focusing exponent of negative labels.
+            asl_gamma_pos: Asymmetric loss: focusing exponent of positive labels.
+            asl_clip: Asymmetric loss: probability margin below which a negative costs nothing.
+            label_correlation_weight: Weight a of SpanEmo's label-correlation loss, mixed as
+                (1 - a) x loss + a x correlation loss (SpanEmo used 0.2); 0 turns it off.
+            pos_weight: Per-label positive-class weights of the BCE/focal loss (one per label);
+                `auto`: sqrt(negatives / positives) of each label in the training split; none: 1.
+            layer_lr_decay: Layer-wise learning-rate decay: the top encoder layer trains at `lr`, each
+                layer below at this factor times the one above, the embeddings last. 1 turns it off.
+            ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.999),
+                used for validation, test and the saved checkpoints; none turns it off.
             threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, tune per-label thresholds on it.
+            tune_thresholds: After each validation epoch in fit, choose the thresholds on it (`threshold_strategy`).
+            threshold_strategy: `fixed` (`threshold` for every label), `global` (one tuned threshold),
+                `per_label` (each label its own), `shrunk` (each label's pulled toward the global one,
+                the more the fewer validation positives it has: see metrics.choose_thresholds).
+            threshold_shrinkage: `shrunk` only: the number of positives at which a label's own
+                threshold and the global one count equally.
             min_label_positives: Labels with fewer validation positives keep the global threshold.
             encoder_layers: Keep only these layers of the pretrained encoder (e.g. [0, 2, 4] for a
                 half-depth MiniLM); all layers when unset.
@@ -83,8 +125,15 @@ class EmotionClassifier(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if pos_weight is not None and len(pos_weight) != len(label_names):
-            raise ConfigError(f"`model.pos_weight` has {len(pos_weight)} values for {len(label_names)} labels {label_names}. Give one weight per label.")
+        num_labels = len(label_names)
+        if isinstance(pos_weight, list) and len(pos_weight) != num_labels:
+            raise ConfigError(f"`model.pos_weight` has {len(pos_weight)} values for {num_labels} labels {label_names}. Give one weight per label, or `auto`.")
+        if not 0 < layer_lr_decay <= 1:
+            raise ConfigError(f"`model.layer_lr_decay` is {layer_lr_decay}; it must be in (0, 1] (1 turns it off).")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ConfigError(f"`model.ema_decay` is {ema_decay}; it must be in (0, 1), e.g. 0.999, or unset.")
+        if not 0 <= label_correlation_weight <= 1:
+            raise ConfigError(f"`model.label_correlation_weight` is {label_correlation_weight}; it must be in [0, 1].")
         if encoder_config is None:
             self.encoder = load_encoder(encoder)
             if encoder_layers is not None:
@@ -103,10 +152,17 @@ class EmotionClassifier(L.LightningModule):
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
+        self.label_attention = LabelAttention(num_labels, hidden) if pooling == "label_attention" else None
+        self.label_prompt = None
+        if pooling == "label_prompt":
+            tokenizer = load_tokenizer(encoder)
+            prompt, spans = label_prompt_ids(tokenizer, list(label_names))
+            self.label_prompt = LabelPrompt(prompt, spans, tokenizer.sep_token_id)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden, len(label_names))
-        self.register_buffer("thresholds", torch.full((len(label_names),), float(threshold)))
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float))
+        self.head = nn.Linear(hidden, num_labels)
+        self.register_buffer("thresholds", torch.full((num_labels,), float(threshold)))
+        initial = torch.ones(num_labels) if pos_weight == "auto" else None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
+        self.register_buffer("pos_weight", initial)  # `auto`: filled from the training split in setup
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
         # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
         self.last_val_outputs: tuple[Tensor, Tensor] | None = None
@@ -115,13 +171,66 @@ class EmotionClassifier(L.LightningModule):
     def label_names(self) -> list[str]:
         return list(self.hparams.label_names)
 
+    # ---- the network: token states -> pooled vector(s) -> logits --------------------------
+    def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T) ids and mask of `[CLS] text [SEP]` -> (B, T', H) last hidden states and their (B, T') mask.
+
+        T' = T, except with the label prompt, which this inserts after the first token.
+        """
+        if self.label_prompt is not None:
+            input_ids, attention_mask = self.label_prompt.extend(input_ids, attention_mask)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask
+
+    def pool_states(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, T', H) states -> (B, H) for `cls`/`mean` pooling, (B, L, H) for the per-label poolings."""
+        if self.label_attention is not None:
+            return self.label_attention(hidden, attention_mask)
+        if self.label_prompt is not None:
+            return self.label_prompt.read(hidden)
+        return pool(hidden, attention_mask, self.hparams.pooling)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, T) ids and mask -> the pooled vector (B, H) or per-label vectors (B, L, H)."""
+        return self.pool_states(*self.token_states(input_ids, attention_mask))
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """(B, H) or (B, L, H) from `encode` -> (B, L) logits."""
+        pooled = self.dropout(pooled)
+        if pooled.dim() == 3:
+            return label_logits(pooled, self.head.weight, self.head.bias)
+        return self.head(pooled)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, T) token ids and mask -> (B, L) logits."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.dropout(pool(hidden, attention_mask, self.hparams.pooling)))
+        return self.classify(self.encode(input_ids, attention_mask))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=self.pos_weight)
+        """The training loss of (B, L) logits against (B, L) gold labels (`model.loss`, `label_correlation_weight`)."""
+        hp = self.hparams
+        if hp.loss == "focal":
+            main = focal_loss(logits, labels, hp.focal_gamma, pos_weight=self.pos_weight)
+        elif hp.loss == "asl":
+            main = asymmetric_loss(logits, labels, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip)
+        else:
+            main = hard_label_loss(logits, labels, self.pos_weight)
+        if hp.label_correlation_weight > 0:
+            weight = hp.label_correlation_weight
+            return (1 - weight) * main + weight * label_correlation_loss(logits, labels)
+        return main
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.pos_weight == "auto":
+            frequencies = torch.tensor(self.trainer.datamodule.train_label_frequencies())
+            # sqrt of the full negatives/positives ratio: the full ratio (19 for a 5% label) makes a
+            # rare label's positives outweigh all its negatives and floods it with false positives
+            weights = ((1 - frequencies) / frequencies.clamp(min=1e-4)).sqrt()
+            self.pos_weight.copy_(weights.to(self.pos_weight.device))
+            rank_zero_info("pos_weight auto: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.label_names, weights.tolist())))
+
+    def configure_callbacks(self):
+        if self.hparams.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
 
     # ---- steps ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -153,8 +262,9 @@ class EmotionClassifier(L.LightningModule):
             return
         fixed = torch.full_like(self.thresholds, self.hparams.threshold)
         if stage == "val" and self.hparams.tune_thresholds and self.trainer.state.fn == "fit":
-            _, per_label = tune_thresholds(probs.cpu(), target.cpu(), min_positives=self.hparams.min_label_positives)
-            self.thresholds.copy_(per_label.to(self.thresholds.device))
+            hp = self.hparams
+            chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
+            self.thresholds.copy_(chosen.to(self.thresholds.device))
         if stage == "val":
             self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
         scores = official_scores(probs >= fixed, target, self.label_names)
@@ -189,18 +299,38 @@ class EmotionClassifier(L.LightningModule):
                 f"{trainer.num_nodes} nodes x {trainer.accumulate_grad_batches} accumulated; {trainer.estimated_stepping_batches} optimizer steps"
             )
 
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups: encoder (per layer with `layer_lr_decay`), then head; decay split by `no_decay`.
+
+        Subclasses append their own trainable modules here; `configure_optimizers` builds the
+        optimizer and the schedule over whatever this returns.
+        """
+        hp = self.hparams
         named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
-        head_lr = self.hparams.head_lr or self.hparams.lr
-        groups = [
-            {"params": [p for n, p in named if not no_decay(n)], "weight_decay": self.hparams.weight_decay},
-            {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0},
-            {"params": [self.head.weight], "weight_decay": self.hparams.weight_decay, "lr": head_lr},
-            {"params": [self.head.bias], "weight_decay": 0.0, "lr": head_lr},
-        ]
-        # fused AdamW updates all 22M+ parameters in one kernel: on 2 CPU cores the unfused
-        # step costs about as much as the forward pass of a MiniLM batch
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=True)
+        num_layers = len(layer_list(self.encoder))
+
+        def depth(name: str) -> int:  # without decay, one depth: the two groups of BERT's recipe
+            return encoder_depth(name, num_layers) if hp.layer_lr_decay < 1 else num_layers
+
+        groups = []
+        for level in sorted({depth(n) for n, _ in named}):
+            lr = hp.lr * hp.layer_lr_decay ** max(0, num_layers - level)  # the top layer (depth num_layers) at lr
+            at_depth = [(n, p) for n, p in named if depth(n) == level]
+            for decayed in (True, False):
+                params = [p for n, p in at_depth if no_decay(n) != decayed]
+                if params:
+                    groups.append({"params": params, "weight_decay": hp.weight_decay if decayed else 0.0, "lr": lr})
+        head_lr = hp.head_lr or hp.lr
+        groups.append({"params": [self.head.weight], "weight_decay": hp.weight_decay, "lr": head_lr})
+        groups.append({"params": [self.head.bias], "weight_decay": 0.0, "lr": head_lr})
+        if self.label_attention is not None:
+            groups.append({"params": list(self.label_attention.parameters()), "weight_decay": 0.0, "lr": head_lr})
+        return groups
+
+    def configure_optimizers(self):
+        # fused (one kernel), except when clipping under mixed precision, which Lightning cannot do for it (hardware.py)
+        kernel = adamw_options(self.trainer.precision, self.trainer.gradient_clip_val)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, **kernel)
         total = self.trainer.estimated_stepping_batches
         scheduler = linear_warmup_decay(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

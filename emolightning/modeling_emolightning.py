@@ -5,8 +5,11 @@
 the export with `trust_remote_code=True` has no emolightning installed.
 
 It is emolightning's EmotionClassifier without Lightning: any encoder (`AutoModel.from_config` of
-the encoder's own config) -> the first token (`classifier_pooling: cls`) or the mean over real
-tokens (`mean`) -> dropout -> linear -> one logit per label. No standard class does this: e.g.
+the encoder's own config) -> the first token (`classifier_pooling: cls`), the mean over real
+tokens (`mean`), one attention query per label (`label_attention`) or the label names as a first
+segment read back per label (`label_prompt`: the ids in `config.label_prompt_ids` go after the
+first token, inside `forward`, so the tokenizer is used as usual) -> dropout -> linear -> one logit
+per label. This file repeats emolightning's heads.py on purpose: it must stand alone. No standard class does this: e.g.
 BertForSequenceClassification puts BERT's pooler (dense + tanh) on the first token, which
 emolightning does not, and no standard class mean-pools. The state dict keys are emolightning's
 (`encoder.*`, `head.*`), so an export is a rename-free copy of the checkpoint's weights.
@@ -40,11 +43,31 @@ class EmolightningForSequenceClassification(PreTrainedModel):
         dropout = getattr(config, "classifier_dropout", None)
         self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
         self.head = nn.Linear(config.hidden_size, config.num_labels)
+        pooling = config.classifier_pooling
+        if pooling == "label_attention":
+            self.label_attention = nn.Module()
+            self.label_attention.queries = nn.Parameter(torch.zeros(config.num_labels, config.hidden_size))
+        if pooling == "label_prompt":
+            prompt = list(config.label_prompt_ids)
+            self.register_buffer("prompt", torch.tensor([*prompt, config.label_prompt_sep_id], dtype=torch.long), persistent=False)
+            average = torch.zeros(config.num_labels, len(prompt))
+            for j, (start, end) in enumerate(config.label_prompt_spans):
+                average[j, start:end] = 1.0 / (end - start)
+            self.register_buffer("average", average, persistent=False)
         self.post_init()
 
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B, H), exactly as emolightning.model.pool."""
-        if self.config.classifier_pooling == "cls":
+        """(B, T, H) -> (B, H) or (B, L, H), exactly as emolightning's heads.py."""
+        pooling = self.config.classifier_pooling
+        if pooling == "label_attention":
+            queries = self.label_attention.queries.to(hidden.dtype)
+            scores = torch.einsum("bth,lh->blt", hidden, queries) / hidden.shape[-1] ** 0.5
+            scores = scores.masked_fill(~attention_mask.bool().unsqueeze(1), torch.finfo(scores.dtype).min)
+            return torch.einsum("blt,bth->blh", scores.softmax(dim=-1), hidden)
+        if pooling == "label_prompt":
+            return torch.einsum("lp,bph->blh", self.average.to(hidden.dtype), hidden[:, 1 : 1 + self.average.shape[1]])
+        if pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
@@ -54,8 +77,13 @@ class EmolightningForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         # token_type_ids are accepted (tokenizers return them) but not passed: emolightning
         # trained on single texts without them, and the encoder's default is the same zeros
+        if self.config.classifier_pooling == "label_prompt":
+            prompt = self.prompt.to(input_ids.device).expand(len(input_ids), -1)
+            input_ids = torch.cat([input_ids[:, :1], prompt, input_ids[:, 1:]], dim=1)
+            attention_mask = torch.cat([attention_mask[:, :1], torch.ones_like(prompt, dtype=attention_mask.dtype), attention_mask[:, 1:]], dim=1)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.head(self.dropout(self.pool(hidden, attention_mask)))
+        pooled = self.dropout(self.pool(hidden, attention_mask))
+        logits = (pooled * self.head.weight).sum(-1) + self.head.bias if pooled.dim() == 3 else self.head(pooled)
         loss = None
         if labels is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -1,4 +1,9 @@
-"""The CLI's argument parser: jsonargparse's, plus "did you mean ...?" for an option that does not exist.
+"""The CLI's argument parser: jsonargparse's, with one-paragraph errors and "did you mean ...?".
+
+Option and config-file errors print `emolightning: error: ...` in one short paragraph and exit 2,
+like the data errors, without jsonargparse's usage dump (run `--help` for that); a model's Union
+error is cut down to the lines that say what is wrong. Abbreviated options (`--trainer.max_epoch`)
+are refused, not silently expanded.
 
 jsonargparse reports an unknown key as `unrecognized arguments: --trainer.max_epochz 1`, as
 `... does not accept option 'max_epochz'` (in a config file) or, for the model's init args, as
@@ -12,8 +17,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import sys
 
 from lightning.pytorch.cli import LightningArgumentParser
+
+from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
 
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
 ALIASES = {
@@ -29,20 +37,23 @@ ALIASES = {
     "output_dir": "trainer.default_root_dir",
     "seed": "seed_everything",
 }
-SUBCOMMANDS = ["fit", "validate", "test", "predict", "score", "export", "report"]
+# commands without a Trainer: `emolightning NAME ...` runs emolightning/NAME.py's main(argv); listed in --help
+PLAIN_COMMANDS = {
+    "score": "Official metrics of a prediction file: emolightning score PRED GOLD [--json].",
+    "export": "A Hugging Face model directory from a checkpoint: emolightning export --ckpt_path CKPT --output DIR.",
+    "report": "A table and figures comparing runs: emolightning report RUN_DIR [RUN_DIR ...] --output DIR.",
+}
+SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
+# lines of a jsonargparse Union error that only restate its structure
+NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*|Given value: .*|- Expected a <class 'NoneType'>|Did you mean .*)$")
 
 
 def model_keys() -> list[str]:
     """`model.init_args.<name>` for every argument of the model classes."""
-    from . import model
+    from .distill import EmotionDistiller  # the parser is built before the model classes are needed: import them late
+    from .model import EmotionClassifier
 
-    classes = [model.EmotionClassifier]
-    try:
-        from .distill import EmotionDistiller
-
-        classes.append(EmotionDistiller)
-    except ImportError:
-        pass
+    classes = [EmotionClassifier, EmotionDistiller]
     names = {n for c in classes for n in inspect.signature(c.__init__).parameters if n not in ("self", "args", "kwargs")}
     return ["model.class_path"] + [f"model.init_args.{n}" for n in sorted(names)]
 
@@ -50,11 +61,10 @@ def model_keys() -> list[str]:
 def known_keys(parser) -> list[str]:
     """Every option key of `parser` and its subcommands' parsers (dotted, without dashes)."""
     keys = []
-    subcommands = getattr(parser, "_subcommands_action", None)
-    if subcommands is not None:
-        for sub in subcommands._name_parser_map.values():
-            keys += known_keys(sub)
-    for action in parser._actions:
+    for sub in subcommand_parsers(parser):
+        keys += known_keys(sub)
+    subcommands = subcommand_action(parser)
+    for action in parser_actions(parser):
         if action.dest not in ("help", "config", "==SUPPRESS==") and action is not subcommands:
             keys.append(action.dest)
     if "model" in keys:
@@ -107,10 +117,55 @@ def suggestion(message: str, parser) -> str:
     return "".join("\n" + h for h in hints)
 
 
+def condensed(message: str, limit: int = 600) -> str:
+    """A jsonargparse error message as one short paragraph: the lines that say what is wrong, joined."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    kept = [line.removeprefix("- ").removeprefix("Problem with given class_path ") for line in lines if line and not NOISE.match(line)]
+    text = re.sub(r'Parser key "([^"]+)":', r"option `\1`:", " ".join(kept))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bad_config_file(argv: list[str]) -> str | None:
+    """'FILE, line N: problem' for the first `--config` file of `argv` that is not valid YAML (jsonargparse's message names no file)."""
+    import yaml
+
+    paths = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")] + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except OSError:
+            continue
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            return f"{path}{f', line {mark.line + 1}' if mark else ''}: {getattr(err, 'problem', None) or 'not valid YAML'}"
+    return None
+
+
+def add_plain_commands(parser) -> None:
+    """List PLAIN_COMMANDS among the subcommands of `emolightning --help` (cli.main runs them before any parsing)."""
+    from jsonargparse import ArgumentParser
+
+    subcommands = subcommand_action(parser)
+    for name, text in PLAIN_COMMANDS.items():
+        subcommands.add_subcommand(name, ArgumentParser(description=text, prog=f"emolightning {name}"), help=text)
+
+
 class EmotionArgumentParser(LightningArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--trainer.max_epoch` must not train with max_epochs
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         try:
-            hint = suggestion(message, getattr(ex, "subcommand_parser", None) or self)
+            hint = suggestion(message, error_parser(ex, self))
         except Exception:  # a hint must never hide the error itself
             hint = ""
-        return super().error(message + hint, ex)
+        if not self.exit_on_error:  # a nested parser: its caller reports the error
+            return super().error(message + hint, ex)
+        parser = error_parser(ex, self)
+        prog = parser.prog.replace(" [options]", "")
+        if "Problems parsing config" in message and (where := bad_config_file(sys.argv)):
+            message = f"the config file {where}. Fix the YAML there."
+        sys.stderr.write(f"emolightning: error: {condensed(message)}{hint}\n(`{prog} --help` lists every option.)\n")
+        sys.exit(2)

@@ -352,8 +352,11 @@ def fit_run_dir(trainer) -> Path:
     return above if above is not None and above.is_dir() else log_dir or Path(trainer.default_root_dir)
 
 
-def report_after_fit(trainer) -> None:
-    """`fit`'s closing report: <run dir>/report/ (the table only without matplotlib), also sent to each W&B logger. Rank 0 only."""
+def report_after_fit(trainer) -> str | None:
+    """`fit`'s closing report: <run dir>/report/ (the table only without matplotlib), also sent to each W&B logger. Rank 0 only.
+
+    Returns the line naming it, for fit's closing block, or None when it failed (said here, with the command to retry).
+    """
     run_dir = fit_run_dir(trainer)
     output = run_dir / "report"
     try:
@@ -370,8 +373,7 @@ def report_after_fit(trainer) -> None:
         if os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
         print(f"emolightning: the run's report could not be written ({type(err).__name__}: {err}); make it with `emolightning report {run_dir} --output {output}`.")
-        return
+        return None
     if figures:
-        print(f"report: {output / 'report.html'} (table: {output / 'report.md'})")
-    else:
-        print(f"report: {output / 'report.md'} (table only: the figures need matplotlib, `pip install 'emolightning[report]'`)")
+        return f"report: {output / 'report.html'} (table: {output / 'report.md'})"
+    return f"report: {output / 'report.md'} (table only: the figures need matplotlib, `pip install 'emolightning[report]'`)"

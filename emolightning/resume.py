@@ -22,17 +22,18 @@ from __future__ import annotations
 import glob
 import os
 import random
+import signal
 import socket
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
+from .compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
 from .errors import ConfigError
 
 # where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
@@ -54,7 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = str(path)
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -97,11 +98,11 @@ class LastCheckpoint(ModelCheckpoint):
 
     # step-wise saves: ModelCheckpoint.on_train_batch_end (save_top_k=0 writes only last.ckpt)
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -115,7 +116,51 @@ class LastCheckpoint(ModelCheckpoint):
         # validation results (tuned thresholds, the best-model tracking of `checkpoint`)
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
+
+
+class StopRequested(SIGTERMException):
+    """The requeue signal (SIGUSR1) stopped training at an optimizer step boundary, after saving last.ckpt."""
+
+
+class RequeueSignal(Callback):
+    """SIGUSR1 -> save last.ckpt at the next optimizer step and stop: the requeue path emolightning controls.
+
+    `scripts/slurm/train.sbatch` traps SLURM's warning signal before the time limit, forwards it
+    to the tasks as SIGUSR1 and requeues the job once they have exited; the requeued job resumes
+    with `--ckpt_path last`. The handler only sets a flag: nothing is saved inside a signal
+    handler (Lightning's SLURM handler checkpoints there, with a barrier, on every rank, and can
+    hang; its auto-requeue is off in configs/trainer/multinode.yaml). After each optimizer step the
+    ranks agree (one all-reduce of a flag) whether any of them got the signal, so all stop at the
+    same step, where a step-wise save would also have been: the resume is exact. The stop raises
+    StopRequested (a SIGTERMException), on which `last_checkpoint` saves, and the command exits 143.
+    The handler is installed only if SIGUSR1 has none (Lightning's auto-requeue, when on, keeps its own).
+    """
+
+    def __init__(self):
+        self._requested, self._step, self._previous = False, -1, None
+
+    def _handler(self, signum, frame) -> None:
+        self._requested = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step = trainer.global_step
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous = signal.signal(signal.SIGUSR1, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step:  # mid-accumulation: not a step boundary
+            return
+        self._step = trainer.global_step
+        requested = trainer.strategy.reduce_boolean_decision(self._requested, all=False) if trainer.world_size > 1 else self._requested
+        if requested:
+            rank_zero_info(f"SIGUSR1: stopping after global step {trainer.global_step} to be requeued; last.ckpt is saved first.")
+            raise StopRequested(143)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
 
 
 def rng_states(device: torch.device | None = None) -> dict:
@@ -148,7 +193,9 @@ class ExactResume(Callback):
     `on_train_batch_start` after loading, the point at which the uninterrupted run went on after
     saving. Earlier would not do: between loading and training, a resumed run draws numbers the
     uninterrupted one did not (sanity validation, the DataLoader iterator's base seed). Under DDP
-    every rank gets rank 0's state, which is what all ranks had anyway (same seed, same draws).
+    the ranks' states differ (each rank's dropout draws as many numbers as its batches have
+    elements), and only rank 0 writes the checkpoint: so every rank's state is gathered into it,
+    and each rank gets its own back.
 
     Loader position: when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours
     does, for the LR schedule), Lightning builds the train loader before restoring the checkpoint
@@ -159,22 +206,28 @@ class ExactResume(Callback):
     def __init__(self):
         self._pending: dict | None = None
         self._device: torch.device | None = None
+        self._rank = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self._device = pl_module.device
+        self._device, self._rank = pl_module.device, trainer.global_rank
 
     def state_dict(self) -> dict:
-        return rng_states(self._device)
+        states = rng_states(self._device)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+            return {"ranks": [states]}
+        # every rank saves (Lightning builds the checkpoint on all ranks, and rank 0 writes it)
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, states)
+        return {"ranks": gathered}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict
+        ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states held rank 0's alone
+        if self._rank >= len(ranks):
+            rank_zero_warn(f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume).")
+        self._pending = ranks[self._rank] if self._rank < len(ranks) else ranks[0]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        fit_loop = trainer.fit_loop
-        states = getattr(fit_loop, "_combined_loader_states_to_load", None)
-        if states and fit_loop._combined_loader is not None:
-            fit_loop._combined_loader._load_state_dicts(states)
-            fit_loop._combined_loader_states_to_load = []
+        load_pending_train_loader_state(trainer)
 
     def _restore_rng(self, pl_module) -> None:
         if self._pending is not None:
@@ -224,6 +277,31 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._batches_done += 1
             yield batch
+
+
+def refuse_stale_hpc_checkpoint(config) -> None:
+    """Under SLURM, a fresh job with no --ckpt_path must not silently resume another job's hpc_ckpt_N.ckpt.
+
+    Lightning resumes from the newest `hpc_ckpt_N.ckpt` in `trainer.default_root_dir` whenever SLURM
+    is detected and no --ckpt_path is given. Every config shares that folder across runs, so a new
+    job (another lr, another seed) would start from an old job's weights, and skip emolightning's
+    own resume logic. A requeued job (SLURM_RESTART_COUNT > 0) is left to it.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if config.get("ckpt_path") is not None or not SLURMEnvironment.detect() or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        return
+    root = (config.get("trainer") or {}).get("default_root_dir") or os.getcwd()
+    if "://" in str(root):
+        return
+    stale = sorted(glob.glob(os.path.join(root, "hpc_ckpt_*.ckpt")))
+    if stale:
+        raise ConfigError(
+            f"trainer.default_root_dir '{root}' holds {', '.join(os.path.basename(p) for p in stale)} from an earlier SLURM job, which Lightning "
+            "would resume from silently (its weights, step and lr schedule) in this new job. Give this run its own folder "
+            "(`--trainer.default_root_dir runs/<name>`; scripts/slurm/train.sbatch uses one per job), resume on purpose with "
+            "`--ckpt_path hpc`, or delete the old files."
+        )
 
 
 def find_last_checkpoint(folders: list[str]) -> str | None:

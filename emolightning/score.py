@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .formats import read_header
 from .metrics import official_scores
-from .tables import _read_rows, read_table
+from .tables import read_table
 
 
 def label_columns(path: str, text_column: str, id_column: str) -> list[str]:
-    header, _ = _read_rows(path)
-    return [c for c in header if c not in (text_column, id_column) and not c.startswith("p_")]
+    return [c for c in read_header(path) if c not in (text_column, id_column) and not c.startswith("p_")]
 
 
 def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_column: str = "ID"):
@@ -64,7 +64,7 @@ def score_files(pred_path: str, gold_path: str) -> dict[str, float]:
     return {"n": len(gold), **scores}
 
 
-def table(scores: dict) -> str:
+def format_scores(scores: dict) -> str:
     width = max(len(k) for k in scores)
     lines = [f"{'metric':<{width}}  score", f"{'-' * width}  ------"]
     lines += [f"{k:<{width}}  {v}" if k == "n" else f"{k:<{width}}  {v:.4f}" for k, v in scores.items()]
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="Print the scores as one JSON object.")
     args = parser.parse_args(argv)
     scores = score_files(args.pred, args.gold)
-    print(json.dumps(scores, indent=2) if args.json else table(scores))
+    print(json.dumps(scores, indent=2) if args.json else format_scores(scores))

@@ -6,7 +6,7 @@ little compute goes to padding) and yields ready-made batches. The chunk size tr
 padding: on tweets, batches of 64 cut from sorted chunks of 2,048 / 8,192 texts hold 4.5% / 1.2%
 more tokens than the texts themselves (whole-file sorting of 20k tweets: 0.4%), and predicting
 100k tweets peaked at 818 / 881 MB RSS (benchmarks/predict_memory.py; 1,660 MB before streaming). Only one chunk per DataLoader
-worker is ever held; `PredictionFileWriter` (predict.py) puts each chunk's rows back in input order
+worker is ever held; `PredictionFileWriter` (prediction_writer.py) puts each chunk's rows back in input order
 and writes them out before the next chunks arrive.
 
 Who predicts what is a function of the row count alone, so every party can work it out: chunk c
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .data import Collator, truncate
+from .batching import pad, truncate
 from .encoders import load_tokenizer
 from .tables import Record
 
@@ -41,15 +41,17 @@ class PredictStream(IterableDataset):
         chunk_batches: int = 128,
         rank: int = 0,
         world_size: int = 1,
+        pad_to_multiple_of: int | None = None,
     ):
         """Batches of `records()` (a fresh iterator each time, picklable for worker processes).
 
         A batch is a dict: `input_ids`, `attention_mask` (batch, longest), `index` (batch,) each row's
         position in the file, `ids` and `texts` (lists of str, as read), `chunk` (int) and `truncated`
-        (int: rows cut to max_length).
+        (int: rows cut to max_length). The padded length is a multiple of `pad_to_multiple_of`, if set.
         """
         self.records, self.num_rows, self.tokenizer, self.max_length = records, num_rows, tokenizer, max_length
         self.batch_size, self.chunk_batches, self.rank, self.world_size = batch_size, chunk_batches, rank, world_size
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.num_batches = math.ceil(num_rows / batch_size)  # over all ranks
         self.num_chunks = math.ceil(self.num_batches / chunk_batches)
 
@@ -70,7 +72,6 @@ class PredictStream(IterableDataset):
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         tokenizer = load_tokenizer(self.tokenizer)
-        collate = Collator(tokenizer.pad_token_id)
         records = self.records()
         chunk_rows = self.chunk_batches * self.batch_size
         for chunk in range(self.num_chunks):
@@ -85,7 +86,7 @@ class PredictStream(IterableDataset):
                 if (chunk * self.chunk_batches + k // self.batch_size) % self.world_size != self.rank:
                     continue
                 members = order[k : k + self.batch_size]
-                input_ids, attention_mask = collate.pad(truncate([encoded[i] for i in members], self.max_length), collate.pad_token_id)
+                input_ids, attention_mask = pad(truncate([encoded[i] for i in members], self.max_length), tokenizer.pad_token_id, self.pad_to_multiple_of)
                 yield {
                     "input_ids": input_ids,
                     "attention_mask": attention_mask,

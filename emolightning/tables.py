@@ -7,18 +7,18 @@ columns, never from a hard-coded list, so GoEmotions-style sets with other label
 
 from __future__ import annotations
 
-import csv
 import glob
-import itertools
-import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .formats import MISSING, clip, first_line, plain_lines, read_rows, where
 
 # Official E-c file names, as distributed by the task organisers.
 OFFICIAL_SPLITS = {
@@ -29,6 +29,8 @@ OFFICIAL_SPLITS = {
 SPLIT_OPTIONS = {"train": "train_file", "validation": "val_file", "test": "test_file", "predict": "predict_file"}
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "1.0"}, {"0", "false", "0.0"}
 DEMO_DIR = "builtin:demo"
+LINE_BREAKS = re.compile(r"\r\n|[\r\n\t]")
+log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 
 
 Record = tuple[str, str, "list[int] | None"]  # (id, text, 0/1 labels or None when unlabelled)
@@ -78,57 +80,9 @@ def find_split_file(data_dir: str, split: str) -> str | None:
     return None
 
 
-def _decode_lines(path: str) -> Iterator[str]:
-    """The file's lines, decoded one at a time (a 100k-line file is never held whole)."""
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.removesuffix(b"\n")
-            try:
-                yield line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}, line {number}: bytes that are not UTF-8 ({line[max(0, err.start - 10):err.end + 10]!r}). "
-                    "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)."
-                ) from None
-
-
-def _read_rows(path: str) -> tuple[list[str], Iterator[tuple[int, list]]]:
-    """(header, lazy (line number, fields) rows) of a tsv/txt/csv/jsonl/parquet file."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".txt", ".tsv", ".csv"):
-        lines = _decode_lines(path)
-        # the official files are tab-separated with no quoting: a quote is part of a tweet
-        parsed = csv.reader(lines) if suffix == ".csv" else (line.split("\t") for line in lines)
-        header = next(parsed, None)
-        if header is None:
-            raise DataError(f"{path} is empty: it needs a header line and one row per text.")
-        return header, ((n, row) for n, row in enumerate(parsed, start=2) if row != [""] and row != [])
-    if suffix in (".jsonl", ".json"):
-        records = ((n, line) for n, line in enumerate(_decode_lines(path), start=1) if line.strip())
-
-        def parse(n: int, line: str) -> dict:
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {n}: not valid JSON ({err.msg}). Each line must be one JSON object.") from None
-
-        first = next(records, None)
-        if first is None:
-            raise DataError(f"{path} is empty: it needs one JSON object per line.")
-        header = list(parse(*first))
-        rows = itertools.chain([first], records)
-        return header, ((n, [record.get(column) for column in header]) for n, record in ((n, parse(n, line)) for n, line in rows))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        file = pq.ParquetFile(path)
-        header = file.schema_arrow.names
-        batches = (batch.to_pylist() for batch in file.iter_batches(batch_size=4096))
-        return header, ((n, [record[c] for c in header]) for n, record in enumerate(itertools.chain.from_iterable(batches), start=1))
-    raise DataError(f"{path}: unknown file type '{suffix}'. Use .txt/.tsv (tab-separated), .csv, .jsonl or .parquet.")
-
-
 def _label_value(value, path: str, line: int, column: str) -> int | None:
+    if value is MISSING:  # a JSON object may leave out its zero labels
+        return 0
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (int, float)) and value in (0, 1):
@@ -141,9 +95,36 @@ def _label_value(value, path: str, line: int, column: str) -> int | None:
     if text == "none":
         return None
     raise DataError(
-        f"{path}, line {line}: the label column '{column}' holds {value!r}, but labels must be 0 or 1 "
-        "(or NONE in every label column of an unlabelled file). Fix that cell."
+        f"{where(path, line)}: the label column '{column}' holds {clip(value)}, but labels must be 0 or 1 "
+        f"(or NONE in every label column of an unlabelled file). Fix that cell; if '{column}' is not a label, list the "
+        "label columns with `data.label_columns` (by default every column but the ID and the text is a label)."
     )
+
+
+def _label_list(value, path: str, line: int, column: str, names: list[str]) -> list[int] | None:
+    """A list of label ids or names (GoEmotions' `labels: [3, 27]`) -> 0/1 per label; None for NONE."""
+    if value is None or value is MISSING:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.upper() == "NONE":
+            return None
+        items = [item.strip().strip("'\"") for item in text.strip("[]").replace(";", ",").split(",")]
+        items = [item for item in items if item]
+    elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = list(value.tolist() if hasattr(value, "tolist") else value)
+    else:
+        items = [value]
+    labels = [0] * len(names)
+    for item in items:
+        at = names.index(item) if item in names else int(item) if str(item).lstrip("-").isdigit() else -1
+        if not 0 <= at < len(names):
+            raise DataError(
+                f"{where(path, line)}: the label list column '{column}' holds {clip(item)}, which is neither a label name nor an id "
+                f"0..{len(names) - 1} of `data.label_names` ({clip(names, 120)}). Fix that cell or `data.label_names`."
+            )
+        labels[at] = 1
+    return labels
 
 
 def read_records(
@@ -153,71 +134,121 @@ def read_records(
     label_columns: list[str] | None = None,
     allow_plain_text: bool = False,
     unique_ids: bool = True,
+    labels_column: str | None = None,
+    label_names: list[str] | None = None,
+    note_spaces: bool = True,
 ) -> tuple[list[str], Iterator[Record]]:
     """(label names, lazy records) of one file; every check of `read_table` runs as the rows go by.
 
-    Label columns are `label_columns`, or every column but the id and text. Memory stays flat,
-    except that the duplicate-ID check keeps every ID seen (`unique_ids=False` skips it).
+    Label columns are `label_columns`, or every column but the id and text; or, with `labels_column`,
+    one column holding a list of label ids or names (`label_names`). With `allow_plain_text`, a .txt
+    file whose first line is not a header naming `text_column` holds one text per line (see
+    `plain_texts`). Tabs and line breaks inside a text become one space each, counted in one log
+    line (`note_spaces`); nothing else in a text changes. Memory stays flat, except that the
+    duplicate-ID check keeps every ID seen (`unique_ids=False` skips it).
     """
     if not os.path.isfile(path):
         raise DataError(f"The data file '{path}' does not exist. Check the path (relative paths start at the current directory).")
-    header, rows = _read_rows(path)
+    if allow_plain_text and Path(path).suffix.lower() == ".txt" and text_column not in first_line(path).split("\t"):
+        return [], plain_texts(path, note_spaces)
+    header, rows = read_rows(path)
+    shown = clip(header, 200)
     if text_column not in header:
-        if allow_plain_text and Path(path).suffix.lower() == ".txt" and len(header) == 1:
-            return [], _plain_texts(path)
         raise DataError(
-            f"{path}, line 1: the header {header} has no text column '{text_column}'. Fix the header "
+            f"{where(path, 1)}: the header {shown} has no text column '{text_column}'. Fix the header "
             "(the official E-c header is ID, Tweet, then the 11 emotions) or set `data.text_column`."
         )
-    if label_columns is None:
-        label_columns = [c for c in header if c not in (text_column, id_column)]
-    missing = [c for c in label_columns if c not in header]
-    if missing:
-        raise DataError(f"{path}, line 1: the header {header} lacks the label column(s) {missing}. Fix the header or `data.label_columns`.")
-    if not label_columns and not allow_plain_text:
-        raise DataError(f"{path}, line 1: the header {header} has no label columns. Add one 0/1 column per emotion.")
-    return list(label_columns), _records(path, header, rows, text_column, id_column, list(label_columns), unique_ids)
+    if labels_column is not None:
+        if label_columns:
+            raise ConfigError("`data.label_columns` (one 0/1 column per label) and `data.labels_column` (one column holding a list of labels) exclude each other: set one.")
+        if not label_names:
+            raise ConfigError(f"`data.labels_column` '{labels_column}' holds label ids or names: set `data.label_names` to the label names, in id order.")
+        label_names = list(label_names)
+        if labels_column not in header:  # a file without labels, for predict
+            label_names = []
+    else:
+        if label_columns is None:
+            if unnamed := [i + 1 for i, c in enumerate(header) if not str(c).strip() and c not in (text_column, id_column)]:
+                raise DataError(
+                    f"{where(path, 1)}: column {unnamed[0]} of the header has no name (a pandas index column? write the table with `index=False`). "
+                    "Remove it, or list the label columns with `data.label_columns`."
+                )
+            label_columns = [c for c in header if c not in (text_column, id_column)]
+        missing = [c for c in label_columns if c not in header]
+        if missing:
+            raise DataError(f"{where(path, 1)}: the header {shown} lacks the label column(s) {clip(missing, 120)}. Fix the header or `data.label_columns`.")
+        if not label_columns and not allow_plain_text:
+            raise DataError(f"{where(path, 1)}: the header {shown} has no label columns. Add one 0/1 column per emotion.")
+        label_names = list(label_columns)
+    return label_names, _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids, note_spaces)
 
 
-def _plain_texts(path: str) -> Iterator[Record]:
-    """A .txt with one text per line and no header: IDs are line counts, blank lines skipped."""
-    texts = (line for line in _decode_lines(path) if line.strip())
-    count = 0
-    for count, text in enumerate(texts, start=1):
+def spaced(text: str) -> str:
+    """Tabs and line breaks (LF, CR, CRLF) -> one space each: what an E-c file can hold."""
+    return LINE_BREAKS.sub(" ", text)
+
+
+def _note(path: str, count: int) -> None:
+    if count:
+        log.info(f"{path}: {count} text{'s' if count > 1 else ''} held tabs or line breaks; each was read as a space (an E-c file cannot hold them).")
+
+
+def plain_texts(path: str, note_spaces: bool = True) -> Iterator[Record]:
+    """A .txt with one text per line and no header: every line is a row, blank ones included, and its ID
+    is its line number, so no ID ever shifts. A blank line is predicted as an empty text."""
+    count = changed = 0
+    for count, line in plain_lines(path):
+        text = spaced(line)
+        changed += text != line
         yield str(count), text, None
     if not count:
         raise DataError(f"{path} holds no text: write one text per line.")
+    if note_spaces:
+        _note(path, changed)
 
 
-def _records(path: str, header: list[str], rows, text_column: str, id_column: str | None, label_columns: list[str], unique_ids: bool) -> Iterator[Record]:
-    text_at = header.index(text_column)
-    id_at = header.index(id_column) if id_column in header else None
-    label_at = [header.index(c) for c in label_columns]
+def _records(path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool, note_spaces: bool) -> Iterator[Record]:
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
-    for line, row in rows:
-        if len(row) != len(header):
-            raise DataError(
-                f"{path}, line {line}: {len(row)} fields where the header has {len(header)}. "
-                "A tab or a line break inside a text splits it; remove it from that text."
-            )
-        text = row[text_at]
-        if text is None or not str(text).strip():
-            raise DataError(f"{path}, line {line}: the text is empty. Remove the row or fill in the text.")
-        row_id = str(row[id_at]) if id_at is not None else str(line - 1)
+    changed = number = 0
+    for number, (line, row) in enumerate(rows, start=1):
+        text = row[text_column]
+        if text is None or text is MISSING or not str(text).strip():
+            raise DataError(f"{where(path, line)}: the text is empty. Remove the row or fill in the text.")
+        text = str(text)
+        if id_column in row and row[id_column] is not MISSING:
+            row_id = str(row[id_column])
+        else:
+            row_id = str(number)
         if unique_ids:
             if row_id in seen:
-                raise DataError(f"{path}, line {line}: the ID '{row_id}' already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
+                raise DataError(f"{where(path, line)}: the ID {clip(row_id)} already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
             seen[row_id] = line
-        values = [_label_value(row[i], path, line, c) for i, c in zip(label_at, label_columns)]
-        row_labelled = None not in values
+        if labels_column is not None:
+            values = _label_list(row[labels_column], path, line, labels_column, label_names) if label_names else None
+        else:
+            values = [_label_value(row[c], path, line, c) for c in label_names]
+            values = None if not values or None in values else values
+            if values is None and label_names and any(v is not None for v in (_label_value(row[c], path, line, c) for c in label_names)):
+                raise DataError(f"{where(path, line)}: some label columns hold NONE and others 0/1. A row is either fully labelled or fully unlabelled.")
         if labelled is None:
-            labelled = row_labelled
-        elif row_labelled != labelled:
-            raise DataError(f"{path}, line {line}: some rows have NONE labels and others 0/1. A file is either fully labelled or fully unlabelled.")
-        yield row_id, str(text), values if row_labelled else None
-    if labelled is None:
+            labelled = values is not None
+        elif (values is not None) != labelled:
+            raise DataError(f"{where(path, line)}: this row is {'' if values is not None else 'un'}labelled, unlike the rows before it. A file is either fully labelled or fully unlabelled (NONE).")
+        fixed = spaced(text)
+        changed += fixed != text
+        yield row_id, fixed, values
+    if not number:
         raise DataError(f"{path} has a header but no rows.")
+    if note_spaces:
+        _note(path, changed)
+
+
+def file_records(
+    path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True, labels_column: str | None = None, label_names: list[str] | None = None
+) -> Iterator[Record]:
+    """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
+    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids, labels_column=labels_column, label_names=label_names, note_spaces=unique_ids)[1]
 
 
 def read_table(
@@ -225,25 +256,74 @@ def read_table(
     text_column: str = "Tweet",
     id_column: str | None = "ID",
     label_columns: list[str] | None = None,
-    allow_plain_text: bool = False,
+    labels_column: str | None = None,
+    label_names: list[str] | None = None,
 ) -> Table:
-    """Read one split whole (see `read_records` for the columns and the checks)."""
-    label_names, records = read_records(path, text_column, id_column, label_columns, allow_plain_text)
+    """Read one split whole (see `read_records` for the columns and the checks); a one-text-per-line file is `file_records`' alone."""
+    names, records = read_records(path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names)
     ids, texts, labels = [], [], []
     for row_id, text, values in records:
         ids.append(row_id)
         texts.append(text)
         labels.append(values)
-    unlabelled = not label_names or labels[0] is None  # read_records raised if there were no rows
+    unlabelled = not names or labels[0] is None  # read_records raised if there were no rows
     matrix = None if unlabelled else np.asarray(labels, dtype=np.uint8)
-    return Table(ids, texts, matrix, label_names, path)
+    return Table(ids, texts, matrix, names, path)
 
 
-def table_from_hub(dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None) -> Table:
-    """Convert one split of a `datasets` DatasetDict (bool or 0/1 label columns)."""
+def load_hub(name: str, config: str | None):
+    """`datasets.load_dataset(name, config)`; without network (or a wrong name) one paragraph that says what to do instead."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config)
+    except Exception as err:  # offline, unknown name or config, no access: the user's next step is the same
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"Could not load the Hub dataset '{name}' (config {config!r}; options `data.hub_dataset`, `data.hub_config`): "
+            f"{type(err).__name__}: {clip(first, 160)[1:-1]}. Without network, use local files: point `data.data_dir` at the folder "
+            "holding the official E-c files (2018-E-c-En-train.txt, -dev.txt, -test-gold.txt), or name tables with "
+            "`data.train_file`, `data.val_file` and `data.test_file`; `--data.data_dir builtin:demo` trains on the bundled demo set."
+        ) from None
+
+
+def table_from_hub(
+    dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None, labels_column: str | None = None, label_names: list[str] | None = None
+) -> Table:
+    """Convert one split of a `datasets` DatasetDict: bool or 0/1 label columns, or a column of label lists
+    (`labels_column`) whose names come from its ClassLabel feature or `label_names`."""
     split = dataset[split_name]
+    source = f"hub:{split_name}"
+    for column in [text_column] + ([labels_column] if labels_column else []):
+        if column not in split.column_names:
+            raise DataError(f"The Hub split '{split_name}' has no column '{column}' (its columns: {clip(split.column_names, 200)}). Set `data.text_column` / `data.labels_column`.")
+    texts = [spaced(str(text)) for text in split[text_column]]
+    ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
+    if labels_column:
+        if not label_names:
+            feature = getattr(split.features[labels_column], "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
+            label_names = list(getattr(feature, "names", None) or [])
+        if not label_names:
+            raise ConfigError(f"The Hub column '{labels_column}' holds label ids without names: set `data.label_names` to the label names, in id order.")
+        rows = [_label_list(value, source, line, labels_column, list(label_names)) for line, value in enumerate(split[labels_column], start=1)]
+        return Table(ids, texts, np.asarray(rows, dtype=np.uint8), list(label_names), source)
     if label_columns is None:
         label_columns = [c for c in split.column_names if c not in (text_column, id_column)]
     labels = np.stack([np.asarray(split[c], dtype=np.uint8) for c in label_columns], axis=1)
-    ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
-    return Table(ids, list(split[text_column]), labels, list(label_columns), f"hub:{split_name}")
+    return Table(ids, texts, labels, list(label_columns), source)
+
+
+def aligned_labels(table: Table, label_names: list[str]) -> Table:
+    """`table` with its label columns in the order of `label_names` (the training split's); refuses other labels."""
+    if table.labels is None or table.label_names == label_names:
+        return table
+    if sorted(table.label_names) != sorted(label_names):
+        missing = [n for n in label_names if n not in table.label_names]
+        extra = [n for n in table.label_names if n not in label_names]
+        raise DataError(
+            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}"
+            f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}. "
+            "Every split needs the same label columns (in any order); fix the header, or list the labels to use with `data.label_columns`."
+        )
+    order = [table.label_names.index(name) for name in label_names]
+    return Table(table.ids, table.texts, table.labels[:, order], list(label_names), table.source)

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from .data import EmotionDataModule
 from .errors import ConfigError
 
 LABEL_TABLE_COLUMNS = ["label", "threshold", "f1", "positives"]
@@ -147,15 +148,11 @@ class LabelTable(Callback):
         """
         self.key, self.stage = key, stage
 
-    def rows(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[list]:
-        names = list(getattr(pl_module, "label_names", []) or [])
-        thresholds = getattr(pl_module, "thresholds", None)
-        split = getattr(getattr(trainer, "datamodule", None), "splits", {}).get("validation")
-        labels = getattr(split, "labels", None)
-        positives = None if labels is None else labels.sum(dim=0).long().tolist()
+    def rows(self, label_names: list[str], thresholds, metrics: dict, positives: list[int] | None) -> list[list]:
+        """One row per label: name, tuned threshold, F1 (`<stage>/f1/<label>` in `metrics`), gold positives; None where unknown."""
         rows = []
-        for i, name in enumerate(names):
-            f1 = trainer.callback_metrics.get(f"{self.stage}/f1/{name}")
+        for i, name in enumerate(label_names):
+            f1 = metrics.get(f"{self.stage}/f1/{name}")
             rows.append([
                 name,
                 None if thresholds is None else round(float(thresholds[i]), 4),
@@ -172,7 +169,9 @@ class LabelTable(Callback):
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb_loggers:
             return
-        rows = self.rows(trainer, pl_module)
+        datamodule = trainer.datamodule
+        positives = datamodule.label_positives("validation") if isinstance(datamodule, EmotionDataModule) else None
+        rows = self.rows(pl_module.label_names, pl_module.thresholds, trainer.callback_metrics, positives)
         for logger in wandb_loggers:
             logger.log_table(self.key, columns=LABEL_TABLE_COLUMNS, data=rows, step=trainer.global_step)
 

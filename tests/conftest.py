@@ -10,6 +10,11 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# property tests (test_roundtrip.py) draw the same examples on every run: CI stays deterministic
+settings.register_profile("emolightning", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("emolightning")
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 # One cue word per label, so that a tiny model can learn something in a few steps.
@@ -78,7 +83,7 @@ def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
 
     Returns its root dir, saved config.yaml and best checkpoint.
     """
-    from test_cli import emolightning, tiny_args
+    from helpers import emolightning, tiny_args
 
     root = tmp_path_factory.mktemp("trained")
     emolightning("fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3"))

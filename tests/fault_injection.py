@@ -43,12 +43,12 @@ class RecordSteps(Callback):
         """Append `global_step<TAB>row indices<TAB>loss` for every training batch to `path` (for comparing runs).
 
         Args:
-            path: Text file to append to.
+            path: Text file to append to; `{rank}` in it is replaced by the process's global rank.
         """
         self.path = path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        with open(self.path, "a") as f:
+        with open(self.path.format(rank=trainer.global_rank), "a") as f:
             f.write(f"{trainer.global_step}\t{batch['index'].tolist()}\t{float(outputs['loss']):.10f}\n")
 
 
@@ -64,3 +64,19 @@ class SigtermAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.ckpt_path is None and trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SignalBatchScriptAtStep(Callback):
+    def __init__(self, step: int):
+        """On rank 0, send SIGUSR1 to the batch script (as SLURM's `--signal=B:USR1@...` would) after optimizer step `step`, in a run not resumed.
+
+        The fake srun of tests/test_slurm.py puts the batch script's pid in SBATCH_PID.
+
+        Args:
+            step: Global step after which the signal is sent.
+        """
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(int(os.environ["SBATCH_PID"]), signal.SIGUSR1)

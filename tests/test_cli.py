@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, emolightning, print_config, tiny_args
+
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
-
-
-def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "emolightning", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"emolightning {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
-    return [
-        "--config", "configs/quickstart.yaml",
-        "--model.init_args.encoder", tiny_encoder,
-        "--data.data_dir", data_dir,
-        "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "run"),
-        "--trainer.enable_progress_bar", "false",
-        *extra,
-    ]
-
-
-def print_config(*configs: str, capsys) -> str:
-    """`emolightning fit --config ... --print_config`, in-process (parsing only, nothing loaded)."""
-    from emolightning.cli import run_cli
-
-    args = ["fit"] + [x for c in configs for x in ("--config", str(REPO / c))] + ["--print_config"]
-    with pytest.raises(SystemExit) as done:
-        run_cli(args)
-    assert done.value.code in (0, None)
-    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith(("configs/trainer/", "configs/logger/"))])  # logger configs: test_tracking.py

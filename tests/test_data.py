@@ -3,10 +3,12 @@ import json
 import pytest
 import torch
 
-from conftest import LABELS, make_rows, write_official
-from emolightning.data import Collator, EmotionDataModule, LengthGroupedSampler
+from emolightning.batching import Collator, LengthGroupedSampler
+from emolightning.data import EmotionDataModule
 from emolightning.errors import DataError
 from emolightning.tables import read_table
+
+from conftest import LABELS, make_rows, write_official
 
 
 def dm(tiny_encoder, cache_dir, **kwargs):
@@ -143,3 +145,37 @@ def test_named_files_never_fall_back_to_the_hub(ec_dir, tiny_encoder, cache_dir,
     data.prepare_data()
     assert data.split_source("test") is None
     assert sorted(p.name.split("-")[0] for p in __import__("pathlib").Path(cache_dir).iterdir()) == ["train", "validation"]
+
+
+def test_dev_labels_in_another_column_order_are_matched_by_name(tmp_path, tiny_encoder, cache_dir):
+    rows = make_rows(12, 4, "d")
+    write_official(tmp_path / "x-train.txt", rows)
+    shuffled = LABELS[::-1]
+    write_official(tmp_path / "x-dev.txt", [(i, t, gold[::-1]) for i, t, gold in rows[:5]], labels=shuffled)
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path))
+    data.prepare_data()
+    data.setup("fit")
+    assert data.label_names == LABELS
+    # the training split's column order wins: row i of dev has the labels of row i of train
+    assert data.splits["validation"].labels.int().tolist() == [gold for _, _, gold in rows[:5]]
+
+
+def test_dev_with_other_labels_is_refused_naming_the_difference(tmp_path, tiny_encoder, cache_dir):
+    rows = make_rows(6, 4, "d")
+    write_official(tmp_path / "x-train.txt", rows)
+    write_official(tmp_path / "x-dev.txt", [(i, t, gold[:10]) for i, t, gold in rows], labels=LABELS[:10])
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"x-dev.txt: its labels differ .*missing: \['trust'\].*data\.label_columns"):
+        data.prepare_data()
+
+
+def test_hub_offline_says_what_to_do(tiny_encoder, cache_dir, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'SemEvalWorkshop/sem_eval_2018_task_1' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    data = dm(tiny_encoder, cache_dir)
+    with pytest.raises(DataError, match=r"Could not load the Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1'.*ConnectionError.*data\.data_dir.*data\.train_file"):
+        data.prepare_data()

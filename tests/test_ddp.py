@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from test_cli import REPO, emolightning, tiny_args
+from helpers import REPO, emolightning, tiny_args
 
 WEIGHT_TOL = 1e-5
 METRIC_TOL = 1e-6
@@ -185,3 +185,30 @@ def test_two_processes_predict_what_one_process_predicts(single, ec_dir, tmp_pat
     assert labels_two == labels_one
     assert torch.allclose(probs_two, probs_one, atol=1e-6) and probs_one.std() > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["one.txt", "two.txt"]  # no part files left
+
+
+RECIPES = {
+    # every option of the quality recipes, in two runs (one pooling each)
+    "label_prompt": ["--model.init_args.pooling", "label_prompt", "--model.init_args.loss", "asl", "--model.init_args.label_correlation_weight", "0.2",
+                     "--model.init_args.pos_weight", "auto", "--model.init_args.layer_lr_decay", "0.8", "--model.init_args.ema_decay", "0.9"],
+    "label_attention": ["--model.init_args.pooling", "label_attention", "--model.init_args.loss", "focal"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encoder, ec_dir, tmp_path):
+    """The recipes' poolings, losses, pos_weight auto, layer-wise lr decay and EMA under real DDP: one process's numbers."""
+    one_epoch = [*SAME, *RECIPES[recipe], "--trainer.max_epochs", "1"]
+    single = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "single", *one_epoch, "--data.batch_size", "8"))
+    ddp = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "ddp", *one_epoch, *DDP))
+    assert "Starting with 2 processes" in output(ddp) and "Starting with" not in output(single)
+    reference, other = val_metrics(tmp_path / "single")[0], val_metrics(tmp_path / "ddp")[0]
+    assert reference["val/f1_micro"] > 0 and reference.keys() == other.keys()
+    for key, value in reference.items():
+        assert other[key] == pytest.approx(value, abs=LOSS_TOL if key == "val/loss" else METRIC_TOL), key
+    (a,), (b,) = checkpoints(tmp_path / "single").values(), checkpoints(tmp_path / "ddp").values()
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"]) < WEIGHT_TOL
+    if "--model.init_args.ema_decay" in RECIPES[recipe]:  # the checkpoint holds the average, the live weights beside it
+        live = a["current_model_state"]
+        assert any(not torch.equal(live[k], a["state_dict"][k]) for k in live if k.startswith("head."))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,12 +15,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
-from test_cli import emolightning
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import LABELS
+from helpers import REPO, emolightning
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -48,12 +48,22 @@ def distiller(tiny_encoder, teacher, **kwargs) -> EmotionDistiller:
     return EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=teacher, pooling="mean", **kwargs)
 
 
-def test_signature_has_every_emotion_classifier_argument():
-    # the CLI needs explicit typed arguments; a new EmotionClassifier option must be added here too
-    parent = inspect.signature(EmotionClassifier.__init__).parameters
-    child = inspect.signature(EmotionDistiller.__init__).parameters
-    for name, param in parent.items():
-        assert name in child and child[name].default == param.default and child[name].annotation == param.annotation, name
+def test_cli_help_shows_every_emotion_classifier_argument_of_the_distiller(capsys):
+    # the distiller passes the student's arguments on as **kwargs: `--help` must still show each one as
+    # a typed key, with EmotionClassifier's type and default (a new EmotionClassifier option included)
+    from emolightning.cli import run_cli
+
+    def options(class_path: str) -> dict[str, str]:
+        with pytest.raises(SystemExit):
+            run_cli(["fit", "--model.help", class_path])
+        # an option's entry: its line `  --model.<name> ...` and the indented lines after it, ending in `(type: ..., default: ...)`
+        entries = re.findall(r"^  --model\.(\w+)(.*?)(?=^  -|\Z)", capsys.readouterr().out, flags=re.M | re.S)
+        return {name: re.search(r"\(((?:required, )?type: .*)\)$", " ".join(body.split())).group(1) for name, body in entries}
+
+    parent, child = options("emolightning.EmotionClassifier"), options("emolightning.EmotionDistiller")
+    assert sorted(parent) == sorted(n for n in inspect.signature(EmotionClassifier.__init__).parameters if n != "self")
+    for name, typed in parent.items():
+        assert child.get(name) == typed, name
 
 
 def test_student_layers_copy_the_teacher_exactly(tiny_encoder, teacher_ckpt):
@@ -158,27 +168,43 @@ def test_fit_keeps_the_teacher_frozen_and_saves_a_plain_student(tiny_encoder, ec
     assert torch.equal(model.thresholds, student.thresholds)
 
 
-def test_cached_teacher_logits_give_the_same_loss(tiny_encoder, teacher_ckpt):
-    plain = distiller(tiny_encoder, teacher_ckpt, student_layers=[1]).eval()  # eval: no student dropout either
-    cached = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=True).eval()
-    calls = []
-    cached.teacher.register_forward_hook(lambda *args: calls.append(1))
-    batch = make_batch()
-    with torch.no_grad():
-        expected = plain.distillation_losses(batch)
-        first, second = cached.distillation_losses(batch), cached.distillation_losses(batch)
-    assert len(calls) == 1  # the second time the teacher did not run
-    for losses in (first, second):
-        for key in ("loss", "loss_soft", "loss_hard"):
-            torch.testing.assert_close(losses[key], expected[key], rtol=0, atol=1e-6)
-    assert cached._cached.nonzero().flatten().tolist() == [0, 3, 5]
-    # a batch with one unseen example runs the teacher again (and grows the cache to hold index 40)
-    batch["index"] = torch.tensor([3, 40, 5])
-    with torch.no_grad():
-        cached.distillation_losses(batch)
-    assert len(calls) == 2 and len(cached._cache) >= 41 and cached._cached.sum() == 4
+def test_cached_teacher_logits_give_the_same_losses(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
+    """The teacher runs once over the training split when training starts; every step reads its logits from the cache."""
+
+    class Losses(L.Callback):
+        def __init__(self, model):
+            self.losses, self.teacher_rows = [], []
+            model.teacher.register_forward_hook(lambda module, args, out: self.teacher_rows.append((len(self.losses), len(args[0]))))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    def fit(cache: bool) -> tuple[Losses, EmotionDistiller]:
+        L.seed_everything(0)
+        model = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=cache)
+        data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=16)
+        record = Losses(model)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[record])
+        trainer.fit(model, data)
+        return record, model
+
+    (plain, _), (cached, model) = fit(False), fit(True)
+    assert len(plain.losses) == len(cached.losses) == 12  # 96 rows / 16, 2 epochs
+    assert sum(n for _, n in plain.teacher_rows) == 2 * 96  # without the cache: every row, every epoch
+    assert {step for step, _ in cached.teacher_rows} == {0} and sum(n for _, n in cached.teacher_rows) == 96  # once, before the first step
+    assert model._teacher_logits.shape == (96, len(LABELS))
+    # the cache holds the logits of rows padded in other batches: float32 rounding only
+    assert max(abs(a - b) for a, b in zip(plain.losses, cached.losses)) < 1e-5
     # with the cosine loss on, the teacher must run every step, so the cache is off
     assert not distiller(tiny_encoder, teacher_ckpt, cosine_weight=0.1, cache_teacher_logits=True).cache_logits
+
+
+def test_cached_teacher_logits_need_no_host_sync(tiny_encoder, teacher_ckpt):
+    """Meta tensors have no values: any .item(), int() or bool() on them raises, as a host sync would stall a GPU."""
+    cached = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=True)
+    cached._teacher_logits = torch.zeros(96, len(LABELS), device="meta")
+    logits, hidden = cached.teacher_outputs({"input_ids": None, "attention_mask": None, "index": torch.tensor([3, 0, 5], device="meta")})
+    assert logits.shape == (3, len(LABELS)) and logits.device.type == "meta" and hidden is None
 
 
 def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
@@ -202,7 +228,8 @@ def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec
 
     plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
     plain.prepare_data(), plain.setup("fit")
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels"}  # no extra cost
+    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
+    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
     with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
         model.distillation_losses(next(iter(plain.train_dataloader())))
 
@@ -236,7 +263,7 @@ def test_cosine_projection_when_hidden_sizes_differ(tiny_encoder, teacher_ckpt, 
     losses["loss"].backward()
     assert model.projection.weight.grad.abs().sum() > 0
 
-    model._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10, precision="32-true", gradient_clip_val=None)
     config = model.configure_optimizers()
     optimized = {id(p) for group in config["optimizer"].param_groups for p in group["params"]}
     assert id(model.projection.weight) in optimized and not optimized & {id(p) for p in model.teacher.parameters()}

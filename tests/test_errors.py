@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LABELS, make_rows, write_official
 from emolightning.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import LABELS, make_rows, write_official
+from helpers import REPO
+
 HEADER = "ID\tTweet\tjoy\tsadness\n"
 
 
@@ -160,7 +161,7 @@ def tiny_fit(precision_plugin=None, inf_grad_at: int = 1):
     """3 optimizer steps of a 4->1 linear model; at step `inf_grad_at` one gradient becomes inf (the loss stays finite)."""
     import lightning as L
 
-    from emolightning.guards import FiniteLossGuard
+    from emolightning.nan_guard import FiniteLossGuard
 
     class Module(L.LightningModule):
         def __init__(self):

@@ -11,10 +11,11 @@ import lightning
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.errors import ConfigError
 from emolightning.export import export_checkpoint
 from emolightning.model import EmotionClassifier
+
+from conftest import LABELS
 
 TEXTS = ["so delighted today", "furious and scared at work with my friend this morning", "adore", "the news was gross so very gross"]
 
@@ -122,3 +123,25 @@ def test_export_errors_are_one_paragraph(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and "is not empty" in err and "Traceback" not in err
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("pooling", ["label_attention", "label_prompt"])
+def test_per_label_poolings_export_with_the_same_logits(pooling, tiny_encoder, tmp_path):
+    """The exported class repeats the label-attention and label-prompt heads: same logits, no emolightning."""
+    torch.manual_seed(0)
+    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, pooling=pooling)
+    with torch.no_grad():
+        model.head.weight.normal_()
+        if model.label_attention is not None:
+            model.label_attention.queries.normal_()
+    path = tmp_path / f"{pooling}.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(), "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": lightning.__version__}, path)
+    directory = export_checkpoint(path, tmp_path / "export")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(TEXTS), str(directory)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = own_logits(path, tiny_encoder)
+    assert want.std() > 0.1  # the head is random, not zero: agreement means something
+    assert (torch.tensor(loaded[str(directory)]["logits"]) - want).abs().max() <= 1e-4

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from conftest import LABELS
 from emolightning.errors import ConfigError
 from emolightning.model import EmotionClassifier, linear_warmup_decay, no_decay, pool
+
+from conftest import LABELS
 
 
 def test_mean_pooling_ignores_padding():

@@ -15,10 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import LABELS
 from emolightning.data import EmotionDataModule
 from emolightning.model import EmotionClassifier
-from test_cli import REPO
+
+from conftest import LABELS
+from helpers import REPO
 
 
 @pytest.fixture

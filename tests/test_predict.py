@@ -75,15 +75,17 @@ def test_unlabelled_official_test_file_default_output(trained_run, tiny_encoder,
 
 
 def test_plain_text_file_one_text_per_line(trained_run, tiny_encoder, tmp_path):
-    texts = ['he said "so delighted" today', "  scared of the news 😱", "crying at home,with my friend", "#gross game"]
+    texts = ['he said "so delighted" today', "  scared of the news 😱", "", "crying at home,with my friend", "   ", "#gross\tgame"]
     source = tmp_path / "texts.txt"
-    source.write_text(texts[0] + "\n" + texts[1] + "\n\n" + "\n".join(texts[2:]) + "\n", encoding="utf-8")  # a blank line is skipped
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "plain-pred.txt"
     predict_in_process(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out))
     header, written = read_rows(out)
     assert header == HEADER
-    assert [r[:2] for r in written] == [[str(i), t] for i, t in enumerate(texts, start=1)]
-    assert_labels(written, *expected(trained_run["ckpt"], tiny_encoder, texts))
+    # every line is a row and its ID is its line number: a blank line is predicted as an empty text, no ID shifts
+    shown = [t.replace("\t", " ") for t in texts]
+    assert [r[:2] for r in written] == [[str(i), t] for i, t in enumerate(shown, start=1)]
+    assert_labels(written, *expected(trained_run["ckpt"], tiny_encoder, shown))
 
 
 def test_predict_without_checkpoint_is_a_config_error(trained_run, tmp_path, capsys):

@@ -16,12 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS
-from test_cli import REPO, tiny_args
 
 from emolightning.cli import main as cli_main
 from emolightning.record import RunClock, is_new_best, load_val_probs
 from emolightning.tracking import pr_curve_rows
+
+from conftest import LABELS
+from helpers import REPO, tiny_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["val_curves.png", "train_loss.png", "label_f1.png", "thresholds.png", "quality_vs_time.png"]
@@ -223,9 +224,10 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     val_probs.npz, and the figures, the per-label F1 bar chart and the PR curves in the (offline) W&B run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
-    from wandb_files import offline_runs, read_offline_run
 
     from emolightning.report import report_after_fit
+
+    from wandb_files import offline_runs, read_offline_run
 
     run_dir = tmp_path / "emolightning" / "abc123"
     shutil.copytree(two_runs["A"], run_dir, ignore=shutil.ignore_patterns("report", "metrics.csv", "hparams.yaml", "last.ckpt"))

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import LABELS, make_rows
-from emolightning.predict import PredictionFileWriter
+from emolightning.prediction_writer import PredictionFileWriter
 from emolightning.stream import PredictStream
+
+from conftest import LABELS, make_rows
 
 ROWS = make_rows(53, 7, "s")  # 53 = 13 full batches of 4 and a short one
 
@@ -102,7 +103,8 @@ def run_writer(writer, part: PredictStream, is_global_zero: bool, max_pending: l
         totals[0] = totals[0] + counts
         return totals[0]
 
-    strategy = SimpleNamespace(reduce=reduce, barrier=lambda name=None: None)
+    # the writer reduces nothing (counts travel in files); rank 0's broadcast of its merge result returns it as is
+    strategy = SimpleNamespace(reduce=reduce, barrier=lambda name=None: None, broadcast=lambda obj, src=0: obj)
     trainer = SimpleNamespace(predict_dataloaders=SimpleNamespace(dataset=part), global_rank=part.rank, world_size=part.world_size, is_global_zero=is_global_zero, strategy=strategy)
     module = SimpleNamespace(label_names=LABELS)
     writer.on_predict_epoch_start(trainer, module)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import LABELS, make_rows
-from test_cli import REPO, emolightning
+from helpers import REPO, emolightning
 from wandb_files import offline_runs, read_offline_run
 
 SWEEPS = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))

@@ -9,9 +9,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from test_cli import REPO, print_config
+from emolightning.batching import TokenizedSplit
 from emolightning.cli import EmotionCLI, run_cli
+from emolightning.data import EmotionDataModule
 from emolightning.tracking import LABEL_TABLE_COLUMNS, LabelTable, SaveConfigToLogger
+
+from helpers import REPO, print_config
 
 MODEL_CONFIGS = sorted(str(p.relative_to(REPO)) for d in ("semeval", "distill") for p in (REPO / "configs" / d).glob("*.yaml")) + ["configs/quickstart.yaml"]
 
@@ -76,10 +79,12 @@ class FakeWandb(WandbLogger):
 
 def fake_run(loggers, rank_zero=True, sanity=False):
     labels = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)
+    datamodule = EmotionDataModule()
+    datamodule.splits["validation"] = TokenizedSplit([torch.ones(3, dtype=torch.int32)] * 4, labels)
     trainer = SimpleNamespace(
         sanity_checking=sanity, is_global_zero=rank_zero, loggers=loggers, global_step=7,
         callback_metrics={"val/f1/anger": torch.tensor(0.5), "val/f1/joy": torch.tensor(0.0), "val/f1/fear": torch.tensor(0.8)},
-        datamodule=SimpleNamespace(splits={"validation": SimpleNamespace(labels=labels)}),
+        datamodule=datamodule,
     )
     module = SimpleNamespace(label_names=["anger", "joy", "fear"], thresholds=torch.tensor([0.3, 0.5, 0.65]))
     return trainer, module

@@ -13,9 +13,10 @@ and written once its chunk is complete.
 from __future__ import annotations
 
 import heapq
+import json
 import os
+from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -41,6 +42,7 @@ class PredictionFileWriter(BasePredictionWriter):
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities = output, probabilities
+        self.part = None  # this rank's part file, open while predicting
 
     def _beside_output(self, tag: str) -> str:
         directory, name = os.path.split(os.path.abspath(self.output))
@@ -82,23 +84,39 @@ class PredictionFileWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
         self.part.close()
-        counts = trainer.strategy.reduce(torch.tensor([self.rows, self.truncated, self.unsafe], dtype=torch.float64), reduce_op="sum")
+        # the counts travel in a file beside the part, not through a collective: NCCL reduces only
+        # GPU tensors, and a file needs no device at all
+        with open(f"{self.part.name}.counts", "w") as f:
+            json.dump([self.rows, self.truncated, self.unsafe], f)
         trainer.strategy.barrier("prediction parts written")
+        error = None
         if trainer.is_global_zero:
-            self.merge(trainer.world_size, pl_module.label_names, *[int(c) for c in counts.tolist()])
-        trainer.strategy.barrier("prediction file written")
-        self.stream = self.part = self.pending = None
+            try:
+                self.merge(trainer.world_size, pl_module.label_names)
+            except Exception as exc:  # every rank must learn of it, or the others wait for the next collective until a timeout
+                error = exc
+        failed = trainer.strategy.broadcast(None if error is None else str(error), src=0)
+        self.stream = self.pending = None
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise DataError(f"Rank 0 could not write the prediction file {self.output}: {failed}")
+        self.part = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if getattr(self, "part", None) is not None:  # a failed run leaves no part file behind
+        if self.part is not None:  # a failed run leaves no part file behind
             self.part.close()
-            os.remove(self.part.name)
+            for path in (self.part.name, f"{self.part.name}.counts"):
+                if os.path.exists(path):
+                    os.remove(path)
             self.part = None
 
-    def merge(self, world_size: int, label_names: list[str], rows: int, truncated: int, unsafe: int) -> None:
+    def merge(self, world_size: int, label_names: list[str]) -> None:
         parts = [self._beside_output(f"part{rank}") for rank in range(world_size)]
-        if missing := [p for p in parts if not os.path.exists(p)]:
+        counts = [f"{part}.counts" for part in parts]
+        if missing := [p for p in parts + counts if not os.path.exists(p)]:
             raise DataError(f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares.")
+        rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
         header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
         tmp = self._beside_output(str(os.getpid()))
         files = [open(p, encoding="utf-8", newline="\n") for p in parts]
@@ -113,7 +131,7 @@ class PredictionFileWriter(BasePredictionWriter):
             for f in files:
                 f.close()
         os.replace(tmp, self.output)  # atomic: a reader never sees half a prediction file
-        for p in parts:
+        for p in parts + counts:
             os.remove(p)
         if rows < self.stream.num_rows:
             rank_zero_warn(f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only.")

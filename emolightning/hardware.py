@@ -1,0 +1,77 @@
+"""What depends on the accelerator and the precision: the AdamW kernel, GPU padding, and early GPU checks.
+
+Each decision is a small function of plain values (a precision string, a device), so it is
+testable on a CPU by passing the GPU's values, and a GPU-only path is not a blind spot.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from .errors import ConfigError
+
+MIXED = ("16-mixed", "bf16-mixed")
+
+
+def adamw_options(precision: str, gradient_clip_val: float | None) -> dict:
+    """Keyword arguments for torch.optim.AdamW: `fused=True`, or `foreach=True` when clipping under mixed precision.
+
+    The fused AdamW updates every parameter in one kernel (on 2 CPU cores the unfused step costs
+    about as much as a MiniLM forward pass), and it unscales fp16 gradients inside its own step.
+    Lightning clips gradients before the step, so under `16-mixed`/`bf16-mixed` it refuses to clip
+    for such an optimizer ("does not allow for gradient clipping"); the foreach AdamW leaves the
+    unscaling to Lightning and clips fine, a little slower.
+    """
+    if precision in MIXED and gradient_clip_val:
+        return {"foreach": True}
+    return {"fused": True}
+
+
+def pad_multiple(device: torch.device | None) -> int | None:
+    """Batches padded to a multiple of 8 tokens on a GPU, else to their longest text.
+
+    On a GPU every new padded length costs a one-off kernel selection (and fp16/bf16 tensor cores
+    want dimensions divisible by 8), so rounding 70 possible tweet lengths up to 9 shapes saves
+    more than the few pad tokens cost. On a CPU there is no such cost and padding is pure waste.
+    """
+    return 8 if device is not None and device.type == "cuda" else None
+
+
+def check_gpu(device: torch.device, precision: str) -> None:
+    """Fail early when this torch build has no kernels for the GPU; warn when bf16 would be emulated."""
+    if device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    name = torch.cuda.get_device_name(device)
+    if not arch_supported(major, minor, torch.cuda.get_arch_list()):
+        raise ConfigError(
+            f"This torch build ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels for the {name} (compute capability "
+            f"{major}.{minor}, sm_{major}{minor}; the build has {' '.join(torch.cuda.get_arch_list())}). The CUDA 13 wheels dropped "
+            "Volta (V100, sm_70): install a CUDA 12.x build, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu126`."
+        )
+    if precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        rank_zero_warn(
+            f"precision {precision!r} on the {name}, which has no native bf16: it is emulated and slow. "
+            "Use `--trainer.precision 16-mixed` (fp16 with a loss scaler) on this GPU (configs/trainer/t4.yaml)."
+        )
+
+
+def arch_supported(major: int, minor: int, arch_list: list[str]) -> bool:
+    """Whether a build with `arch_list` (e.g. ['sm_80', 'sm_90', 'compute_90']) runs on compute capability major.minor.
+
+    A cubin (sm_XY) runs on the same major version with an equal or higher minor; PTX (compute_XY)
+    is compiled at load time for any equal or newer GPU.
+    """
+    for arch in arch_list:
+        found = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", arch)  # sm_70, sm_90a, sm_100, compute_120
+        if found is None:
+            continue
+        kind, arch_major, arch_minor = found.group(1), int(found.group(2)), int(found.group(3))
+        if kind == "sm" and arch_major == major and arch_minor <= minor:
+            return True
+        if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
+            return True
+    return False
