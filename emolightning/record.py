@@ -8,10 +8,13 @@
   far (by the monitored checkpoint's metric, `val/jaccard` by default), with the thresholds tuned
   on them, as `val_probs.npz` beside the best checkpoint: rewritten once per new best, so it always
   belongs to the best checkpoint. The report draws each label's F1 against its threshold from it.
+- `KeepTestScores` keeps the scores of `emolightning test --ckpt_path CKPT` as `test_scores.json` beside
+  CKPT (an evaluation opens no log folder of its own), so the report's row of that run shows them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -23,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from .model import EmotionClassifier
 
 VAL_PROBS_FILE = "val_probs.npz"
+TEST_SCORES_FILE = "test_scores.json"
 
 
 def batch_size(batch) -> int:
@@ -131,3 +135,23 @@ class BestValidationOutputs(Callback):
         probs, target = pl_module.last_val_outputs
         path = os.path.join(checkpoint.dirpath, VAL_PROBS_FILE)
         save_val_probs(path, probs, target, pl_module.thresholds, pl_module.label_names, trainer.current_epoch, trainer.global_step)
+
+
+class KeepTestScores(Callback):
+    """After `test` of a checkpoint file, its `test/*` scores in `test_scores.json` in the checkpoint's folder (rank 0).
+
+    {"checkpoint": file name, "scores": {"test/jaccard": ..., "test/tuned/jaccard": ..., ...}}; a later test replaces it.
+    """
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ckpt = trainer.ckpt_path
+        if not trainer.is_global_zero or not ckpt or not os.path.isfile(ckpt):
+            return
+        scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        if not scores:
+            return
+        path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), TEST_SCORES_FILE)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": os.path.basename(ckpt), "scores": scores}, f, indent=2)
+        os.replace(tmp, path)

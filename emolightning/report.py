@@ -34,7 +34,7 @@ import yaml
 
 from .errors import ConfigError, DataError
 from .metrics import official_scores
-from .record import VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
+from .record import TEST_SCORES_FILE, VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
 from .tracking import CSVLogger, TensorBoardLogger, WandbLogger, log_report_to_wandb
 
 MISSING = "–"
@@ -157,8 +157,11 @@ def parameters(ckpt: Path) -> int | None:
     return sum(t.numel() for k, t in state.items() if torch.is_floating_point(t) and k not in ("thresholds", "pos_weight")) or None
 
 
-def test_rows(path: Path) -> list[dict]:
-    """Test metrics of the run: its own metrics.csv, or `emolightning test` runs (siblings) of its checkpoints."""
+def test_rows(path: Path, ckpt_dir: Path) -> list[dict]:
+    """Test metrics of the run: test_scores.json beside its checkpoints (record.TestScores), its own metrics.csv,
+    or, from older code, `emolightning test` runs (siblings) of its checkpoints."""
+    if (ckpt_dir / TEST_SCORES_FILE).is_file():
+        return [json.loads((ckpt_dir / TEST_SCORES_FILE).read_text(encoding="utf-8"))["scores"]]
     own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
     if own:
         return own
@@ -220,7 +223,7 @@ def load_run(path: Path) -> Run:
     row["params"] = parameters(ckpt) if ckpt else None
     if ckpt is None:
         run.missing.append("a best checkpoint (parameters)")
-    tests = test_rows(path)
+    tests = test_rows(path, ckpt_dir)
     if tests:
         for score in SCORES:
             row[f"test_tuned_{score}"] = tests[-1].get(f"test/tuned/{score}")

@@ -51,8 +51,8 @@ def two_runs(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
     (best,) = (run_a / "checkpoints").glob("best-*.ckpt")
     tested = start("test", "--config", str(run_a / "config.yaml"), "--ckpt_path", str(best), "--trainer.enable_progress_bar", "false")
     out_b = finish(fit_b)
-    finish(tested)
-    return {"A": run_a, "B": root / "B" / "run" / "lightning_logs" / "version_0", "out": {"A": out_a, "B": out_b}, "root": root}
+    out_test = finish(tested)
+    return {"A": run_a, "B": root / "B" / "run" / "lightning_logs" / "version_0", "out": {"A": out_a, "B": out_b, "test": out_test}, "root": root}
 
 
 def metrics(path: Path) -> list[dict]:
@@ -120,10 +120,14 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
         tuned = official_scores(torch.from_numpy(vp["probs"] >= vp["thresholds"]), torch.from_numpy(vp["target"]), LABELS)
         assert tuned["jaccard"] == pytest.approx(best["val/tuned/jaccard"], abs=1e-6)
 
-    # A was tested (version_1 ran `test` on its best checkpoint); B was not: "–" in the Markdown table
-    (tested,) = [r for r in metrics(two_runs["A"].parent / "version_1" / "metrics.csv") if "test/tuned/jaccard" in r]
+    # A was tested (`test` of its best checkpoint, which opens no log folder: its scores go beside the checkpoint); B was not: "–"
+    assert not (two_runs["A"].parent / "version_1").exists()
+    tested = json.loads((two_runs["A"] / "checkpoints" / "test_scores.json").read_text())
+    assert tested["checkpoint"].startswith("best-")
     for key in ("jaccard", "f1_micro", "f1_macro"):
-        assert float(table[labels[0]][f"test_tuned_{key}"]) == tested[f"test/tuned/{key}"]
+        assert float(table[labels[0]][f"test_tuned_{key}"]) == tested["scores"][f"test/tuned/{key}"]
+        printed_row = next(line for line in two_runs["out"]["test"].splitlines() if f"test/tuned/{key} " in line)
+        assert float(printed_row.split("│")[2]) == pytest.approx(tested["scores"][f"test/tuned/{key}"], abs=1e-6)  # what `test` printed
         assert table[labels[1]][f"test_tuned_{key}"] == ""
     markdown = (out / "report.md").read_text().splitlines()
     row_b = next(line for line in markdown if line.startswith(f"| {labels[1]} "))
@@ -295,11 +299,17 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
 
 
 def test_validate_and_test_runs_are_not_reported_as_runs(two_runs, tmp_path):
-    from emolightning.report import find_runs
+    from emolightning.report import find_runs, load_run
 
     root = tmp_path / "root" / "lightning_logs"
     shutil.copytree(two_runs["A"], root / "version_0", ignore=shutil.ignore_patterns("report"))
-    shutil.copytree(two_runs["A"].parent / "version_1", root / "version_1")  # the `test` run of the fixture
+    (root / "version_1").mkdir()  # a `test` run of older code: config.yaml naming the checkpoint, test/* metrics
+    (root / "version_1" / "config.yaml").write_text(f"ckpt_path: {next((root / 'version_0' / 'checkpoints').glob('best-*.ckpt'))}\n")
+    (root / "version_1" / "metrics.csv").write_text("epoch,step,test/tuned/jaccard,test/tuned/f1_micro,test/tuned/f1_macro\n0,0,0.25,0.5,0.125\n")
     (root / "version_2").mkdir()
     (root / "version_2" / "metrics.csv").write_text("epoch,step,val/jaccard,val/loss\n0,0,0.5,0.6\n")  # a `validate` run
     assert find_runs(str(tmp_path / "root")) == [root / "version_0"]
+    # older code's test run still gives the row its test scores (without this code's test_scores.json)
+    (root / "version_0" / "checkpoints" / "test_scores.json").unlink()
+    row = load_run(root / "version_0").row
+    assert (row["test_tuned_jaccard"], row["test_tuned_f1_micro"], row["test_tuned_f1_macro"]) == (0.25, 0.5, 0.125)
