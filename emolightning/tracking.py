@@ -32,7 +32,6 @@ from contextlib import contextmanager
 import lightning as L
 import numpy as np
 import yaml
-from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
