@@ -12,7 +12,6 @@ import sys
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .compat import LightningCLIWithHooks
@@ -25,10 +24,10 @@ from .nan_guard import FiniteLossGuard
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .prediction_writer import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
-from .record import BestValidationOutputs, RunClock, TestScoresToRun
+from .record import BestValidationOutputs, KeepTestScores, RunClock
 from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
 from .summary import ValHistory, closing_block
-from .tracking import SaveConfigToLogger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
+from .tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
 
 class EmotionCLI(LightningCLIWithHooks):
@@ -63,16 +62,17 @@ class EmotionCLI(LightningCLIWithHooks):
 
     def instantiate_trainer(self, **kwargs):
         evaluating = self.subcommand in ("validate", "test", "predict")
-        if evaluating and self.config_init[self.subcommand]["trainer"].get("logger") in (None, True):
+        trainer_config = self.config_init[self.subcommand]["trainer"]
+        if evaluating and trainer_config.get("logger") in (None, True):
             # the default logger would open a new version_N in the training run's folder, so the next
             # `fit` would not land where the README (and fit's closing block) said; test prints its scores
+            # (and record.KeepTestScores keeps them beside the checkpoint)
             kwargs["logger"] = False
+        elif trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = default_logger(trainer_config.get("default_root_dir"))  # CSV, not whatever is installed
         trainer = super().instantiate_trainer(**kwargs)
         if evaluating:  # the run's config.yaml is saved already; none for an evaluation
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
-            # the training run's config.yaml names its CSV logger: a file logger here would open a new version_N
-            # in that run's folder (test's scores go to the run itself, record.TestScoresToRun)
-            trainer.loggers = [logger for logger in trainer.loggers if not isinstance(logger, (CSVLogger, TensorBoardLogger))]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
         tidy_trainer(trainer)
@@ -89,7 +89,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def before_instantiate_classes(self) -> None:
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
-        local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # CSV unless configured: report.py reads metrics.csv
+        local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # save_dir "" of configs/logger/tensorboard.yaml
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets two options of its own
@@ -135,7 +135,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), TestScoresToRun(), ValHistory()]},
+        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), KeepTestScores(), ValHistory()]},
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )

@@ -81,7 +81,7 @@ def training_loss(runs, path: Path):
         else:
             ax.plot(steps, loss, color=colour[run.label], marker=".", label=run.label)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train/loss (each run's own loss)")  # BCE, or a recipe's or a distiller's mix
+    ax.set_ylabel("train/loss (each run's own objective)")
     ax.set_title("Training loss per logged step (line: moving average when many points)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -8,10 +8,13 @@
   far (by the monitored checkpoint's metric, `val/jaccard` by default), with the thresholds tuned
   on them, as `val_probs.npz` beside the best checkpoint: rewritten once per new best, so it always
   belongs to the best checkpoint. The report draws each label's F1 against its threshold from it.
+- `KeepTestScores` keeps the scores of `emolightning test --ckpt_path CKPT` as `test_scores.json` beside
+  CKPT (an evaluation opens no log folder of its own), so the report's row of that run shows them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -23,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from .model import EmotionClassifier
 
 VAL_PROBS_FILE = "val_probs.npz"
+TEST_SCORES_FILE = "test_scores.json"
 
 
 def batch_size(batch) -> int:
@@ -133,23 +137,21 @@ class BestValidationOutputs(Callback):
         save_val_probs(path, probs, target, pl_module.thresholds, pl_module.label_names, trainer.current_epoch, trainer.global_step)
 
 
-TEST_SCORES_FILE = "test_scores.jsonl"
+class KeepTestScores(Callback):
+    """After `test` of a checkpoint file, its `test/*` scores in `test_scores.json` in the checkpoint's folder (rank 0).
 
-
-class TestScoresToRun(Callback):
-    """`emolightning test --ckpt_path RUN/checkpoints/X.ckpt` appends its test/* scores to RUN/test_scores.jsonl.
-
-    Evaluations open no logger folder of their own (a new version_N in the training run's folder would
-    shift where the next `fit` goes), so the scores go beside the checkpoint's run instead, one JSON
-    line per test, for `emolightning report`.
+    {"checkpoint": file name, "scores": {"test/jaccard": ..., "test/tuned/jaccard": ..., ...}}; a later test replaces it.
     """
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = trainer.ckpt_path
-        if not trainer.is_global_zero or not ckpt or os.path.basename(os.path.dirname(ckpt)) != "checkpoints":
+        if not trainer.is_global_zero or not ckpt or not os.path.isfile(ckpt):
             return
-        import json
-
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        with open(os.path.join(os.path.dirname(os.path.dirname(ckpt)), TEST_SCORES_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"ckpt_path": os.path.abspath(ckpt), "time": time.time(), **scores}) + "\n")
+        if not scores:
+            return
+        path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), TEST_SCORES_FILE)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": os.path.basename(ckpt), "scores": scores}, f, indent=2)
+        os.replace(tmp, path)

@@ -90,13 +90,13 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_runs(arg: str) -> list[Path]:
-    """The fit runs that RUN_DIR `arg` names: itself, or the run directories under it (3 levels at most)."""
+    """The fit runs that RUN_DIR `arg` names: itself, or the run directories anywhere under it."""
     path = Path(arg)
     if not path.is_dir():
         raise DataError(f"The run directory '{arg}' does not exist. Give a run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above it (e.g. runs/quickstart).")
     if is_run_dir(path):
         return [path]
-    found = sorted({Path(p).parent for depth in ("*", "*/*", "*/*/*") for name in ("metrics.csv", "checkpoints") for p in glob.glob(str(path / depth / name))})
+    found = sorted({Path(p).parent for name in ("metrics.csv", "checkpoints") for p in glob.glob(str(path / "**" / name), recursive=True)})
     # `validate` and `test` runs log no train/* metrics and save no checkpoints
     fits = [p for p in found if (p / "checkpoints").is_dir() or any(k.startswith("train/") for r in _metrics(p) for k in r)]
     if not fits:
@@ -157,15 +157,15 @@ def parameters(ckpt: Path) -> int | None:
     return sum(t.numel() for k, t in state.items() if torch.is_floating_point(t) and k not in ("thresholds", "pos_weight")) or None
 
 
-def test_rows(path: Path) -> list[dict]:
-    """Test metrics of the run: its own metrics.csv, its test_scores.jsonl, or (older runs) `emolightning test` runs (siblings) of its checkpoints."""
+def test_rows(path: Path, ckpt_dir: Path) -> list[dict]:
+    """Test metrics of the run: test_scores.json beside its checkpoints (record.TestScores), its own metrics.csv,
+    or, from older code, `emolightning test` runs (siblings) of its checkpoints."""
+    if (ckpt_dir / TEST_SCORES_FILE).is_file():
+        return [json.loads((ckpt_dir / TEST_SCORES_FILE).read_text(encoding="utf-8"))["scores"]]
     own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
     if own:
         return own
-    scores = path / TEST_SCORES_FILE  # `emolightning test` of one of its checkpoints (record.TestScoresToRun)
-    if scores.is_file():
-        return [json.loads(line) for line in scores.read_text(encoding="utf-8").splitlines() if line.strip()]
-    found = []  # runs made before that: `test` wrote a sibling version_N folder of its own
+    found = []
     for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
         ckpt = read_yaml(sibling / "config.yaml").get("ckpt_path") if sibling != path else None
         if ckpt and Path(ckpt).resolve().is_relative_to(path.resolve()):
@@ -223,7 +223,7 @@ def load_run(path: Path) -> Run:
     row["params"] = parameters(ckpt) if ckpt else None
     if ckpt is None:
         run.missing.append("a best checkpoint (parameters)")
-    tests = test_rows(path)
+    tests = test_rows(path, ckpt_dir)
     if tests:
         for score in SCORES:
             row[f"test_tuned_{score}"] = tests[-1].get(f"test/tuned/{score}")
@@ -232,16 +232,18 @@ def load_run(path: Path) -> Run:
 
 
 def set_labels(runs: list[Run]) -> None:
-    """Short, distinct names: the path's last parts, as few as tell the runs apart (lightning_logs left out)."""
+    """Short, distinct names: as few of the path's last parts as tell the runs apart (lightning_logs left out,
+    and version_N too unless two runs differ only in it)."""
     parts = [[p for p in r.path.resolve().parts if p != "lightning_logs"] for r in runs]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        # version_0 alone says nothing: start from the folder above it
-        names = ["/".join(p[-depth - 1 :]) if p[-1].startswith("version_") and depth == 1 else n for n, p in zip(names, parts)]
-        if len(set(names)) == len(names):
-            break
-    for run, name in zip(runs, names):
-        run.label = run.row["run"] = name
+    for trimmed in ([p[:-1] if p[-1].startswith("version_") else p for p in parts], parts):
+        for depth in range(1, max(len(p) for p in trimmed) + 1):
+            names = ["/".join(p[-depth:]) for p in trimmed]
+            if len(set(names)) == len(names):
+                for run, name in zip(runs, names):
+                    run.label = run.row["run"] = name
+                return
+    for i, run in enumerate(runs):  # the same directory given twice
+        run.label = run.row["run"] = f"{'/'.join(parts[i][-2:])} ({i + 1})"
 
 
 def cell(key: str, value) -> str:

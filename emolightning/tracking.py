@@ -11,9 +11,9 @@ LightningCLI and W&B do not fit together out of the box (Lightning issues #11256
   write one config.yaml into `WandbLogger.save_dir`, shared by every run of a sweep (#11256).
 - `wandb_save_dir_default`: a WandbLogger without `save_dir` writes under
   `trainer.default_root_dir`, like the checkpoints, instead of the current directory.
-- `local_logger_defaults`: the CSV logger is the default (Lightning's own default turns into
-  TensorBoard when tensorboard is installed), and CSV/TensorBoard loggers without `save_dir` write
-  under `trainer.default_root_dir` (configs/logger/tensorboard.yaml).
+- `default_logger`: CSV is the default logger of `fit` (Lightning's own default turns into
+  TensorBoard when tensorboard is installed); `local_logger_defaults`: CSV/TensorBoard loggers with
+  `save_dir: ""` write under `trainer.default_root_dir` (configs/logger/tensorboard.yaml).
 - `LabelTable`: after each validation, a W&B table of label, tuned threshold, F1 at the fixed
   threshold and gold positives.
 - `log_report_to_wandb`: at the end of `fit`, the run's report (report.py) in its W&B run: the
@@ -32,7 +32,6 @@ from contextlib import contextmanager
 import lightning as L
 import numpy as np
 import yaml
-from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
@@ -63,26 +62,29 @@ def wandb_save_dir_default(config) -> None:
 
 
 def local_logger_defaults(config) -> None:
-    """CSV logs unless a config says otherwise, and a CSV/TensorBoard logger with `save_dir: ""` under `trainer.default_root_dir`.
+    """A CSV/TensorBoard logger with `save_dir: ""` (configs/logger/tensorboard.yaml) writes under `trainer.default_root_dir`.
 
-    With `trainer.logger` unset (or true) Lightning takes TensorBoard whenever the tensorboard
-    package happens to be installed, CSV otherwise: the default is pinned to CSV, whose metrics.csv
-    `emolightning report` reads (configs/logger/tensorboard.yaml adds TensorBoard beside it).
-    `config` is one subcommand's parsed namespace, changed in place (config.yaml records the logger).
+    `config` is one subcommand's parsed namespace, changed in place (config.yaml records the directory).
     """
     trainer = config.get("trainer")
     if trainer is None:
         return
-    root = trainer.get("default_root_dir") or os.getcwd()
     loggers = trainer.get("logger")
-    if loggers is None or loggers is True:
-        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root))
-        return
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         class_path = logger.get("class_path", "") if hasattr(logger, "get") else ""
         # "" (a config can't leave out this required argument): trainer.default_root_dir, not the current directory
         if class_path.endswith((".CSVLogger", ".TensorBoardLogger")) and not logger.init_args.get("save_dir"):
-            logger.init_args.save_dir = root
+            logger.init_args.save_dir = trainer.get("default_root_dir") or os.getcwd()
+
+
+def default_logger(default_root_dir: str | None) -> CSVLogger:
+    """The logger of a `fit` whose config sets none: CSV, whose metrics.csv `emolightning report` reads.
+
+    Lightning's own default is TensorBoard whenever the tensorboard package happens to be installed,
+    CSV otherwise; pinned here so the logs do not depend on what else is installed. Passed to the
+    Trainer rather than written into the config, so the run's config.yaml keeps `logger: null`.
+    """
+    return CSVLogger(save_dir=default_root_dir or os.getcwd())
 
 
 @contextmanager
@@ -215,7 +217,5 @@ def log_report_to_wandb(logger: WandbLogger, run, figures: list[tuple]) -> None:
             "wandb/area-under-curve/v0", table, {"x": "recall", "y": "precision", "class": "class"},
             {"title": f"Validation precision-recall per label (epoch {vp['epoch']})", "x-axis-title": "Recall", "y-axis-title": "Precision"},
         )
-    # the run fit logged into, if it is still open: `logger.experiment` would start a new one after fit
-    # has closed it, and under a sweep (a fixed WANDB_RUN_ID) that second init fails with "run ID is in use"
-    if payload and wandb.run is not None:
-        wandb.run.log(payload)
+    if payload:
+        logger.experiment.log(payload)

@@ -51,8 +51,8 @@ def two_runs(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
     (best,) = (run_a / "checkpoints").glob("best-*.ckpt")
     tested = start("test", "--config", str(run_a / "config.yaml"), "--ckpt_path", str(best), "--trainer.enable_progress_bar", "false")
     out_b = finish(fit_b)
-    finish(tested)
-    return {"A": run_a, "B": root / "B" / "run" / "lightning_logs" / "version_0", "out": {"A": out_a, "B": out_b}, "root": root}
+    out_test = finish(tested)
+    return {"A": run_a, "B": root / "B" / "run" / "lightning_logs" / "version_0", "out": {"A": out_a, "B": out_b, "test": out_test}, "root": root}
 
 
 def metrics(path: Path) -> list[dict]:
@@ -89,7 +89,7 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
     assert f"report: {out / 'report.html'}" in printed
     sidecar = json.loads((out / "report.json").read_text())
     labels = [r["label"] for r in sidecar["runs"]]
-    assert labels == ["A/run/version_0", "B/run/version_0"], labels  # the A root holds no `test` run folder
+    assert labels == ["A/run", "B/run"], labels  # the A root's `test` run (version_1) is not a run of its own
     table = report_csv(out / "report.csv")
 
     for label, name, epochs, layers in ((labels[0], "A", 3, None), (labels[1], "B", 2, [0])):
@@ -120,11 +120,14 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
         tuned = official_scores(torch.from_numpy(vp["probs"] >= vp["thresholds"]), torch.from_numpy(vp["target"]), LABELS)
         assert tuned["jaccard"] == pytest.approx(best["val/tuned/jaccard"], abs=1e-6)
 
-    # A was tested (`test` on its best checkpoint appended its scores to A's test_scores.jsonl, no folder of its own); B was not: "–"
-    assert sorted(p.name for p in two_runs["A"].parent.iterdir()) == ["version_0"]
-    (tested,) = [json.loads(line) for line in (two_runs["A"] / "test_scores.jsonl").read_text().splitlines()]
+    # A was tested (`test` of its best checkpoint, which opens no log folder: its scores go beside the checkpoint); B was not: "–"
+    assert not (two_runs["A"].parent / "version_1").exists()
+    tested = json.loads((two_runs["A"] / "checkpoints" / "test_scores.json").read_text())
+    assert tested["checkpoint"].startswith("best-")
     for key in ("jaccard", "f1_micro", "f1_macro"):
-        assert float(table[labels[0]][f"test_tuned_{key}"]) == tested[f"test/tuned/{key}"]
+        assert float(table[labels[0]][f"test_tuned_{key}"]) == tested["scores"][f"test/tuned/{key}"]
+        printed_row = next(line for line in two_runs["out"]["test"].splitlines() if f"test/tuned/{key} " in line)
+        assert float(printed_row.split("│")[2]) == pytest.approx(tested["scores"][f"test/tuned/{key}"], abs=1e-6)  # what `test` printed
         assert table[labels[1]][f"test_tuned_{key}"] == ""
     markdown = (out / "report.md").read_text().splitlines()
     row_b = next(line for line in markdown if line.startswith(f"| {labels[1]} "))
@@ -235,8 +238,16 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     logger = WandbLogger(project="emolightning", save_dir=str(tmp_path), offline=True)
     trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/jaccard")],
                               default_root_dir=str(tmp_path), loggers=[logger])
-    report_after_fit(trainer)
-    logger.experiment.finish()
+    try:
+        report_after_fit(trainer)
+        logger.experiment.finish()
+    finally:
+        # W&B started its service in this (pytest) process and exported WANDB_SERVICE: later subprocess
+        # tests would join that service, where two runs of one ID (test_sweeps' "sweeprun") collide
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
     row = report_csv(run_dir / "report" / "report.csv")["abc123"]
     best = max((r for r in metrics(two_runs["A"] / "metrics.csv") if "val/jaccard" in r), key=lambda r: r["val/jaccard"])
     assert float(row["val_tuned_jaccard"]) == pytest.approx(best["val/tuned/jaccard"], abs=1e-6) and int(row["best_epoch"]) == int(best["epoch"])
@@ -288,11 +299,17 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
 
 
 def test_validate_and_test_runs_are_not_reported_as_runs(two_runs, tmp_path):
-    from emolightning.report import find_runs
+    from emolightning.report import find_runs, load_run
 
     root = tmp_path / "root" / "lightning_logs"
     shutil.copytree(two_runs["A"], root / "version_0", ignore=shutil.ignore_patterns("report"))
-    shutil.copytree(two_runs["A"].parent / "version_1", root / "version_1")  # the `test` run of the fixture
+    (root / "version_1").mkdir()  # a `test` run of older code: config.yaml naming the checkpoint, test/* metrics
+    (root / "version_1" / "config.yaml").write_text(f"ckpt_path: {next((root / 'version_0' / 'checkpoints').glob('best-*.ckpt'))}\n")
+    (root / "version_1" / "metrics.csv").write_text("epoch,step,test/tuned/jaccard,test/tuned/f1_micro,test/tuned/f1_macro\n0,0,0.25,0.5,0.125\n")
     (root / "version_2").mkdir()
     (root / "version_2" / "metrics.csv").write_text("epoch,step,val/jaccard,val/loss\n0,0,0.5,0.6\n")  # a `validate` run
     assert find_runs(str(tmp_path / "root")) == [root / "version_0"]
+    # older code's test run still gives the row its test scores (without this code's test_scores.json)
+    (root / "version_0" / "checkpoints" / "test_scores.json").unlink()
+    row = load_run(root / "version_0").row
+    assert (row["test_tuned_jaccard"], row["test_tuned_f1_micro"], row["test_tuned_f1_macro"]) == (0.25, 0.5, 0.125)
