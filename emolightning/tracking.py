@@ -42,18 +42,23 @@ from .errors import ConfigError
 LABEL_TABLE_COLUMNS = ["label", "threshold", "f1", "positives"]
 
 
+def configured_loggers(config):
+    """(trainer namespace, class path, logger namespace) of each logger that a parsed subcommand config names."""
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        yield trainer, (logger.get("class_path", "") if hasattr(logger, "get") else ""), logger
+
+
 def wandb_save_dir_default(config) -> None:
     """Point a WandbLogger that has neither `save_dir` nor `dir` at `trainer.default_root_dir`.
 
     `config` is one subcommand's parsed (not yet instantiated) namespace; changed in place, so
     the saved config.yaml holds the directory that was used.
     """
-    trainer = config.get("trainer")
-    if trainer is None:
-        return
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        class_path = logger.get("class_path", "") if hasattr(logger, "get") else ""
+    for trainer, class_path, logger in configured_loggers(config):
         if not class_path.endswith(".WandbLogger"):
             continue
         init = logger.init_args
@@ -66,12 +71,7 @@ def local_logger_defaults(config) -> None:
 
     `config` is one subcommand's parsed namespace, changed in place (config.yaml records the directory).
     """
-    trainer = config.get("trainer")
-    if trainer is None:
-        return
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        class_path = logger.get("class_path", "") if hasattr(logger, "get") else ""
+    for trainer, class_path, logger in configured_loggers(config):
         # "" (a config can't leave out this required argument): trainer.default_root_dir, not the current directory
         if class_path.endswith((".CSVLogger", ".TensorBoardLogger")) and not logger.init_args.get("save_dir"):
             logger.init_args.save_dir = trainer.get("default_root_dir") or os.getcwd()
