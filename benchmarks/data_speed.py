@@ -47,8 +47,9 @@ def main() -> None:
         return worker(*args.worker)
 
     def run(cache_dir: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--data_dir", args.data_dir, "--worker", args.data_dir, cache_dir],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--data_dir", args.data_dir, "--worker", args.data_dir, cache_dir], capture_output=True, text=True, check=True
+        ).stdout
         return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
 
     with tempfile.TemporaryDirectory() as shared:

@@ -43,7 +43,11 @@ def dev_metrics(model: EmotionClassifier, loader, device: torch.device) -> dict[
     probs, target = torch.cat(probs), torch.cat(target)
     fixed = official_scores(probs >= 0.5, target, model.label_names)
     tuned = official_scores(probs >= model.thresholds.cpu(), target, model.label_names)
-    return {"n": len(target), **{k: fixed[k] for k in ("jaccard", "f1_micro", "f1_macro")}, **{f"tuned/{k}": tuned[k] for k in ("jaccard", "f1_micro", "f1_macro")}}
+    return {
+        "n": len(target),
+        **{k: fixed[k] for k in ("jaccard", "f1_micro", "f1_macro")},
+        **{f"tuned/{k}": tuned[k] for k in ("jaccard", "f1_micro", "f1_macro")},
+    }
 
 
 @torch.inference_mode()
@@ -93,9 +97,14 @@ def main() -> None:
         texts = split.input_ids[: args.timing_texts or None]
         pad_id = data._collate().pad_token_id
         row = {
-            "name": name, "ckpt": path, "layers": len(layer_list(model.encoder)),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, **dev_metrics(model, data.val_dataloader(), device),
-            "timing_texts": len(texts), "device": str(device), "threads": torch.get_num_threads(),
+            "name": name,
+            "ckpt": path,
+            "layers": len(layer_list(model.encoder)),
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            **dev_metrics(model, data.val_dataloader(), device),
+            "timing_texts": len(texts),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
         }
         for b in sizes:
             row[f"forward_s/b{b}"] = time_forward(model, texts, pad_id, b, args.repeats, device)
@@ -110,9 +119,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|" + "---|---|" * len(sizes))
     for r in rows:
         timing = "".join(f" | {1000 * r[f'forward_s/b{b}']:.0f} | {r[f'speedup/b{b}']:.2f}x" for b in sizes)
-        print(f"| {r['name']} | {r['layers']} | {r['params_m']:.1f} | {r['jaccard']:.4f} | {r['f1_micro']:.4f} | {r['f1_macro']:.4f} | {r['tuned/jaccard']:.4f}{timing} |")
-    print(f"\n(dev n={rows[0]['n']}; timing: {rows[0]['timing_texts']} dev tweets per pass, median of {args.repeats}, {device}, {rows[0]['threads']} threads; "
-          "tuned thresholds were tuned on this dev split)")
+        print(
+            f"| {r['name']} | {r['layers']} | {r['params_m']:.1f} | {r['jaccard']:.4f} | {r['f1_micro']:.4f} | {r['f1_macro']:.4f} | {r['tuned/jaccard']:.4f}{timing} |"
+        )
+    print(
+        f"\n(dev n={rows[0]['n']}; timing: {rows[0]['timing_texts']} dev tweets per pass, median of {args.repeats}, {device}, {rows[0]['threads']} threads; "
+        "tuned thresholds were tuned on this dev split)"
+    )
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(rows, f, indent=2)

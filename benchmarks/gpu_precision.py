@@ -79,7 +79,9 @@ def encoder_config(name: str, tiny: bool) -> dict:
     elif name == "bert-base":  # 12 layers, 768 wide, 30522 WordPieces
         config = BertConfig(**(small if tiny else {}))
     elif name == "roberta-base":  # 12 layers, 768 wide, 50265 BPE tokens
-        config = RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, **(small if tiny else {}))
+        config = RobertaConfig(
+            vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, **(small if tiny else {})
+        )
     else:
         raise SystemExit(f"unknown model {name!r}: choose from distilbert-base, bert-base, roberta-base")
     return config.to_dict()
@@ -193,10 +195,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    p.add_argument("--pad_to_multiple_of", type=int, default=8, help="round each batch's padded length up to a multiple of this, as emolightning does on a GPU (1: off)")
+    p.add_argument(
+        "--pad_to_multiple_of", type=int, default=8, help="round each batch's padded length up to a multiple of this, as emolightning does on a GPU (1: off)"
+    )
     p.add_argument("--device", default="cuda", help="cuda, cuda:1, or cpu (smoke tests only)")
     p.add_argument("--tiny", action="store_true", help="2-layer, 32-wide encoders: a smoke test, not a measurement")
-    p.add_argument("--matmul_precision", default="highest", choices=["highest", "high", "medium"], help="torch.set_float32_matmul_precision: 'high' lets 32-true use TF32")
+    p.add_argument(
+        "--matmul_precision", default="highest", choices=["highest", "high", "medium"], help="torch.set_float32_matmul_precision: 'high' lets 32-true use TF32"
+    )
     p.add_argument("--card", default=None, help=f"peak-FLOPs entry, one of {list(PEAK_FLOPS)} (default: detected)")
     p.add_argument("--output_json", default=None)
     args = p.parse_args(argv)
@@ -217,8 +223,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(bench(name, precision, args, device))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    print(f"device: {device_name} (peak FLOPs entry: {args.card or 'unknown, MFU n/a'}); torch {torch.__version__}; "
-          f"batch {args.batch_size} padded to a multiple of {args.pad_to_multiple_of}, {args.steps} timed steps after {args.warmup} and a warm-up step per shape; float32 matmul precision {args.matmul_precision}\n")
+    print(
+        f"device: {device_name} (peak FLOPs entry: {args.card or 'unknown, MFU n/a'}); torch {torch.__version__}; "
+        f"batch {args.batch_size} padded to a multiple of {args.pad_to_multiple_of}, {args.steps} timed steps after {args.warmup} and a warm-up step per shape; float32 matmul precision {args.matmul_precision}\n"
+    )
     print(markdown(rows))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({"device": device_name, "card": args.card, "rows": rows}, indent=2))

@@ -36,9 +36,29 @@ def worker(args) -> None:
     from emolightning.cli import run_cli  # from PYTHONPATH: the tree under test
 
     start = time.perf_counter()
-    run_cli(["predict", "--config", args.config, "--ckpt_path", args.ckpt, "--data.predict_file", args.texts_file,
-             "--data.cache_dir", os.path.join(args.work, "cache"), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-             "--trainer.accelerator", "cpu", "--trainer.default_root_dir", args.work, "--output", args.output])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            args.config,
+            "--ckpt_path",
+            args.ckpt,
+            "--data.predict_file",
+            args.texts_file,
+            "--data.cache_dir",
+            os.path.join(args.work, "cache"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            args.work,
+            "--output",
+            args.output,
+        ]
+    )
     seconds = time.perf_counter() - start
     print("RESULT " + json.dumps({"seconds": round(seconds, 2), "texts_per_s": round(args.size / seconds, 1)}))
 
@@ -109,10 +129,30 @@ def main() -> None:
             texts_file = os.path.join(work, f"texts{size}.txt")
             write_texts(find_split_file(args.data_dir, "validation"), size, texts_file)
             for r in range(args.repeats):
-                for t, tree in (list(enumerate(trees)) if r % 2 == 0 else list(enumerate(trees))[::-1]):
+                for t, tree in list(enumerate(trees)) if r % 2 == 0 else list(enumerate(trees))[::-1]:
                     out = os.path.join(work, f"pred{size}-{t}.txt")
-                    cmd = [sys.executable, __file__, "--worker", "1", "--data_dir", args.data_dir, "--ckpt", args.ckpt, "--config", args.config,
-                           "--texts_file", texts_file, "--output", out, "--work", os.path.join(work, f"w{t}"), "--size", str(size), "--threads", str(args.threads)]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        "1",
+                        "--data_dir",
+                        args.data_dir,
+                        "--ckpt",
+                        args.ckpt,
+                        "--config",
+                        args.config,
+                        "--texts_file",
+                        texts_file,
+                        "--output",
+                        out,
+                        "--work",
+                        os.path.join(work, f"w{t}"),
+                        "--size",
+                        str(size),
+                        "--threads",
+                        str(args.threads),
+                    ]
                     result, rss = run_measured(cmd, env={**os.environ, "PYTHONPATH": tree, "WANDB_MODE": "disabled"})
                     result["peak_rss_mb"] = round(rss)
                     results.setdefault((size, tree), []).append(result)

@@ -39,10 +39,31 @@ def emolightning_worker(args) -> None:
     from emolightning.cli import run_cli
 
     start = time.perf_counter()
-    run_cli(["predict", "--config", args.config, "--ckpt_path", args.ckpt, "--data.predict_file", args.texts_file,
-             "--data.eval_batch_size", str(args.batch_size), "--data.cache_dir", os.path.join(args.work, "cache-" + str(os.getpid())),
-             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-             "--trainer.default_root_dir", args.work, "--output", args.output])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            args.config,
+            "--ckpt_path",
+            args.ckpt,
+            "--data.predict_file",
+            args.texts_file,
+            "--data.eval_batch_size",
+            str(args.batch_size),
+            "--data.cache_dir",
+            os.path.join(args.work, "cache-" + str(os.getpid())),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            args.work,
+            "--output",
+            args.output,
+        ]
+    )
     seconds = time.perf_counter() - start
     n = sum(1 for _ in open(args.texts_file, encoding="utf-8"))
     print("RESULT " + json.dumps({"side": "emolightning", "texts": n, "seconds": round(seconds, 3), "texts_per_s": round(n / seconds, 2)}))
@@ -67,8 +88,17 @@ def pipeline_worker(args) -> None:
             score = {s["label"]: s["score"] for s in scores}
             out.write("\t".join([str(i), text, *("1" if score[l] >= thresholds[l] else "0" for l in labels)]) + "\n")
     seconds = time.perf_counter() - start
-    print("RESULT " + json.dumps({"side": f"pipeline(batch_size={args.pipeline_batch_size})", "texts": len(texts), "seconds": round(seconds, 3),
-                                  "texts_per_s": round(len(texts) / seconds, 2)}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "side": f"pipeline(batch_size={args.pipeline_batch_size})",
+                "texts": len(texts),
+                "seconds": round(seconds, 3),
+                "texts_per_s": round(len(texts) / seconds, 2),
+            }
+        )
+    )
 
 
 def label_rows(path: str) -> list[str]:
@@ -103,11 +133,36 @@ def main() -> None:
         with open(texts_file, "w", encoding="utf-8") as f:
             f.writelines(" ".join(t.split()) + "\n" for t in texts)
         export_dir = export_checkpoint(args.ckpt, os.path.join(work, "export"))
-        base = [sys.executable, __file__, "--data_dir", args.data_dir, "--ckpt", args.ckpt, "--config", args.config, "--texts_file", texts_file,
-                "--export_dir", str(export_dir), "--work", work, "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
+        base = [
+            sys.executable,
+            __file__,
+            "--data_dir",
+            args.data_dir,
+            "--ckpt",
+            args.ckpt,
+            "--config",
+            args.config,
+            "--texts_file",
+            texts_file,
+            "--export_dir",
+            str(export_dir),
+            "--work",
+            work,
+            "--threads",
+            str(args.threads),
+            "--batch_size",
+            str(args.batch_size),
+        ]
         sides = {"emolightning": base + ["--worker", "emolightning", "--output", os.path.join(work, "ours.txt")]}
         for b in args.pipeline_batch_size:
-            sides[f"pipeline(batch_size={b})"] = base + ["--worker", "pipeline", "--pipeline_batch_size", str(b), "--output", os.path.join(work, f"pipe{b}.txt")]
+            sides[f"pipeline(batch_size={b})"] = base + [
+                "--worker",
+                "pipeline",
+                "--pipeline_batch_size",
+                str(b),
+                "--output",
+                os.path.join(work, f"pipe{b}.txt"),
+            ]
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(args.repeats):
             order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]

@@ -118,7 +118,9 @@ def train_all(jobs: list[tuple[str, int]], args) -> None:
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
             log = open(f"{directory}.log", "w")
             print(f"training {recipe} seed {seed} -> {directory}", flush=True)
-            running.append((time.time(), recipe, seed, log, subprocess.Popen(fit_command(recipe, seed, args), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            running.append(
+                (time.time(), recipe, seed, log, subprocess.Popen(fit_command(recipe, seed, args), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env))
+            )
         time.sleep(5)
         for item in list(running):
             start, recipe, seed, log, proc = item

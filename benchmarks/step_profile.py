@@ -35,7 +35,7 @@ def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, step
         order = [i for s in range(0, len(order), mega) for i in sorted(order[s : s + mega], key=lambda i: -len(ids[i]))]
     out = []
     for b in range(steps):
-        rows = order[b * batch_size * 7 % len(order):][:batch_size]  # spread over the epoch
+        rows = order[b * batch_size * 7 % len(order) :][:batch_size]  # spread over the epoch
         x, m = pad([ids[i] for i in rows], 0, multiple_of=pad_to)  # pad_to=128: every batch (max_length) is 128 long
         out.append((x, m, labels[rows]))
     return out

@@ -40,7 +40,9 @@ def main() -> None:
     ids = dm.splits["validation"].input_ids
     pad = load_tokenizer(args.encoder).pad_token_id
     models = {"teacher (6 layers)": None, "student (layers 0,2,4)": [0, 2, 4]}
-    print(f"{len(ids)} dev tweets, {args.threads} threads, median of {args.repeats}\n\n| model | params (M) | batch | seconds | texts/s | speed-up |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        f"{len(ids)} dev tweets, {args.threads} threads, median of {args.repeats}\n\n| model | params (M) | batch | seconds | texts/s | speed-up |\n|---|---:|---:|---:|---:|---:|"
+    )
     base = {}
     for name, layers in models.items():
         model = EmotionClassifier(encoder=args.encoder, label_names=dm.label_names, lr=1e-4, encoder_layers=layers).eval()

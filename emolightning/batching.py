@@ -87,7 +87,9 @@ class Collator:
         if "labels" in items[0]:
             batch["labels"] = torch.stack([item["labels"] for item in items]).float()
         if "teacher_input_ids" in items[0]:
-            batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id, self.pad_to_multiple_of)
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad(
+                [it["teacher_input_ids"] for it in items], self.teacher_pad_token_id, self.pad_to_multiple_of
+            )
         if "id" in items[0]:
             batch["ids"], batch["source"] = [it["id"] for it in items], items[0]["source"]
         return batch

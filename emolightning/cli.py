@@ -94,7 +94,12 @@ class EmotionCLI(LightningCLIWithHooks):
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets two options of its own
         if subcommand == "predict":
-            parser.add_argument("--output", type=str | None, default=None, help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.")
+            parser.add_argument(
+                "--output",
+                type=str | None,
+                default=None,
+                help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.",
+            )
             parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
 
     def before_ckpt_path(self) -> None:
@@ -114,12 +119,13 @@ class EmotionCLI(LightningCLIWithHooks):
         config = self.config_init["predict"]
         ckpt = config.get("ckpt_path")
         if not ckpt or not os.path.isfile(ckpt):
-            raise ConfigError(f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned.")
+            raise ConfigError(
+                f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned."
+            )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
         self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
-
 
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:
@@ -133,9 +139,22 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
         parser_kwargs={
             "prog": "emolightning",
             "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
-            "predict": {"description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."},
+            "predict": {
+                "description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."
+            },
         },
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), ExactResume(), FiniteLossGuard(), RequeueSignal(), RunClock(), BestValidationOutputs(), KeepTestScores(), ValHistory()]},
+        trainer_defaults={
+            "callbacks": [
+                LearningRateMonitor(logging_interval="step"),
+                ExactResume(),
+                FiniteLossGuard(),
+                RequeueSignal(),
+                RunClock(),
+                BestValidationOutputs(),
+                KeepTestScores(),
+                ValHistory(),
+            ]
+        },
         parser_class=EmotionArgumentParser,  # "did you mean ...?" for unknown options
         args=args,
     )

@@ -156,7 +156,9 @@ class EmotionDataModule(L.LightningDataModule):
             else:
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
                 if split is None:
-                    raise DataError(f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc.")
+                    raise DataError(
+                        f"The data directory '{self.hparams.data_dir}' holds no official E-c file (*-train.txt, *-dev.txt, *-test-gold.txt). Add them, or name files with `data.train_file` etc."
+                    )
                 source = self.split_source(split)
                 self._label_names = self._hub_label_names(source) if source.startswith("hub:") else self.load_table(split).label_names
         return self._label_names
@@ -248,9 +250,13 @@ class EmotionDataModule(L.LightningDataModule):
         for split in wanted:
             data = self._tokenized(split, build=False)
             if data["truncated"]:
-                rank_zero_info(f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated.")
+                rank_zero_info(
+                    f"{data['source']}: {data['truncated']} of {len(data['input_ids'])} texts are longer than max_length={self.hparams.max_length} tokens and were truncated."
+                )
             if data["labels"] is None:
-                raise DataError(f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file.")
+                raise DataError(
+                    f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file."
+                )
             self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"])
 
     def label_positives(self, split: str) -> list[int] | None:
@@ -273,12 +279,16 @@ class EmotionDataModule(L.LightningDataModule):
             columns = (source, hp.text_column, hp.id_column, hp.label_columns)
             num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
             records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
-        log.info(rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank))
+        log.info(
+            rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank)
+        )
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        return PredictStream(records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple())
+        return PredictStream(
+            records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple()
+        )
 
     # ---- loaders ---------------------------------------------------------------------
     def _pad_multiple(self) -> int | None:
@@ -289,7 +299,9 @@ class EmotionDataModule(L.LightningDataModule):
     def _collate(self) -> Collator:
         teacher = self.hparams.teacher_tokenizer
         return Collator(
-            load_tokenizer(self.hparams.tokenizer).pad_token_id, self._pad_multiple(), teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None
+            load_tokenizer(self.hparams.tokenizer).pad_token_id,
+            self._pad_multiple(),
+            teacher_pad_token_id=load_tokenizer(teacher).pad_token_id if teacher else None,
         )
 
     def train_dataloader(self) -> DataLoader:

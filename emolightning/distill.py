@@ -101,7 +101,9 @@ class Teacher(nn.Module):
             self.label_names = None if generic else names
             self.num_labels, self.pooling, self.tokenizer = self.model.config.num_labels, None, source
             if self.model.config.problem_type == "single_label_classification":
-                rank_zero_warn(f"The teacher '{source}' is a single-label (softmax) classifier; its sigmoid soft targets mean little. Consider `soft_loss: softmax`.")
+                rank_zero_warn(
+                    f"The teacher '{source}' is a single-label (softmax) classifier; its sigmoid soft targets mean little. Consider `soft_loss: softmax`."
+                )
         self.requires_grad_(False)
         self.eval()
 
@@ -208,7 +210,9 @@ class EmotionDistiller(EmotionClassifier):
                 No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
         if student_layers is not None and kwargs.get("encoder_layers") is not None:
-            raise ConfigError("Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both.")
+            raise ConfigError(
+                "Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both."
+            )
         frozen = Teacher(teacher)
         if frozen.label_names is not None and list(frozen.label_names) != list(label_names):
             raise ConfigError(
@@ -237,13 +241,17 @@ class EmotionDistiller(EmotionClassifier):
         self.use_cosine = cosine_weight > 0
         if self.use_cosine and not self.same_tokenizer:
             self.use_cosine = False
-            rank_zero_info("distillation: the cosine loss is off: teacher and student tokenise differently, so their tokens do not align. Only the logit losses apply.")
+            rank_zero_info(
+                "distillation: the cosine loss is off: teacher and student tokenise differently, so their tokens do not align. Only the logit losses apply."
+            )
         elif self.use_cosine and student_hidden != teacher_hidden:
             if cosine_projection:
                 self.projection = nn.Linear(student_hidden, teacher_hidden)
             else:
                 self.use_cosine = False
-                rank_zero_info(f"distillation: the cosine loss is off: hidden sizes differ (student {student_hidden}, teacher {teacher_hidden}); set `cosine_projection: true` to learn a projection.")
+                rank_zero_info(
+                    f"distillation: the cosine loss is off: hidden sizes differ (student {student_hidden}, teacher {teacher_hidden}); set `cosine_projection: true` to learn a projection."
+                )
         self.cache_logits = cache_teacher_logits and not self.use_cosine
         if cache_teacher_logits and self.use_cosine:
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")

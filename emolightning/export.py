@@ -40,11 +40,15 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     """The checkpoint dict, checked to be an EmotionClassifier's."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise ConfigError(f"The checkpoint '{ckpt_path}' (option --ckpt_path) does not exist. Point it at a .ckpt written by `emolightning fit`, e.g. <run>/checkpoints/best-*.ckpt.")
+        raise ConfigError(
+            f"The checkpoint '{ckpt_path}' (option --ckpt_path) does not exist. Point it at a .ckpt written by `emolightning fit`, e.g. <run>/checkpoints/best-*.ckpt."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file; the reason is in the message
-        raise ConfigError(f"Could not read the checkpoint '{ckpt_path}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Is it a complete .ckpt written by `emolightning fit`?") from err
+        raise ConfigError(
+            f"Could not read the checkpoint '{ckpt_path}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Is it a complete .ckpt written by `emolightning fit`?"
+        ) from err
     hparams, state = ckpt.get("hyper_parameters") or {}, ckpt.get("state_dict") or {}
     missing = [k for k in ("encoder", "label_names", "pooling", "encoder_config") if k not in hparams]
     if missing or "head.weight" not in state:
@@ -63,11 +67,13 @@ def monitored_scores(ckpt: dict) -> list[dict]:
             continue
         # current_score is set just before each save, so it is the score of the weights in this file
         current, best = state.get("current_score"), state.get("best_model_score")
-        rows.append({
-            "metric": state["monitor"],
-            "checkpoint": None if current is None else float(current),
-            "best": None if best is None else float(best),
-        })
+        rows.append(
+            {
+                "metric": state["monitor"],
+                "checkpoint": None if current is None else float(current),
+                "best": None if best is None else float(best),
+            }
+        )
     return rows
 
 
@@ -154,7 +160,10 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float]) -> str:
         lines += ["| metric | this checkpoint | best of the run |", "|---|---|---|"]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         lines += [f"| {s['metric']} | {fmt(s['checkpoint'])} | {fmt(s['best'])} |" for s in scores]
-        lines += ["", f"`val/*` metrics use the fixed threshold {hparams.get('threshold', 0.5)}; sample-averaged Jaccard is SemEval-2018 E-c's official metric."]
+        lines += [
+            "",
+            f"`val/*` metrics use the fixed threshold {hparams.get('threshold', 0.5)}; sample-averaged Jaccard is SemEval-2018 E-c's official metric.",
+        ]
     else:
         lines += ["The checkpoint holds no monitored validation metric."]
     return "\n".join(lines) + "\n"
@@ -167,7 +176,9 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
 
     ckpt_path, out = Path(ckpt_path), Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"The export directory '{out}' (option --output) exists and is not empty. Choose a new directory, or pass --overwrite to replace its files.")
+        raise ConfigError(
+            f"The export directory '{out}' (option --output) exists and is not empty. Choose a new directory, or pass --overwrite to replace its files."
+        )
     ckpt = load_checkpoint(ckpt_path)
     hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     thresholds = [round(float(t), 6) for t in state.get("thresholds", torch.full((len(hparams["label_names"]),), float(hparams.get("threshold", 0.5))))]
@@ -182,7 +193,9 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     # encoders whose position_ids buffer is not persistent are the only tolerated difference
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing or result.unexpected_keys:
-        raise ConfigError(f"The checkpoint '{ckpt_path}' does not match its encoder config (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}). Was it written by another emolightning version?")
+        raise ConfigError(
+            f"The checkpoint '{ckpt_path}' does not match its encoder config (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}). Was it written by another emolightning version?"
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

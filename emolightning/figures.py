@@ -143,7 +143,9 @@ def threshold_curves(runs, path: Path):
             tuned = float(vp["thresholds"][j])
             ax.axvline(tuned, color=colour[run.label], linestyle=":", linewidth=1)
             ax.plot([tuned], f1_at(vp["probs"][:, j], vp["target"][:, j], np.array([tuned])), marker="o", color=colour[run.label])
-        positives = int(drawn[0].val_probs["target"][:, drawn[0].val_probs["label_names"].index(name)].sum()) if name in drawn[0].val_probs["label_names"] else None
+        positives = (
+            int(drawn[0].val_probs["target"][:, drawn[0].val_probs["label_names"].index(name)].sum()) if name in drawn[0].val_probs["label_names"] else None
+        )
         ax.set_title(f"{name} ({positives} positives)" if positives is not None else name, fontsize=9)
         ax.grid(alpha=0.3)
     for i, ax in enumerate(axes.flat[: len(labels)]):
@@ -163,6 +165,7 @@ def threshold_curves(runs, path: Path):
 
 def quality_vs_time(runs, path: Path):
     """Best validation Jaccard (tuned thresholds, else 0.5) against training wall time."""
+
     def quality(r):
         return r.row.get("val_tuned_jaccard") if r.row.get("val_tuned_jaccard") is not None else r.row.get("val_jaccard")
 

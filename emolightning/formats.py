@@ -49,7 +49,9 @@ def physical_lines(path: str) -> Iterator[str]:
             if bad := BAD_BYTES.search(line):
                 raw = line.encode("utf-8", "surrogateescape")
                 at = len(line[: bad.start()].encode("utf-8", "surrogateescape"))
-                raise DataError(f"{path}, line {number}: bytes that are not UTF-8 ({raw[max(0, at - 10) : at + 10]!r}). Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`).")
+                raise DataError(
+                    f"{path}, line {number}: bytes that are not UTF-8 ({raw[max(0, at - 10) : at + 10]!r}). Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)."
+                )
             yield line
 
 
@@ -129,7 +131,7 @@ def _json_lines(path: str) -> Rows:
 
 def _object(path: str, line: int, value) -> dict:
     if not isinstance(value, dict):
-        raise DataError(f"{path}, line {line}: {clip(value)} is not a JSON object. Each row must be an object such as {{\"ID\": ..., \"Tweet\": ..., \"joy\": 0}}.")
+        raise DataError(f'{path}, line {line}: {clip(value)} is not a JSON object. Each row must be an object such as {{"ID": ..., "Tweet": ..., "joy": 0}}.')
     return value
 
 
@@ -169,7 +171,9 @@ def _json_file(path: str) -> Rows:
         try:
             value, end = decoder.raw_decode(text, index)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}). A .json file must hold an array of objects, or one object per line.") from None
+            raise DataError(
+                f"{path}, line {err.lineno}: not valid JSON ({err.msg}). A .json file must hold an array of objects, or one object per line."
+            ) from None
         yield line, _object(path, line, value)
         line += breaks(text[index:end])
         index = skip(end)
@@ -192,4 +196,3 @@ def _json_header(path: str, rows: Rows) -> tuple[list[str], Rows]:
     header = list(keys)
     fresh = _json_lines(path) if Path(path).suffix.lower() == ".jsonl" else _json_file(path)
     return header, ((line, {k: record.get(k, MISSING) for k in header}) for line, record in fresh)
-

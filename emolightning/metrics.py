@@ -58,9 +58,7 @@ def official_scores(preds: Tensor, target: Tensor, label_names: list[str]) -> di
     return scores
 
 
-def tune_thresholds(
-    probs: Tensor, target: Tensor, grid: Tensor | None = None, min_positives: int = 10
-) -> tuple[float, Tensor]:
+def tune_thresholds(probs: Tensor, target: Tensor, grid: Tensor | None = None, min_positives: int = 10) -> tuple[float, Tensor]:
     """Thresholds that maximise sample-averaged Jaccard on (probs, target).
 
     First one global threshold is chosen from `grid`, then each label's threshold is moved
@@ -103,9 +101,7 @@ def tune_thresholds(
 THRESHOLD_STRATEGIES = ("fixed", "global", "per_label", "shrunk")
 
 
-def choose_thresholds(
-    probs: Tensor, target: Tensor, strategy: str, fixed: float = 0.5, min_positives: int = 10, shrinkage: float = 50.0
-) -> Tensor:
+def choose_thresholds(probs: Tensor, target: Tensor, strategy: str, fixed: float = 0.5, min_positives: int = 10, shrinkage: float = 50.0) -> Tensor:
     """(L,) decision thresholds for (N, L) probabilities and 0/1 gold labels, by `strategy`:
 
     - `fixed`: `fixed` for every label, nothing tuned.

@@ -49,7 +49,6 @@ class EmolightningForSequenceClassification(PreTrainedModel):
             self.label_attention.queries = nn.Parameter(torch.zeros(config.num_labels, config.hidden_size))
         self.post_init()
 
-
     def prompt_average(self, hidden: torch.Tensor) -> torch.Tensor:
         """(L, P): row j averages label j's name tokens. Built from the config on each call, not kept as a
         buffer: from_pretrained creates the model without running buffer initialisers."""

@@ -69,7 +69,10 @@ class FiniteLossGuard(Callback):
         self._step, self._scale = trainer.global_step, scale
         if self._skipped >= MAX_SKIPPED_STEPS:
             raise TrainingError(
-                self.message(trainer, f"the fp16 loss scaler skipped the last {self._skipped} optimizer steps, as their gradients were inf or NaN at every scale down to {scale:g}")
+                self.message(
+                    trainer,
+                    f"the fp16 loss scaler skipped the last {self._skipped} optimizer steps, as their gradients were inf or NaN at every scale down to {scale:g}",
+                )
             )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

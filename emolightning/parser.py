@@ -45,7 +45,9 @@ PLAIN_COMMANDS = {
 }
 SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
 # lines of a jsonargparse Union error that only restate its structure
-NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*|Given value: .*|- Expected a <class 'NoneType'>|Did you mean .*)$")
+NOISE = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*|Given value: .*|- Expected a <class 'NoneType'>|Did you mean .*)$"
+)
 
 
 def model_keys() -> list[str]:

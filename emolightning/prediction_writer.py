@@ -115,7 +115,9 @@ class PredictionFileWriter(BasePredictionWriter):
         parts = [self._beside_output(f"part{rank}") for rank in range(world_size)]
         counts = [f"{part}.counts" for part in parts]
         if missing := [p for p in parts + counts if not os.path.exists(p)]:
-            raise DataError(f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares.")
+            raise DataError(
+                f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares."
+            )
         rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
         header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
         tmp = self._beside_output(str(os.getpid()))
@@ -134,9 +136,13 @@ class PredictionFileWriter(BasePredictionWriter):
         for p in parts + counts:
             os.remove(p)
         if rows < self.stream.num_rows:
-            rank_zero_warn(f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only.")
+            rank_zero_warn(
+                f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only."
+            )
         if truncated:
             rank_zero_info(f"{truncated} of {rows} texts are longer than max_length={self.stream.max_length} tokens and were truncated.")
         if unsafe:
-            rank_zero_warn(f"{unsafe} texts hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead.")
+            rank_zero_warn(
+                f"{unsafe} texts hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead."
+            )
         rank_zero_info(f"Wrote {rows} predictions ({len(label_names)} labels) to {self.output}")

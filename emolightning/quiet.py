@@ -29,7 +29,9 @@ WARNINGS = [
     r"The dirpath has changed from",  # test/predict log nowhere (cli.py), so the checkpoint callback's folder differs
     r"Couldn't infer the batch indices fetched from your dataloader",  # predict's stream yields whole batches
 ]
-INFO_LINES = re.compile(r"💡 Tip: |(TPU|HPU) available: |Loading `train_dataloader` to estimate number of stepping batches|Trainer already configured with model summary callbacks")
+INFO_LINES = re.compile(
+    r"💡 Tip: |(TPU|HPU) available: |Loading `train_dataloader` to estimate number of stepping batches|Trainer already configured with model summary callbacks"
+)
 TOKENIZER_LINES = re.compile(r"longer than the specified maximum sequence length")
 _silenced = False
 
@@ -68,14 +70,18 @@ class CompactModelSummary(ModelSummary):
     """Lightning's model summary without the FLOPs column and total, which are 0 without an example input."""
 
     @staticmethod
-    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float, total_training_modes, total_flops: int = 0, **kwargs) -> None:
+    def summarize(
+        summary_data, total_parameters: int, trainable_parameters: int, model_size: float, total_training_modes, total_flops: int = 0, **kwargs
+    ) -> None:
         columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
         rows = [[name for name, _ in columns]] + [[str(values[i]) for _, values in columns] for i in range(len(columns[0][1]))]
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         count = get_human_readable_count
-        lines.append(f"{count(trainable_parameters).strip()} trainable params, {count(total_parameters - trainable_parameters).strip()} non-trainable, {model_size:.1f} MB")
+        lines.append(
+            f"{count(trainable_parameters).strip()} trainable params, {count(total_parameters - trainable_parameters).strip()} non-trainable, {model_size:.1f} MB"
+        )
         rank_zero_info("\n".join(lines))
 
 

@@ -70,7 +70,11 @@ class RunClock(Callback):
         # every rank sees an equal share (DistributedSampler pads the last one), so rank 0's count x world size
         samples = self.samples * trainer.world_size
         # under DDP the slowest rank sets the pace: the longest times, the lowest throughput
-        for key, value, reduce in (("train/epoch_time_s", epoch, "max"), ("train/elapsed_s", now - self.start, "max"), ("train/samples_per_sec", samples / training, "min")):
+        for key, value, reduce in (
+            ("train/epoch_time_s", epoch, "max"),
+            ("train/elapsed_s", now - self.start, "max"),
+            ("train/samples_per_sec", samples / training, "min"),
+        ):
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx=reduce)
 
 

@@ -41,11 +41,22 @@ MISSING = "–"
 SCORES = ("jaccard", "f1_micro", "f1_macro")
 # (key in the CSV and in Run.row, header of the Markdown table)
 COLUMNS = [
-    ("run", "run"), ("model", "model"), ("params", "parameters"), ("epochs", "epochs"),
-    ("train_time_s", "train time"), ("samples_per_sec", "samples/s"), ("best_epoch", "best epoch"),
-    ("val_jaccard", "val Jaccard"), ("val_f1_micro", "val micro-F1"), ("val_f1_macro", "val macro-F1"),
-    ("val_tuned_jaccard", "val Jaccard tuned"), ("val_tuned_f1_micro", "val micro-F1 tuned"), ("val_tuned_f1_macro", "val macro-F1 tuned"),
-    ("test_tuned_jaccard", "test Jaccard tuned"), ("test_tuned_f1_micro", "test micro-F1 tuned"), ("test_tuned_f1_macro", "test macro-F1 tuned"),
+    ("run", "run"),
+    ("model", "model"),
+    ("params", "parameters"),
+    ("epochs", "epochs"),
+    ("train_time_s", "train time"),
+    ("samples_per_sec", "samples/s"),
+    ("best_epoch", "best epoch"),
+    ("val_jaccard", "val Jaccard"),
+    ("val_f1_micro", "val micro-F1"),
+    ("val_f1_macro", "val macro-F1"),
+    ("val_tuned_jaccard", "val Jaccard tuned"),
+    ("val_tuned_f1_micro", "val micro-F1 tuned"),
+    ("val_tuned_f1_macro", "val macro-F1 tuned"),
+    ("test_tuned_jaccard", "test Jaccard tuned"),
+    ("test_tuned_f1_micro", "test micro-F1 tuned"),
+    ("test_tuned_f1_macro", "test macro-F1 tuned"),
 ]
 RUN_FILES = ("metrics.csv", "config.yaml", "hparams.yaml", "checkpoints")
 
@@ -93,7 +104,9 @@ def find_runs(arg: str) -> list[Path]:
     """The fit runs that RUN_DIR `arg` names: itself, or the run directories anywhere under it."""
     path = Path(arg)
     if not path.is_dir():
-        raise DataError(f"The run directory '{arg}' does not exist. Give a run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above it (e.g. runs/quickstart).")
+        raise DataError(
+            f"The run directory '{arg}' does not exist. Give a run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above it (e.g. runs/quickstart)."
+        )
     if is_run_dir(path):
         return [path]
     found = sorted({Path(p).parent for name in ("metrics.csv", "checkpoints") for p in glob.glob(str(path / "**" / name), recursive=True)})
@@ -265,8 +278,10 @@ def cell(key: str, value) -> str:
 def markdown(runs: list[Run]) -> str:
     lines = ["| " + " | ".join(header for _, header in COLUMNS) + " |", "|" + "|".join("---" if k in ("run", "model") else "---:" for k, _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(cell(k, run.row[k]) for k, _ in COLUMNS) + " |" for run in runs]
-    return "\n".join(lines) + "\n\nTrain time in m:ss (h:mm:ss), summed over epochs with validation; samples/s over training steps only. " \
+    return (
+        "\n".join(lines) + "\n\nTrain time in m:ss (h:mm:ss), summed over epochs with validation; samples/s over training steps only. "
         "Scores at threshold 0.5 and at the thresholds tuned on the validation split; test scores use the checkpoint's tuned thresholds.\n"
+    )
 
 
 def write_csv(runs: list[Run], path: Path) -> None:
@@ -279,14 +294,19 @@ def write_csv(runs: list[Run], path: Path) -> None:
 def html_page(runs: list[Run], figures: list[dict], output: Path) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(k, r.row[k]))}</td>" for k, _ in COLUMNS) + "</tr>" for r in runs)
-    parts = [f"<h2>{html.escape(fig['title'])}</h2>\n<img alt=\"{html.escape(fig['title'])}\" src=\"data:image/png;base64,{base64.b64encode((output / fig['file']).read_bytes()).decode()}\">" for fig in figures]
+    parts = [
+        f'<h2>{html.escape(fig["title"])}</h2>\n<img alt="{html.escape(fig["title"])}" src="data:image/png;base64,{base64.b64encode((output / fig["file"]).read_bytes()).decode()}">'
+        for fig in figures
+    ]
     notes = "".join(f"<li>{html.escape(r.label)}: not recorded: {html.escape('; '.join(r.missing))}</li>" for r in runs if r.missing)
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>emolightning report</title><style>"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>emolightning report</title><style>'
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}img{max-width:100%}</style></head><body>\n"
         f"<h1>emolightning report</h1>\n<table><tr>{head}</tr>{body}</table>\n"
-        + (f"<ul>{notes}</ul>\n" if notes else "") + "\n".join(parts) + "\n</body></html>\n"
+        + (f"<ul>{notes}</ul>\n" if notes else "")
+        + "\n".join(parts)
+        + "\n</body></html>\n"
     )
 
 
@@ -321,7 +341,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        raise ConfigError("`emolightning report` draws its figures with matplotlib, which is not installed. Install it with `pip install 'emolightning[report]'` (or `pip install matplotlib`).") from err
+        raise ConfigError(
+            "`emolightning report` draws its figures with matplotlib, which is not installed. Install it with `pip install 'emolightning[report]'` (or `pip install matplotlib`)."
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,7 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         "validation and test scores) and figures (learning curves, training loss, per-label F1, F1 against threshold, quality "
         "against training time) as PNGs and one self-contained HTML page.",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories.")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories."
+    )
     parser.add_argument("--output", required=True, help="Folder for report.md, report.csv, report.html, report.json and the PNGs (created if needed).")
     args = parser.parse_args(argv)
     require_matplotlib()
@@ -375,7 +399,9 @@ def report_after_fit(trainer) -> str | None:
     except Exception as err:  # training is done and saved: a report that fails must not turn the run into a failure
         if os.environ.get("EMOLIGHTNING_TRACEBACK"):
             raise
-        print(f"emolightning: the run's report could not be written ({type(err).__name__}: {err}); make it with `emolightning report {run_dir} --output {output}`.")
+        print(
+            f"emolightning: the run's report could not be written ({type(err).__name__}: {err}); make it with `emolightning report {run_dir} --output {output}`."
+        )
         return None
     if figures:
         return f"report: {output / 'report.html'} (table: {output / 'report.md'})"

@@ -223,7 +223,9 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states held rank 0's alone
         if self._rank >= len(ranks):
-            rank_zero_warn(f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume).")
+            rank_zero_warn(
+                f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume)."
+            )
         self._pending = ranks[self._rank] if self._rank < len(ranks) else ranks[0]
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -31,7 +31,9 @@ def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_colum
     """(preds, gold, label names): (N, L) 0/1 matrices with the rows in the gold file's order."""
     gold = read_table(gold_path, text_column, id_column)
     if gold.labels is None:
-        raise DataError(f"The gold file {gold_path} has no labels (NONE in every label column): it is the unlabelled test file. Score against the gold labels (e.g. 2018-E-c-En-test-gold.txt).")
+        raise DataError(
+            f"The gold file {gold_path} has no labels (NONE in every label column): it is the unlabelled test file. Score against the gold labels (e.g. 2018-E-c-En-test-gold.txt)."
+        )
     columns = label_columns(pred_path, text_column, id_column)
     if sorted(columns) != sorted(gold.label_names):
         missing = [c for c in gold.label_names if c not in columns]
@@ -43,7 +45,9 @@ def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_colum
         )
     pred = read_table(pred_path, text_column, id_column, label_columns=gold.label_names)
     if pred.labels is None:
-        raise DataError(f"The prediction file {pred_path} has no labels (NONE in every label column). Write it with `emolightning predict`, which fills in 0/1 labels.")
+        raise DataError(
+            f"The prediction file {pred_path} has no labels (NONE in every label column). Write it with `emolightning predict`, which fills in 0/1 labels."
+        )
     at = {row_id: i for i, row_id in enumerate(pred.ids)}
     missing = [row_id for row_id in gold.ids if row_id not in at]
     extra = sorted(set(at) - set(gold.ids))
@@ -53,7 +57,9 @@ def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_colum
             parts.append(f"{len(missing)} ID(s) of the gold file are not in the predictions (e.g. '{missing[0]}')")
         if extra:
             parts.append(f"{len(extra)} ID(s) in the predictions are not in the gold file (e.g. '{extra[0]}')")
-        raise DataError(f"{pred_path} and {gold_path} hold different IDs: {'; '.join(parts)}. Predict the same file the gold labels belong to (IDs are matched, the order is free).")
+        raise DataError(
+            f"{pred_path} and {gold_path} hold different IDs: {'; '.join(parts)}. Predict the same file the gold labels belong to (IDs are matched, the order is free)."
+        )
     preds = pred.labels[[at[row_id] for row_id in gold.ids]]
     return preds, gold.labels, gold.label_names
 

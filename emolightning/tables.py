@@ -160,7 +160,9 @@ def read_records(
         )
     if labels_column is not None:
         if label_columns:
-            raise ConfigError("`data.label_columns` (one 0/1 column per label) and `data.labels_column` (one column holding a list of labels) exclude each other: set one.")
+            raise ConfigError(
+                "`data.label_columns` (one 0/1 column per label) and `data.labels_column` (one column holding a list of labels) exclude each other: set one."
+            )
         if not label_names:
             raise ConfigError(f"`data.labels_column` '{labels_column}' holds label ids or names: set `data.label_names` to the label names, in id order.")
         label_names = list(label_names)
@@ -207,7 +209,9 @@ def plain_texts(path: str, note_spaces: bool = True) -> Iterator[Record]:
         _note(path, changed)
 
 
-def _records(path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool, note_spaces: bool) -> Iterator[Record]:
+def _records(
+    path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool, note_spaces: bool
+) -> Iterator[Record]:
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
     changed = number = 0
@@ -234,7 +238,9 @@ def _records(path: str, rows, text_column: str, id_column: str | None, label_nam
         if labelled is None:
             labelled = values is not None
         elif (values is not None) != labelled:
-            raise DataError(f"{where(path, line)}: this row is {'' if values is not None else 'un'}labelled, unlike the rows before it. A file is either fully labelled or fully unlabelled (NONE).")
+            raise DataError(
+                f"{where(path, line)}: this row is {'' if values is not None else 'un'}labelled, unlike the rows before it. A file is either fully labelled or fully unlabelled (NONE)."
+            )
         fixed = spaced(text)
         changed += fixed != text
         yield row_id, fixed, values
@@ -245,10 +251,26 @@ def _records(path: str, rows, text_column: str, id_column: str | None, label_nam
 
 
 def file_records(
-    path: str, text_column: str, id_column: str | None, label_columns: list[str] | None, unique_ids: bool = True, labels_column: str | None = None, label_names: list[str] | None = None
+    path: str,
+    text_column: str,
+    id_column: str | None,
+    label_columns: list[str] | None,
+    unique_ids: bool = True,
+    labels_column: str | None = None,
+    label_names: list[str] | None = None,
 ) -> Iterator[Record]:
     """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
-    return read_records(path, text_column, id_column, label_columns, allow_plain_text=True, unique_ids=unique_ids, labels_column=labels_column, label_names=label_names, note_spaces=unique_ids)[1]
+    return read_records(
+        path,
+        text_column,
+        id_column,
+        label_columns,
+        allow_plain_text=True,
+        unique_ids=unique_ids,
+        labels_column=labels_column,
+        label_names=label_names,
+        note_spaces=unique_ids,
+    )[1]
 
 
 def read_table(
@@ -288,7 +310,13 @@ def load_hub(name: str, config: str | None):
 
 
 def table_from_hub(
-    dataset, split_name: str, text_column: str, id_column: str | None, label_columns: list[str] | None, labels_column: str | None = None, label_names: list[str] | None = None
+    dataset,
+    split_name: str,
+    text_column: str,
+    id_column: str | None,
+    label_columns: list[str] | None,
+    labels_column: str | None = None,
+    label_names: list[str] | None = None,
 ) -> Table:
     """Convert one split of a `datasets` DatasetDict: bool or 0/1 label columns, or a column of label lists
     (`labels_column`) whose names come from its ClassLabel feature or `label_names`."""
@@ -296,7 +324,9 @@ def table_from_hub(
     source = f"hub:{split_name}"
     for column in [text_column] + ([labels_column] if labels_column else []):
         if column not in split.column_names:
-            raise DataError(f"The Hub split '{split_name}' has no column '{column}' (its columns: {clip(split.column_names, 200)}). Set `data.text_column` / `data.labels_column`.")
+            raise DataError(
+                f"The Hub split '{split_name}' has no column '{column}' (its columns: {clip(split.column_names, 200)}). Set `data.text_column` / `data.labels_column`."
+            )
     texts = [spaced(str(text)) for text in split[text_column]]
     ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
     if labels_column:

@@ -155,12 +155,14 @@ class LabelTable(Callback):
         rows = []
         for i, name in enumerate(label_names):
             f1 = metrics.get(f"{self.stage}/f1/{name}")
-            rows.append([
-                name,
-                None if thresholds is None else round(float(thresholds[i]), 4),
-                None if f1 is None else float(f1),
-                None if positives is None else int(positives[i]),
-            ])
+            rows.append(
+                [
+                    name,
+                    None if thresholds is None else round(float(thresholds[i]), 4),
+                    None if f1 is None else float(f1),
+                    None if positives is None else int(positives[i]),
+                ]
+            )
         return rows
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -214,7 +216,9 @@ def log_report_to_wandb(logger: WandbLogger, run, figures: list[tuple]) -> None:
         vp = run.val_probs
         table = wandb.Table(columns=["class", "precision", "recall"], data=pr_curve_rows(vp["probs"], vp["target"], vp["label_names"]))
         payload["val/pr_curves"] = wandb.plot_table(
-            "wandb/area-under-curve/v0", table, {"x": "recall", "y": "precision", "class": "class"},
+            "wandb/area-under-curve/v0",
+            table,
+            {"x": "recall", "y": "precision", "class": "class"},
             {"title": f"Validation precision-recall per label (epoch {vp['epoch']})", "x-axis-title": "Recall", "y-axis-title": "Precision"},
         )
     if payload:

@@ -13,14 +13,25 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # property tests (test_roundtrip.py) draw the same examples on every run: CI stays deterministic
-settings.register_profile("emolightning", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "emolightning", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.load_profile("emolightning")
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 # One cue word per label, so that a tiny model can learn something in a few steps.
 CUES = {
-    "anger": "furious", "anticipation": "awaiting", "disgust": "gross", "fear": "scared", "joy": "delighted",
-    "love": "adore", "optimism": "hopeful", "pessimism": "doomed", "sadness": "crying", "surprise": "shocked", "trust": "reliable",
+    "anger": "furious",
+    "anticipation": "awaiting",
+    "disgust": "gross",
+    "fear": "scared",
+    "joy": "delighted",
+    "love": "adore",
+    "optimism": "hopeful",
+    "pessimism": "doomed",
+    "sadness": "crying",
+    "surprise": "shocked",
+    "trust": "reliable",
 }
 FILLER = "the a today my friend work this is was so very and with at home news game city morning".split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -86,7 +97,9 @@ def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
     from helpers import emolightning, tiny_args
 
     root = tmp_path_factory.mktemp("trained")
-    emolightning("fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3"))
+    emolightning(
+        "fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
+    )
     run = next((root / "run" / "lightning_logs").glob("version_*"))
     return {"root": root, "config": run / "config.yaml", "ckpt": next((run / "checkpoints").glob("best-*.ckpt"))}
 

@@ -22,12 +22,18 @@ def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = No
 
 def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
     return [
-        "--config", "configs/quickstart.yaml",
-        "--model.init_args.encoder", tiny_encoder,
-        "--data.data_dir", data_dir,
-        "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "run"),
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        "configs/quickstart.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        data_dir,
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
     ]
 

@@ -106,7 +106,10 @@ def test_truncation_keeps_final_special_token(tmp_path, tiny_encoder, cache_dir)
 
 
 def test_collator_pads_to_longest():
-    items = [{"input_ids": torch.tensor([2, 7, 3]), "index": 0, "labels": torch.ones(2)}, {"input_ids": torch.tensor([2, 3]), "index": 1, "labels": torch.zeros(2)}]
+    items = [
+        {"input_ids": torch.tensor([2, 7, 3]), "index": 0, "labels": torch.ones(2)},
+        {"input_ids": torch.tensor([2, 3]), "index": 1, "labels": torch.zeros(2)},
+    ]
     batch = Collator(pad_token_id=0)(items)
     assert batch["input_ids"].tolist() == [[2, 7, 3], [2, 3, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -177,5 +180,7 @@ def test_hub_offline_says_what_to_do(tiny_encoder, cache_dir, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     data = dm(tiny_encoder, cache_dir)
-    with pytest.raises(DataError, match=r"Could not load the Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1'.*ConnectionError.*data\.data_dir.*data\.train_file"):
+    with pytest.raises(
+        DataError, match=r"Could not load the Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1'.*ConnectionError.*data\.data_dir.*data\.train_file"
+    ):
         data.prepare_data()

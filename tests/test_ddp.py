@@ -34,14 +34,21 @@ METRIC_TOL = 1e-6
 LOSS_TOL = 0.02
 
 SAME = [
-    "--model.init_args.dropout", "0",
-    "--model.init_args.lr", "3e-3",
-    "--model.init_args.head_lr", "0.1",
+    "--model.init_args.dropout",
+    "0",
+    "--model.init_args.lr",
+    "3e-3",
+    "--model.init_args.head_lr",
+    "0.1",
     # 0.15 lies inside the tiny model's probability range, so the val/* scores hinge on single probabilities
-    "--model.init_args.threshold", "0.15",
-    "--trainer.max_epochs", "2",
-    "--trainer.limit_train_batches", "6",
-    "--checkpoint.save_top_k", "-1",  # a checkpoint per epoch (last.ckpt is only rewritten when a best one is)
+    "--model.init_args.threshold",
+    "0.15",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.limit_train_batches",
+    "6",
+    "--checkpoint.save_top_k",
+    "-1",  # a checkpoint per epoch (last.ckpt is only rewritten when a best one is)
 ]
 DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"]
 
@@ -139,7 +146,9 @@ def test_only_local_rank_zero_tokenises(ddp):
 def test_torchrun_matches_one_process(single, no_dropout_encoder, ec_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "emolightning", "fit"]
-    proc = subprocess.run(command + tiny_args(no_dropout_encoder, ec_dir, tmp_path, *SAME, *DDP), cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        command + tiny_args(no_dropout_encoder, ec_dir, tmp_path, *SAME, *DDP), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, output(proc)[-5000:]
     printed = output(proc)
     # torchrun set RANK before Lightning started, so rank 0 prefixes its lines too (Lightning's own launcher does not)
@@ -173,9 +182,24 @@ def test_two_processes_predict_what_one_process_predicts(single, ec_dir, tmp_pat
     """Streamed predict under DDP: each rank writes its share, rank 0 merges them back into input order."""
     run = run_dir(single[0])
     # batches of 4 in chunks of 2 batches: the 30 test rows make 4 chunks whose batches alternate between the ranks
-    common = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best-1-12.ckpt"),
-              "--data.eval_batch_size", "4", "--data.predict_chunk_batches", "2", "--probabilities", "true", "--trainer.logger", "false"]
-    one = emolightning(*common, "--output", str(tmp_path / "one.txt"), "--trainer.default_root_dir", str(tmp_path / "one"), "--trainer.enable_progress_bar", "true")
+    common = [
+        "predict",
+        "--config",
+        str(run / "config.yaml"),
+        "--ckpt_path",
+        str(run / "checkpoints" / "best-1-12.ckpt"),
+        "--data.eval_batch_size",
+        "4",
+        "--data.predict_chunk_batches",
+        "2",
+        "--probabilities",
+        "true",
+        "--trainer.logger",
+        "false",
+    ]
+    one = emolightning(
+        *common, "--output", str(tmp_path / "one.txt"), "--trainer.default_root_dir", str(tmp_path / "one"), "--trainer.enable_progress_bar", "true"
+    )
     assert re.search(r"Predicting.* 8/8 ", output(one))  # a progress bar with a known total: ceil(30 / 4) batches
     two = emolightning(*common, *DDP, "--output", str(tmp_path / "two.txt"), "--trainer.default_root_dir", str(tmp_path / "two"))
     assert "Starting with 2 processes" in output(two)

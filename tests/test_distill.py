@@ -95,7 +95,9 @@ def test_hugging_face_teacher_and_its_layer_layout(layout, tiny_encoder, tmp_pat
         config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **labels)
         hf = DistilBertForSequenceClassification(config)
     else:
-        config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **labels)
+        config = BertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **labels
+        )
         hf = BertForSequenceClassification(config)
     hf.save_pretrained(tmp_path / "teacher")
     AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(tmp_path / "teacher")
@@ -142,8 +144,16 @@ def test_fit_keeps_the_teacher_frozen_and_saves_a_plain_student(tiny_encoder, ec
     data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=16)
     watch = TeacherWatch()
     trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[watch], default_root_dir=str(tmp_path),
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[watch],
+        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, data)
     assert watch.steps == 4  # two epochs, with a validation between them
@@ -184,7 +194,9 @@ def test_cached_teacher_logits_give_the_same_losses(tiny_encoder, ec_dir, teache
         model = distiller(tiny_encoder, teacher_ckpt, student_layers=[1], cache_teacher_logits=cache)
         data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=16)
         record = Losses(model)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[record])
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[record]
+        )
         trainer.fit(model, data)
         return record, model
 
@@ -284,14 +296,37 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
 
     common = ["--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1"]
     # a tiny teacher, fine-tuned briefly with the plain module (in-process: no second import)
-    run_cli(["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.init_args.encoder", tiny_encoder, "--model.init_args.lr", "1e-3",
-             "--trainer.default_root_dir", str(tmp_path / "teacher"), *common])
+    run_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/quickstart.yaml"),
+            "--model.init_args.encoder",
+            tiny_encoder,
+            "--model.init_args.lr",
+            "1e-3",
+            "--trainer.default_root_dir",
+            str(tmp_path / "teacher"),
+            *common,
+        ]
+    )
     teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"))[0]
 
     fit = emolightning(
-        "fit", "--config", "configs/distill/minilm-l6-to-l3.yaml", "--model.init_args.encoder", tiny_encoder,
-        "--model.init_args.teacher", teacher, "--model.init_args.student_layers", "[1]", "--trainer.accelerator", "cpu",
-        "--trainer.default_root_dir", str(tmp_path / "student"), *common,
+        "fit",
+        "--config",
+        "configs/distill/minilm-l6-to-l3.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--model.init_args.teacher",
+        teacher,
+        "--model.init_args.student_layers",
+        "[1]",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        str(tmp_path / "student"),
+        *common,
     )
     printed = fit.stdout + fit.stderr
     assert "distillation: teacher" in printed and "+ 0.1 x cosine" in printed and "[val epoch 0]" in printed
@@ -302,7 +337,19 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
 
     # the student tests as a plain EmotionClassifier, with the plain 3-layer config and no teacher
     os.remove(teacher)
-    cli = run_cli(["test", "--config", str(REPO / "configs/semeval/minilm-l3.yaml"), "--model.init_args.encoder", tiny_encoder,
-                   "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", best, *common])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            str(REPO / "configs/semeval/minilm-l3.yaml"),
+            "--model.init_args.encoder",
+            tiny_encoder,
+            "--trainer.default_root_dir",
+            str(tmp_path / "test"),
+            "--ckpt_path",
+            best,
+            *common,
+        ]
+    )
     assert type(cli.model) is EmotionClassifier and len(cli.model.encoder.encoder.layer) == 1
     assert {"test/jaccard", "test/f1_micro", "test/tuned/jaccard"} <= set(cli.trainer.callback_metrics)

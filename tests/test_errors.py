@@ -25,13 +25,20 @@ HEADER = "ID\tTweet\tjoy\tsadness\n"
 
 def cli_args(tiny_encoder: str, root: Path, data_dir: str, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "configs" / "quickstart.yaml"),
-        "--model.init_args.encoder", tiny_encoder,
-        "--data.data_dir", data_dir,
-        "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "run"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        data_dir,
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
         *extra,
     ]
 
@@ -139,12 +146,25 @@ def test_long_texts_are_truncated_counted_and_reported(tiny_encoder, tmp_path, m
     assert [len(ids) for ids in train.input_ids][1] == 24 and len(train.input_ids[4]) == 24
     assert train.input_ids[1][-1].item() == 3 and train.input_ids[4][-1].item() == 3  # [SEP] kept
     assert all(len(ids) <= 17 for i, ids in enumerate(train.input_ids) if i not in (1, 4))  # <= 15 words + 2
-    assert [m for m in said if "truncated" in m] == [f"{folder / '2018-E-c-En-train.txt'}: 2 of 6 texts are longer than max_length=24 tokens and were truncated."]
+    assert [m for m in said if "truncated" in m] == [
+        f"{folder / '2018-E-c-En-train.txt'}: 2 of 6 texts are longer than max_length=24 tokens and were truncated."
+    ]
 
 
 def test_nan_loss_stops_with_step_batch_and_last_good_checkpoint(tiny_encoder, ec_dir, tmp_path, capsys):
     inject = json.dumps({"class_path": "fault_injection.InjectNaN", "init_args": {"step": 7}})
-    args = cli_args(tiny_encoder, tmp_path, ec_dir, "--trainer.max_epochs", "1", "--data.batch_size", "8", "--last_checkpoint.every_n_train_steps", "5", f"--trainer.callbacks+={inject}")
+    args = cli_args(
+        tiny_encoder,
+        tmp_path,
+        ec_dir,
+        "--trainer.max_epochs",
+        "1",
+        "--data.batch_size",
+        "8",
+        "--last_checkpoint.every_n_train_steps",
+        "5",
+        f"--trainer.callbacks+={inject}",
+    )
     code, err = run_main(["fit", *args], capsys)
     assert code == 2 and "Traceback" not in err
     last = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
@@ -183,8 +203,14 @@ def tiny_fit(precision_plugin=None, inf_grad_at: int = 1):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(3, 4)), batch_size=1)
     module = Module()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=3, callbacks=[FiniteLossGuard()], plugins=[precision_plugin] if precision_plugin else None,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=3,
+        callbacks=[FiniteLossGuard()],
+        plugins=[precision_plugin] if precision_plugin else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, data)
     return module
@@ -215,7 +241,10 @@ def test_real_command_exits_2_without_traceback(tiny_encoder, tmp_path):
         "missing_dir": ["fit", *cli_args(tiny_encoder, tmp_path, missing)],
         "typo": ["fit", *cli_args(tiny_encoder, tmp_path, missing), "--trainer.max_epochz", "1"],
     }
-    procs = {k: subprocess.Popen([sys.executable, "-m", "emolightning", *v], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k, v in commands.items()}
+    procs = {
+        k: subprocess.Popen([sys.executable, "-m", "emolightning", *v], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k, v in commands.items()
+    }
     out = {k: p.communicate(timeout=300) for k, p in procs.items()}
     for name, proc in procs.items():
         assert proc.returncode == 2, (name, out[name][1][-2000:])

@@ -62,8 +62,16 @@ def cls_checkpoint(tiny_encoder, tmp_path_factory):
     model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, pooling="cls")
     model.thresholds.copy_(torch.tensor([0.3, 0.55, 0.7]))
     path = tmp_path_factory.mktemp("cls") / "cls.ckpt"
-    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(), "epoch": 0, "global_step": 0,
-                "pytorch-lightning_version": lightning.__version__}, path)
+    torch.save(
+        {
+            "hyper_parameters": dict(model.hparams),
+            "state_dict": model.state_dict(),
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     return path
 
 
@@ -71,8 +79,9 @@ def test_exported_model_loads_without_emolightning_and_gives_the_same_logits(tra
     mean_dir = export_checkpoint(trained_run["ckpt"], tmp_path / "mean")
     cls_dir = export_checkpoint(cls_checkpoint, tmp_path / "cls")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(TEXTS), str(mean_dir), str(cls_dir)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(TEXTS), str(mean_dir), str(cls_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded["emolightning_loaded"] is False
@@ -135,8 +144,16 @@ def test_per_label_poolings_export_with_the_same_logits(pooling, tiny_encoder, t
         if model.label_attention is not None:
             model.label_attention.queries.normal_()
     path = tmp_path / f"{pooling}.ckpt"
-    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(), "epoch": 0, "global_step": 0,
-                "pytorch-lightning_version": lightning.__version__}, path)
+    torch.save(
+        {
+            "hyper_parameters": dict(model.hparams),
+            "state_dict": model.state_dict(),
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     directory = export_checkpoint(path, tmp_path / "export")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(TEXTS), str(directory)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -15,7 +15,11 @@ from emolightning.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = yaml.safe_load((REPO / "configs" / "goemotions" / "minilm-l6.yaml").read_text())["data"]["label_names"]
-ROWS = [("eew5j0j", "Game hurt, I was so delighted", [17, 3]), ("ed2mah1", "You do right\nif you don't care", [27]), ("eeibobj", 'he said "shocked"', [26, 14, 17])]
+ROWS = [
+    ("eew5j0j", "Game hurt, I was so delighted", [17, 3]),
+    ("ed2mah1", "You do right\nif you don't care", [27]),
+    ("eeibobj", 'he said "shocked"', [26, 14, 17]),
+]
 
 
 def multi_hot(ids: list[int]) -> list[int]:
@@ -30,7 +34,10 @@ def write(path: Path, rows=ROWS, names: bool = False) -> Path:
         with open(path, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([["text", "labels", "id"]] + [[t, ",".join(map(str, lab)), i] for (i, t, _), lab in zip(rows, labels)])
     else:  # GoEmotions' own tsv layout (text, comma-separated ids, id), with a header
-        path.write_text("text\tlabels\tid\n" + "".join(f"{t.replace(chr(10), ' ')}\t{','.join(map(str, lab))}\t{i}\n" for (i, t, _), lab in zip(rows, labels)), encoding="utf-8")
+        path.write_text(
+            "text\tlabels\tid\n" + "".join(f"{t.replace(chr(10), ' ')}\t{','.join(map(str, lab))}\t{i}\n" for (i, t, _), lab in zip(rows, labels)),
+            encoding="utf-8",
+        )
     return path
 
 
@@ -52,10 +59,22 @@ def test_an_unknown_label_id_names_its_line(tmp_path):
 def test_hub_split_names_come_from_its_classlabel_feature(tiny_encoder, cache_dir, monkeypatch):
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"), "labels": datasets.Sequence(datasets.ClassLabel(names=NAMES)), "id": datasets.Value("string")})
-    split = datasets.Dataset.from_dict({"text": [t for _, t, _ in ROWS], "labels": [ids for _, _, ids in ROWS], "id": [i for i, _, _ in ROWS]}, features=features)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "labels": datasets.Sequence(datasets.ClassLabel(names=NAMES)), "id": datasets.Value("string")}
+    )
+    split = datasets.Dataset.from_dict(
+        {"text": [t for _, t, _ in ROWS], "labels": [ids for _, _, ids in ROWS], "id": [i for i, _, _ in ROWS]}, features=features
+    )
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.DatasetDict({"train": split, "validation": split, "test": split}))
-    data = EmotionDataModule(hub_dataset="google-research-datasets/go_emotions", hub_config="simplified", text_column="text", id_column="id", labels_column="labels", tokenizer=tiny_encoder, cache_dir=cache_dir)
+    data = EmotionDataModule(
+        hub_dataset="google-research-datasets/go_emotions",
+        hub_config="simplified",
+        text_column="text",
+        id_column="id",
+        labels_column="labels",
+        tokenizer=tiny_encoder,
+        cache_dir=cache_dir,
+    )
     assert data.label_names == NAMES  # no data.label_names: the Hub feature's
     data.prepare_data()
     data.setup("fit")
@@ -70,11 +89,38 @@ def test_goemotions_config_trains_and_predicts_one_column_per_label(tiny_encoder
     texts = tmp_path / "texts.txt"
     texts.write_text("so delighted\nshocked and scared\n", encoding="utf-8")
     common = ["--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
-    emolightning("fit", "--config", "configs/goemotions/minilm-l6.yaml", "--model.init_args.encoder", tiny_encoder, "--data.train_file", str(train), "--data.val_file", str(dev),
-                 "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.accelerator", "cpu", *common)
+    emolightning(
+        "fit",
+        "--config",
+        "configs/goemotions/minilm-l6.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.train_file",
+        str(train),
+        "--data.val_file",
+        str(dev),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.accelerator",
+        "cpu",
+        *common,
+    )
     run = next((tmp_path / "run" / "lightning_logs").glob("version_*"))
     out = tmp_path / "pred.txt"
-    emolightning("predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(next((run / "checkpoints").glob("best-*.ckpt"))), "--data.predict_file", str(texts), "--output", str(out), *common)
+    emolightning(
+        "predict",
+        "--config",
+        str(run / "config.yaml"),
+        "--ckpt_path",
+        str(next((run / "checkpoints").glob("best-*.ckpt"))),
+        "--data.predict_file",
+        str(texts),
+        "--output",
+        str(out),
+        *common,
+    )
     header, *rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
     assert header == ["ID", "Tweet", *NAMES]
     assert [r[:2] for r in rows] == [["1", "so delighted"], ["2", "shocked and scared"]] and all(set(r[2:]) <= {"0", "1"} and len(r) == 30 for r in rows)

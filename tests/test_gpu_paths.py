@@ -155,7 +155,19 @@ def test_a_gpu_missing_from_the_torch_build_fails_early_with_the_fix(fake_gpu, t
 
     monkeypatch.setattr(cli, "check_gpu", record)
     with pytest.raises(Checked):
-        cli.run_cli(["fit", "--config", "configs/quickstart.yaml", "--model.init_args.encoder", tiny_encoder, "--trainer.precision", "bf16-mixed", "--data.data_dir", ec_dir])
+        cli.run_cli(
+            [
+                "fit",
+                "--config",
+                "configs/quickstart.yaml",
+                "--model.init_args.encoder",
+                tiny_encoder,
+                "--trainer.precision",
+                "bf16-mixed",
+                "--data.data_dir",
+                ec_dir,
+            ]
+        )
     assert seen == [(torch.device("cpu"), "bf16-mixed")]
 
 

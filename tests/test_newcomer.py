@@ -81,7 +81,17 @@ def test_help_of_python_m_names_the_program_and_every_command():
     assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
 
 
-NOISE = ["tensorboardX", "litlogger", "LeafSpec", "Loading weights", "FLOPs", "v_num", "TPU available", "dirpath has changed", "Couldn't infer the batch indices"]
+NOISE = [
+    "tensorboardX",
+    "litlogger",
+    "LeafSpec",
+    "Loading weights",
+    "FLOPs",
+    "v_num",
+    "TPU available",
+    "dirpath has changed",
+    "Couldn't infer the batch indices",
+]
 
 
 def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_alone(tiny_encoder, ec_dir, tmp_path):
@@ -164,8 +174,21 @@ def test_every_data_error_is_a_short_paragraph_with_exit_2(case, tiny_encoder, t
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     extra, words = bad_inputs(tmp_path)[case]
-    code, _, err = run_main(["fit", "--config", str(REPO / "configs" / "semeval" / "minilm-l6.yaml"), "--model.init_args.encoder", tiny_encoder,
-                             "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "run"), *extra], capsys)
+    code, _, err = run_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "semeval" / "minilm-l6.yaml"),
+            "--model.init_args.encoder",
+            tiny_encoder,
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 2
     assert_one_paragraph(err, max_lines=2)
     assert len(err) < 1700 and all(w in err for w in words), err[-2000:]

@@ -65,8 +65,17 @@ def test_bf16_mixed_with_gradient_accumulation_on_cpu(tiny_encoder, ec_dir, cach
     model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3)
     recorder, lines = Recorder(model), Lines()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision="bf16-mixed", accumulate_grad_batches=2, max_epochs=1, limit_train_batches=8,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder],
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        accumulate_grad_batches=2,
+        max_epochs=1,
+        limit_train_batches=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
     )
     logging.getLogger("lightning.pytorch").addHandler(lines)
     try:

@@ -43,8 +43,20 @@ def predict_in_process(trained_run, tmp_path, *extra: str) -> None:
     """`emolightning predict` in this process (a subprocess costs ~8 s of imports)."""
     from emolightning.cli import run_cli
 
-    run_cli(["predict", "--config", str(trained_run["config"]), "--ckpt_path", str(trained_run["ckpt"]),
-             "--trainer.default_root_dir", str(tmp_path / "root"), "--trainer.enable_progress_bar", "false", *extra])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(trained_run["config"]),
+            "--ckpt_path",
+            str(trained_run["ckpt"]),
+            "--trainer.default_root_dir",
+            str(tmp_path / "root"),
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
 
 
 def test_official_format_in_input_order_with_probabilities(trained_run, ec_dir, tiny_encoder, tmp_path):
@@ -121,8 +133,23 @@ def test_a_bad_row_late_in_the_file_stops_predict_before_the_model_runs(trained_
     out.parent.mkdir()
     out.write_text("the user's earlier predictions\n")
     with pytest.raises(SystemExit) as done:
-        main(["predict", "--config", str(trained_run["config"]), "--ckpt_path", str(trained_run["ckpt"]), "--data.predict_file", str(source),
-              "--output", str(out), "--trainer.default_root_dir", str(tmp_path / "root"), "--trainer.enable_progress_bar", "false"])
+        main(
+            [
+                "predict",
+                "--config",
+                str(trained_run["config"]),
+                "--ckpt_path",
+                str(trained_run["ckpt"]),
+                "--data.predict_file",
+                str(source),
+                "--output",
+                str(out),
+                "--trainer.default_root_dir",
+                str(tmp_path / "root"),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err and f"{source}, " in err
     assert all(w in err for w in words), err[-800:]

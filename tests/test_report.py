@@ -145,7 +145,7 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 200 and pixels.std() > 0.01
         assert figure["legend"] == labels and figure["left_out"] == {}, figure
         assert "data:image/png;base64," + base64.b64encode(data).decode()[:100] in html
-    assert html.count("data:image/png;base64,") == len(FIGURES) and "src=\"http" not in html and labels[1] in html
+    assert html.count("data:image/png;base64,") == len(FIGURES) and 'src="http' not in html and labels[1] in html
 
 
 def test_runs_of_older_code_report_dashes_for_what_they_did_not_record(two_runs, tmp_path, capsys):
@@ -207,7 +207,9 @@ def test_run_clock_numbers(monkeypatch):
     # epoch 19 - 10 = 9 s, of which 16 - 14 = 2 s validation; 36 examples per rank x 2 ranks in 7 s; 19 - 5 = 14 s since the start
     assert logged["train/epoch_time_s"] == 9.0 and logged["train/samples_per_sec"] == pytest.approx(72 / 7) and logged["train/elapsed_s"] == 14.0
     # synced over ranks: the slowest one's times and throughput
-    assert logged["sync"] and logged["train/epoch_time_s reduce"] == logged["train/elapsed_s reduce"] == "max" and logged["train/samples_per_sec reduce"] == "min"
+    assert (
+        logged["sync"] and logged["train/epoch_time_s reduce"] == logged["train/elapsed_s reduce"] == "max" and logged["train/samples_per_sec reduce"] == "min"
+    )
 
 
 def test_new_best_is_strict_like_model_checkpoint():
@@ -236,8 +238,9 @@ def test_the_report_goes_to_a_wandb_run(two_runs, tmp_path):
     run_dir = tmp_path / "emolightning" / "abc123"
     shutil.copytree(two_runs["A"], run_dir, ignore=shutil.ignore_patterns("report", "metrics.csv", "hparams.yaml", "last.ckpt"))
     logger = WandbLogger(project="emolightning", save_dir=str(tmp_path), offline=True)
-    trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/jaccard")],
-                              default_root_dir=str(tmp_path), loggers=[logger])
+    trainer = SimpleNamespace(
+        checkpoint_callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/jaccard")], default_root_dir=str(tmp_path), loggers=[logger]
+    )
     try:
         report_after_fit(trainer)
         logger.experiment.finish()
@@ -281,8 +284,15 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
     def validation_end(epoch: int, jaccard: float, best: float | None, fn: str = "fit") -> None:
         model.last_val_outputs = (torch.full((3, 2), epoch / 10), torch.eye(3, 2))
         checkpoint.best_model_score = None if best is None else torch.tensor(best)
-        trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, state=SimpleNamespace(fn=fn), checkpoint_callbacks=[checkpoint],
-                                  callback_metrics={"val/jaccard": torch.tensor(jaccard)}, current_epoch=epoch, global_step=10 * epoch)
+        trainer = SimpleNamespace(
+            sanity_checking=False,
+            is_global_zero=True,
+            state=SimpleNamespace(fn=fn),
+            checkpoint_callbacks=[checkpoint],
+            callback_metrics={"val/jaccard": torch.tensor(jaccard)},
+            current_epoch=epoch,
+            global_step=10 * epoch,
+        )
         BestValidationOutputs().on_validation_end(trainer, model)
 
     npz = tmp_path / "val_probs.npz"

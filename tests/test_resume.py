@@ -43,12 +43,31 @@ def callback(name: str, **init_args) -> str:
 def fit_args(tiny_encoder: str, ec_dir: str, root: Path, steps_file: Path) -> list[str]:
     # 96 train rows / batch 4 = 24 steps per epoch, 2 epochs; last.ckpt every 5 steps
     return [
-        "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
-        "--model.init_args.encoder", tiny_encoder, "--model.init_args.lr", "5e-3", "--model.init_args.head_lr", "5e-2",
-        "--data.data_dir", ec_dir, "--data.cache_dir", str(root / "cache"), "--data.batch_size", "4",
-        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root / "run"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--last_checkpoint.every_n_train_steps", "5",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--model.init_args.lr",
+        "5e-3",
+        "--model.init_args.head_lr",
+        "5e-2",
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--data.batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--last_checkpoint.every_n_train_steps",
+        "5",
         callback("RecordSteps", path=str(steps_file)),
     ]
 
@@ -67,9 +86,23 @@ def test_kill_9_mid_epoch_then_resume_ends_exactly_where_the_uninterrupted_run_e
     # the uninterrupted run and the run that is killed, side by side
     started = time.time()
     runs = {
-        "plain": subprocess.Popen(command(*fit_args(tiny_encoder, ec_dir, plain, tmp_path / "plain.steps")), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        "plain": subprocess.Popen(
+            command(*fit_args(tiny_encoder, ec_dir, plain, tmp_path / "plain.steps")),
+            cwd=REPO,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
         # SIGKILL right after optimizer step 33, i.e. batch 8 of epoch 1; the last checkpoint is from step 30
-        "killed": subprocess.Popen(command(*fit_args(tiny_encoder, ec_dir, broken, tmp_path / "broken.steps"), callback("KillAtStep", step=33)), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        "killed": subprocess.Popen(
+            command(*fit_args(tiny_encoder, ec_dir, broken, tmp_path / "broken.steps"), callback("KillAtStep", step=33)),
+            cwd=REPO,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
     }
     logs = {k: p.communicate(timeout=600)[0] for k, p in runs.items()}
     assert runs["plain"].returncode == 0, logs["plain"][-3000:]
@@ -82,7 +115,9 @@ def test_kill_9_mid_epoch_then_resume_ends_exactly_where_the_uninterrupted_run_e
     assert [s for s, _, _ in steps(tmp_path / "broken.steps")] == list(range(1, 34))  # steps 31-33 are lost
 
     # resume: the saved config and --ckpt_path last, nothing else
-    resumed = subprocess.run(command("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last"), cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        command("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last"), cwd=REPO, env=env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {last}" in resumed.stderr + resumed.stdout
     print(f"3 runs: {time.time() - started:.0f} s")
@@ -227,7 +262,12 @@ def test_ckpt_path_last_finds_the_newest_last_checkpoint_of_the_run(tmp_path):
     (root / "lightning_logs" / "version_0" / "checkpoints" / ".last.ckpt.host.1.tmp").write_bytes(b"half")
 
     def config(ckpt):
-        return Namespace(ckpt_path=ckpt, trainer=Namespace(default_root_dir=str(root), logger=None), checkpoint=Namespace(dirpath=None), last_checkpoint=Namespace(dirpath=None))
+        return Namespace(
+            ckpt_path=ckpt,
+            trainer=Namespace(default_root_dir=str(root), logger=None),
+            checkpoint=Namespace(dirpath=None),
+            last_checkpoint=Namespace(dirpath=None),
+        )
 
     fit = config("last")
     resolve_resume("fit", fit)

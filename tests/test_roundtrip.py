@@ -25,8 +25,43 @@ from emolightning.tables import file_records, read_table
 
 LABELS = ["joy", "fear", "trust"]
 PIECES = [
-    "👩\u200d👩\u200d👧\u200d👦", "👍🏽", "🧑🏿\u200d🚀", "🏳️\u200d🌈", "مرحبا بالعالم", "שלום עולם", "\u200f", "\u202e", "你好，世界", "日本語のテキスト", "한국어",
-    '"', "'", '""', '"quoted"', ",", ";", "\t", "\r", "\n", "\r\n", "\n\n", "\r\n\r\n", " ", "  ", "word", "NONE", "0", "1", "#tag", "@user", "\\", "\u2028", "\x85", "\x0b", "é", "e\u0301",
+    "👩\u200d👩\u200d👧\u200d👦",
+    "👍🏽",
+    "🧑🏿\u200d🚀",
+    "🏳️\u200d🌈",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "\u200f",
+    "\u202e",
+    "你好，世界",
+    "日本語のテキスト",
+    "한국어",
+    '"',
+    "'",
+    '""',
+    '"quoted"',
+    ",",
+    ";",
+    "\t",
+    "\r",
+    "\n",
+    "\r\n",
+    "\n\n",
+    "\r\n\r\n",
+    " ",
+    "  ",
+    "word",
+    "NONE",
+    "0",
+    "1",
+    "#tag",
+    "@user",
+    "\\",
+    "\u2028",
+    "\x85",
+    "\x0b",
+    "é",
+    "e\u0301",
 ]
 BREAKS = re.compile(r"\r\n|[\r\n\t]")
 FORMATS = ["csv", "txt", "jsonl", "json", "plain"]
@@ -145,8 +180,23 @@ def test_predict_writes_one_row_per_input_row(fmt, trained_run, tmp_path):
     source = write(table, tmp_path)
     check_readers(table, tmp_path)
     out = tmp_path / "pred.txt"
-    run_cli(["predict", "--config", str(trained_run["config"]), "--ckpt_path", str(trained_run["ckpt"]), "--data.predict_file", str(source), "--output", str(out),
-             "--trainer.default_root_dir", str(tmp_path / "root"), "--trainer.enable_progress_bar", "false"])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(trained_run["config"]),
+            "--ckpt_path",
+            str(trained_run["ckpt"]),
+            "--data.predict_file",
+            str(source),
+            "--output",
+            str(out),
+            "--trainer.default_root_dir",
+            str(tmp_path / "root"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     lines = out.read_bytes().decode("utf-8").split("\n")
     assert lines[-1] == "" and lines[0].split("\t")[:2] == ["ID", "Tweet"]
     rows = [line.split("\t") for line in lines[1:-1]]

@@ -35,9 +35,17 @@ sys.exit(max(abs(c) for c in codes))
 
 def slurm_env(job: str, ntasks: int, restarts: int = 0) -> dict:
     return {
-        "SLURM_JOB_ID": job, "SLURM_JOB_NAME": "emolightning", "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": str(ntasks),
-        "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1",
-        "SLURM_RESTART_COUNT": str(restarts), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+        "SLURM_JOB_ID": job,
+        "SLURM_JOB_NAME": "emolightning",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(ntasks),
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_RESTART_COUNT": str(restarts),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
     }
 
 
@@ -57,10 +65,17 @@ def fake_slurm(tmp_path) -> tuple[Path, Path]:
 
 def sbatch(bin_dir: Path, runs: Path, env: dict, *args: str) -> subprocess.Popen:
     full = {
-        **os.environ, **env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RUN_DIR": str(runs / env["SLURM_JOB_ID"]),
-        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+        **os.environ,
+        **env,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "RUN_DIR": str(runs / env["SLURM_JOB_ID"]),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
     }
-    return subprocess.Popen(["bash", str(REPO / "scripts/slurm/train.sbatch"), *args], cwd=REPO, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts/slurm/train.sbatch"), *args], cwd=REPO, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def records(path_pattern: str, rank: int) -> list[tuple[int, str, float]]:
@@ -76,12 +91,35 @@ def test_requeue_signal_then_requeued_job_resumes_exactly_from_its_own_last_ckpt
     def args(record: str, *extra: str) -> list[str]:
         # 96 rows, 2 ranks x batch 4: 12 optimizer steps per epoch, 2 epochs; dropout on (each rank draws its own masks)
         return [
-            "configs/quickstart.yaml", "--model.init_args.encoder", tiny_encoder, "--model.init_args.lr", "5e-3",
-            "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--data.batch_size", "4",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.num_nodes", "1", "--trainer.precision", "32-true",
-            "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--last_checkpoint.every_n_train_steps", "0",  # the signal's save is the only one mid-epoch
-            "--trainer.callbacks+=" + json.dumps({"class_path": "fault_injection.RecordSteps", "init_args": {"path": record}}), *extra,
+            "configs/quickstart.yaml",
+            "--model.init_args.encoder",
+            tiny_encoder,
+            "--model.init_args.lr",
+            "5e-3",
+            "--data.data_dir",
+            ec_dir,
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--data.batch_size",
+            "4",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.num_nodes",
+            "1",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--last_checkpoint.every_n_train_steps",
+            "0",  # the signal's save is the only one mid-epoch
+            "--trainer.callbacks+=" + json.dumps({"class_path": "fault_injection.RecordSteps", "init_args": {"path": record}}),
+            *extra,
         ]
 
     def finish(proc: subprocess.Popen) -> str:

@@ -105,7 +105,9 @@ def run_writer(writer, part: PredictStream, is_global_zero: bool, max_pending: l
 
     # the writer reduces nothing (counts travel in files); rank 0's broadcast of its merge result returns it as is
     strategy = SimpleNamespace(reduce=reduce, barrier=lambda name=None: None, broadcast=lambda obj, src=0: obj)
-    trainer = SimpleNamespace(predict_dataloaders=SimpleNamespace(dataset=part), global_rank=part.rank, world_size=part.world_size, is_global_zero=is_global_zero, strategy=strategy)
+    trainer = SimpleNamespace(
+        predict_dataloaders=SimpleNamespace(dataset=part), global_rank=part.rank, world_size=part.world_size, is_global_zero=is_global_zero, strategy=strategy
+    )
     module = SimpleNamespace(label_names=LABELS)
     writer.on_predict_epoch_start(trainer, module)
     for batch in part:

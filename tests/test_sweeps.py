@@ -80,8 +80,13 @@ def run_agent_command(sweep: dict, values: dict, extra: list[str], workdir: Path
     param_path = workdir / "sweep-params.yaml"
     config_util.save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in values.items()})
     env = {
-        **os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-        "WANDB_SWEEP_ID": "testsweep", "WANDB_RUN_ID": "sweeprun", "WANDB_SWEEP_PARAM_PATH": str(param_path),
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_SWEEP_ID": "testsweep",
+        "WANDB_RUN_ID": "sweeprun",
+        "WANDB_SWEEP_PARAM_PATH": str(param_path),
     }
     argv = agent_command(sweep, values) + extra
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
@@ -108,8 +113,19 @@ def tiny_teacher(tiny_encoder, tmp_path_factory) -> str:
 
 
 def tiny_overrides(name: str, tiny_encoder: str, ec_dir: str, root: Path, request, monkeypatch) -> list[str]:
-    common = ["--model.init_args.encoder", tiny_encoder, "--data.data_dir", ec_dir, "--data.cache_dir", str(root / "cache"),
-              "--data.max_length", "64", "--trainer.default_root_dir", str(root / "run"), *SHORT]
+    common = [
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--data.max_length",
+        "64",
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        *SHORT,
+    ]
     if name == "temperature.yaml":
         # the sweep reads the teacher from the agent's environment: ${envvar:EMOLIGHTNING_TEACHER}
         monkeypatch.setenv("EMOLIGHTNING_TEACHER", request.getfixturevalue("tiny_teacher"))
@@ -211,9 +227,23 @@ def test_a_wrong_parameter_name_fails_the_sweep_run(tiny_encoder, ec_dir, tmp_pa
 # ---- configs/logger/wandb.yaml, offline --------------------------------------------------
 def wandb_fit(tiny_encoder: str, ec_dir: str, root: Path, *extra: str, env: dict | None = None, check: bool = True):
     return emolightning(
-        "fit", "--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml",
-        "--model.init_args.encoder", tiny_encoder, "--data.data_dir", ec_dir, "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "run"), *SHORT, *extra, env=env, check=check,
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        "--config",
+        "configs/logger/wandb.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        *SHORT,
+        *extra,
+        env=env,
+        check=check,
     )
 
 
@@ -275,10 +305,30 @@ def test_runs_into_the_same_dirs_do_not_collide(tiny_encoder, ec_dir, tmp_path):
 
 @pytest.mark.slow
 def test_without_a_wandb_login_the_error_names_the_fixes(tiny_encoder, ec_dir, tmp_path):
-    args = ["--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml", "--model.init_args.encoder", tiny_encoder,
-            "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "run"), *SHORT]
-    proc = subprocess.run([sys.executable, "-m", "emolightning", "fit", *args], cwd=REPO, capture_output=True, text=True,
-                          env=without_wandb_login(tmp_path), stdin=subprocess.DEVNULL, timeout=600)
+    args = [
+        "--config",
+        "configs/quickstart.yaml",
+        "--config",
+        "configs/logger/wandb.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        *SHORT,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "emolightning", "fit", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=without_wandb_login(tmp_path),
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "wandb login" in proc.stderr and "WANDB_MODE=offline" in proc.stderr
@@ -294,7 +344,9 @@ def test_wandb_disabled_still_trains(tiny_encoder, ec_dir, tmp_path):
 @pytest.mark.slow
 def test_ddp_makes_one_wandb_run(tiny_encoder, ec_dir, tmp_path):
     """2 CPU processes (gloo): WandbLogger starts its run on global rank 0 only."""
-    proc = wandb_fit(tiny_encoder, ec_dir, tmp_path, "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4")
+    proc = wandb_fit(
+        tiny_encoder, ec_dir, tmp_path, "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"
+    )
     assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
     (run_dir,) = offline_runs(tmp_path / "run")
     assert len(list((tmp_path / "run" / "emolightning").iterdir())) == 1

@@ -26,8 +26,16 @@ def instantiate(monkeypatch, *args: str) -> EmotionCLI:
 
 
 def tiny(tiny_encoder, ec_dir, tmp_path) -> list[str]:
-    return ["--model.init_args.encoder", tiny_encoder, "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"),
-            "--trainer.default_root_dir", str(tmp_path / "run")]
+    return [
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS)
@@ -54,8 +62,19 @@ def test_wandb_config_keeps_the_cli_callbacks(tiny_encoder, ec_dir, tmp_path, mo
 def test_a_callbacks_config_before_wandb_keeps_its_callbacks(tiny_encoder, ec_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     early = tmp_path / "early.yaml"
-    early.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n      init_args: {monitor: val/jaccard, mode: max}\n")
-    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", "--config", str(early), "--config", "configs/logger/wandb.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    early.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n      init_args: {monitor: val/jaccard, mode: max}\n"
+    )
+    cli = instantiate(
+        monkeypatch,
+        "--config",
+        "configs/quickstart.yaml",
+        "--config",
+        str(early),
+        "--config",
+        "configs/logger/wandb.yaml",
+        *tiny(tiny_encoder, ec_dir, tmp_path),
+    )
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     for name in ("EarlyStopping", "LabelTable", "LearningRateMonitor", "ModelCheckpoint"):
         assert name in names, names
@@ -82,7 +101,10 @@ def fake_run(loggers, rank_zero=True, sanity=False):
     datamodule = EmotionDataModule()
     datamodule.splits["validation"] = TokenizedSplit([torch.ones(3, dtype=torch.int32)] * 4, labels)
     trainer = SimpleNamespace(
-        sanity_checking=sanity, is_global_zero=rank_zero, loggers=loggers, global_step=7,
+        sanity_checking=sanity,
+        is_global_zero=rank_zero,
+        loggers=loggers,
+        global_step=7,
         callback_metrics={"val/f1/anger": torch.tensor(0.5), "val/f1/joy": torch.tensor(0.0), "val/f1/fear": torch.tensor(0.8)},
         datamodule=datamodule,
     )
