@@ -20,25 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
+from recipes import dev_probs  # noqa: E402  (this folder is on sys.path when a script of it runs)
+
 from emolightning.metrics import official_scores, tune_thresholds  # noqa: E402
 
 KEYS = ("jaccard", "f1_micro", "f1_macro")
-
-
-@torch.inference_mode()
-def dev_probs(ckpt: str, data_dir: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    model = EmotionClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    dm = EmotionDataModule(data_dir=data_dir, tokenizer=model.hparams.encoder, eval_batch_size=64)
-    dm.prepare_data()
-    dm.setup("validate")
-    probs, target, index = [], [], []
-    for batch in dm.val_dataloader():
-        probs.append(torch.sigmoid(model(batch["input_ids"], batch["attention_mask"]).float()))
-        target.append(batch["labels"])
-        index.append(batch["index"])
-    order = torch.cat(index).argsort()  # eval batches come longest first: back to file order
-    return torch.cat(probs)[order], torch.cat(target)[order], model.label_names
 
 
 def main() -> None:

@@ -55,13 +55,8 @@ def own_logits(ckpt, tokenizer: str) -> torch.Tensor:
         return model(batch["input_ids"], batch["attention_mask"])
 
 
-@pytest.fixture(scope="module")
-def cls_checkpoint(tiny_encoder, tmp_path_factory):
-    """A `pooling: cls` model with 3 labels and hand-set thresholds, saved as a minimal checkpoint (no callbacks)."""
-    torch.manual_seed(0)
-    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, pooling="cls")
-    model.thresholds.copy_(torch.tensor([0.3, 0.55, 0.7]))
-    path = tmp_path_factory.mktemp("cls") / "cls.ckpt"
+def save_minimal_checkpoint(model: EmotionClassifier, path) -> None:
+    """What export reads of a checkpoint written by fit: hyperparameters and weights (no callbacks)."""
     torch.save(
         {
             "hyper_parameters": dict(model.hparams),
@@ -72,6 +67,16 @@ def cls_checkpoint(tiny_encoder, tmp_path_factory):
         },
         path,
     )
+
+
+@pytest.fixture(scope="module")
+def cls_checkpoint(tiny_encoder, tmp_path_factory):
+    """A `pooling: cls` model with 3 labels and hand-set thresholds, saved as a minimal checkpoint (no callbacks)."""
+    torch.manual_seed(0)
+    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, pooling="cls")
+    model.thresholds.copy_(torch.tensor([0.3, 0.55, 0.7]))
+    path = tmp_path_factory.mktemp("cls") / "cls.ckpt"
+    save_minimal_checkpoint(model, path)
     return path
 
 
@@ -144,16 +149,7 @@ def test_per_label_poolings_export_with_the_same_logits(pooling, tiny_encoder, t
         if model.label_attention is not None:
             model.label_attention.queries.normal_()
     path = tmp_path / f"{pooling}.ckpt"
-    torch.save(
-        {
-            "hyper_parameters": dict(model.hparams),
-            "state_dict": model.state_dict(),
-            "epoch": 0,
-            "global_step": 0,
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
+    save_minimal_checkpoint(model, path)
     directory = export_checkpoint(path, tmp_path / "export")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(TEXTS), str(directory)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
