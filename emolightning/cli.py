@@ -19,6 +19,7 @@ from .data import EmotionDataModule
 from .distill import distiller_config
 from .errors import ConfigError, EmolightningError
 from .hardware import check_gpu
+from .inference import Backend, InferenceBackend
 from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
@@ -92,7 +93,7 @@ class EmotionCLI(LightningCLIWithHooks):
         local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # save_dir "" of configs/logger/tensorboard.yaml
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
-        # `predict` gets two options of its own
+        # `predict` gets three options of its own
         if subcommand == "predict":
             parser.add_argument(
                 "--output",
@@ -101,6 +102,12 @@ class EmotionCLI(LightningCLIWithHooks):
                 help="File for the predictions in the official E-c format (ID, Tweet, one 0/1 column per label at the checkpoint's tuned thresholds). Default: <trainer.default_root_dir>/predictions.txt.",
             )
             parser.add_argument("--probabilities", type=bool, default=False, help="Also write each label's probability, in columns p_<label>.")
+            parser.add_argument(
+                "--backend",
+                type=Backend,
+                default="torch",
+                help="How the encoder runs on a CPU: `torch` (fp32 PyTorch, the trained model as is), `onnx` (ONNX Runtime, same labels, faster; needs the [onnx] extra) or `bf16` (bfloat16 weights: fastest on CPUs with AMX, labels close to but not identical to fp32). BENCHMARKS.md `Inference` has the measured speeds and label agreement.",
+            )
 
     def before_ckpt_path(self) -> None:
         if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
@@ -124,6 +131,7 @@ class EmotionCLI(LightningCLIWithHooks):
             )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
         self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
+        self.trainer.callbacks.append(InferenceBackend(config.get("backend") or "torch"))
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
 

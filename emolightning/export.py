@@ -11,6 +11,9 @@ modeling_emolightning.py), so the model class ships in the directory and loading
 
     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
     pipeline("text-classification", model=DIR, top_k=None, trust_remote_code=True)
+
+`--format onnx` also writes model.onnx (input_ids, attention_mask -> logits, batch and length
+dynamic; inference.py), for ONNX Runtime without torch; it needs the `[onnx]` extra.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from .errors import ConfigError
+from .inference import Logits, export_onnx, require_onnx
 
 MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
 MODEL_CLASS = "EmolightningForSequenceClassification"
@@ -103,7 +108,25 @@ def hf_config(hparams: dict, thresholds: list[float]):
     return config
 
 
-def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float]) -> str:
+ONNX_CARD = [
+    "",
+    "## ONNX Runtime",
+    "",
+    "`model.onnx` computes the same logits (input_ids and attention_mask in, `logits` out) without torch:",
+    "",
+    "```python",
+    "import json, numpy as np, onnxruntime",
+    "from transformers import AutoTokenizer",
+    "",
+    'session = onnxruntime.InferenceSession(f"{DIR}/model.onnx", providers=["CPUExecutionProvider"])',
+    'batch = AutoTokenizer.from_pretrained(DIR)(["what a wonderful day"], padding=True, truncation=True, return_tensors="np")',
+    'logits = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]',
+    'labels = 1 / (1 + np.exp(-logits)) >= np.array(list(json.load(open(f"{DIR}/thresholds.json")).values()))',
+    "```",
+]
+
+
+def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool = False) -> str:
     hparams = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters") or {}
     labels = list(hparams["label_names"])
@@ -166,11 +189,13 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float]) -> str:
         ]
     else:
         lines += ["The checkpoint holds no monitored validation metric."]
+    if onnx:
+        lines += ONNX_CARD
     return "\n".join(lines) + "\n"
 
 
-def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write the Hugging Face directory for `ckpt_path` into `output_dir`; returns its path."""
+def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: bool = False, format: Literal["hf", "onnx"] = "hf") -> Path:
+    """Write the Hugging Face directory for `ckpt_path` into `output_dir`, with `format="onnx"` also model.onnx; returns its path."""
     from .encoders import load_tokenizer
     from .modeling_emolightning import EmolightningForSequenceClassification
 
@@ -179,6 +204,8 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         raise ConfigError(
             f"The export directory '{out}' (option --output) exists and is not empty. Choose a new directory, or pass --overwrite to replace its files."
         )
+    if format == "onnx":
+        require_onnx("`emolightning export --format onnx`")  # before anything is written
     ckpt = load_checkpoint(ckpt_path)
     hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     thresholds = [round(float(t), 6) for t in state.get("thresholds", torch.full((len(hparams["label_names"]),), float(hparams.get("threshold", 0.5))))]
@@ -202,7 +229,9 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     shutil.copyfile(MODELING_FILE, out / MODELING_FILE.name)
     load_tokenizer(hparams["encoder"]).save_pretrained(out)
     (out / "thresholds.json").write_text(json.dumps(dict(zip(hparams["label_names"], thresholds)), indent=2) + "\n")
-    (out / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds), encoding="utf-8")
+    if format == "onnx":
+        export_onnx(Logits(model), str(out / "model.onnx"), "logits")
+    (out / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds, onnx=format == "onnx"), encoding="utf-8")
     return out
 
 
@@ -217,6 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt).")
     parser.add_argument("--output", required=True, help="Directory to write (new or empty).")
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty --output, replacing its files.")
+    parser.add_argument(
+        "--format",
+        choices=["hf", "onnx"],
+        default="hf",
+        help="hf: the Hugging Face directory; onnx: the same plus model.onnx (ids and mask -> logits) for ONNX Runtime (needs the [onnx] extra).",
+    )
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite)
+    out = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, format=args.format)
     print(f"Exported {args.ckpt_path} to {out}")

@@ -16,7 +16,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
@@ -78,6 +78,7 @@ class EmotionClassifier(L.LightningModule):
         min_label_positives: int = 10,
         encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
+        compile: bool = False,
     ):
         """Multi-label emotion classifier on a Hugging Face encoder.
 
@@ -122,6 +123,12 @@ class EmotionClassifier(L.LightningModule):
                 half-depth MiniLM); all layers when unset.
             encoder_config: Filled in automatically: the encoder's config, so a checkpoint can be
                 rebuilt without downloading the encoder again.
+            compile: `fit` runs the encoder through torch.compile (static shapes; validation and test
+                too, predict not). Each new (batch, length) shape compiles once, in train and in eval
+                mode, so pad lengths to buckets: `--data.pad_to_multiple_of 16` leaves 8 lengths up to
+                128 tokens. Off by default: on 2 CPU cores a MiniLM shape took ~70 s to compile and a
+                compiled step was at most 10-20% faster, which a few epochs do not pay back; on a GPU,
+                measure first (benchmarks/train_speed.py).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -219,6 +226,8 @@ class EmotionClassifier(L.LightningModule):
         return main
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:
+            self.compile_encoder()
         if stage == "fit" and self.hparams.pos_weight == "auto":
             frequencies = torch.tensor(self.trainer.datamodule.train_label_frequencies())
             # sqrt of the full negatives/positives ratio: the full ratio (19 for a 5% label) makes a
@@ -226,6 +235,21 @@ class EmotionClassifier(L.LightningModule):
             weights = ((1 - frequencies) / frequencies.clamp(min=1e-4)).sqrt()
             self.pos_weight.copy_(weights.to(self.pos_weight.device))
             rank_zero_info("pos_weight auto: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.label_names, weights.tolist())))
+
+    def compile_encoder(self) -> None:
+        """torch.compile the encoder in place (`model.compile`): its parameter names, so its checkpoints, stay as they are."""
+        # one graph per (shape, train/eval mode): torch's default of 8 recompiles would fall back to
+        # eager after 4 length buckets; 64 covers every bucket of 16 up to 512 tokens in both modes
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.encoder.compile(dynamic=False)
+        trainer = self._trainer
+        datamodule = trainer.datamodule if trainer is not None else None
+        multiple = datamodule.hparams.get("pad_to_multiple_of") if datamodule is not None else None
+        if datamodule is not None and not multiple and trainer.strategy.root_device.type == "cpu":
+            rank_zero_warn(
+                "model.compile is on but batches are padded to their longest text (data.pad_to_multiple_of unset): every new length compiles "
+                "the encoder again (about a minute each on a CPU). Set `--data.pad_to_multiple_of 16`."
+            )
 
     def configure_callbacks(self):
         if self.hparams.ema_decay is None:
