@@ -1,16 +1,18 @@
-"""Inference speed: `emolightning predict` vs a `transformers.pipeline` loop, side by side.
+"""Inference speed: `emolightning predict` (each `--backend`) vs a `transformers.pipeline` loop, side by side.
 
-Both sides label the same texts with the same trained model: emolightning from its checkpoint
+All sides label the same texts with the same trained model: emolightning from its checkpoint
 (through the real CLI, in-process), the pipeline from the same checkpoint exported with
 `emolightning export` (`pipeline("text-classification", model=DIR, top_k=None, trust_remote_code=True)`, labels at the
 exported thresholds). Each side runs in its own subprocess, alternating order over `--repeats`;
 timed: model load + tokenisation + prediction + writing the labels (interpreter and library
-imports excluded), so texts/s is what a user waits for. Peak RSS per side from wait4. The label
-rows of both sides are compared: they must agree (same model, same thresholds).
+imports excluded), so texts/s is what a user waits for; for `--backend onnx` that includes the
+export of the encoder to ONNX, which predict does on every run. Peak RSS per side from wait4. Each
+side's label rows are compared with those of the fp32 model (`emolightning --backend torch`), and
+scored against the dev gold labels (sample-averaged Jaccard, the official metric).
 
     python benchmarks/predict_speed.py --data_dir ../shared/data/semeval2018-ec \
         --ckpt runs/semeval/minilm-l6/lightning_logs/version_0/checkpoints/best-2-1070.ckpt \
-        --config runs/semeval/minilm-l6/lightning_logs/version_0/config.yaml --copies 8 --repeats 3
+        --config runs/semeval/minilm-l6/lightning_logs/version_0/config.yaml --copies 8 --repeats 3 --backends torch onnx bf16
 
 The texts are the dev split's tweets, `--copies` times over, one per line in a temporary file.
 """
@@ -62,11 +64,16 @@ def emolightning_worker(args) -> None:
             args.work,
             "--output",
             args.output,
+            "--backend",
+            args.backend,
         ]
     )
     seconds = time.perf_counter() - start
     n = sum(1 for _ in open(args.texts_file, encoding="utf-8"))
-    print("RESULT " + json.dumps({"side": "emolightning", "texts": n, "seconds": round(seconds, 3), "texts_per_s": round(n / seconds, 2)}))
+    print(
+        "RESULT "
+        + json.dumps({"side": f"emolightning(--backend {args.backend})", "texts": n, "seconds": round(seconds, 3), "texts_per_s": round(n / seconds, 2)})
+    )
 
 
 def pipeline_worker(args) -> None:
@@ -105,6 +112,20 @@ def label_rows(path: str) -> list[str]:
     return ["\t".join(line.rstrip("\n").split("\t")[2:]) for line in open(path, encoding="utf-8").readlines()[1:]]
 
 
+def jaccard(path: str, gold) -> float:
+    """Sample-averaged Jaccard of a written file's label rows (in input order) against `gold`, the dev table repeated."""
+    import torch
+
+    from emolightning.metrics import jaccard_samples
+
+    lines = open(path, encoding="utf-8").read().split("\n")[:-1]
+    names = lines[0].split("\t")[2:]
+    preds = torch.tensor([[int(v) for v in line.split("\t")[2:]] for line in lines[1:]])
+    order = [names.index(name) for name in gold.label_names]
+    target = torch.tensor(gold.labels).repeat(len(preds) // len(gold.labels), 1)
+    return float(jaccard_samples(preds[:, order], target).mean())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, help="folder with the official dev file (its tweets are the texts)")
@@ -115,7 +136,8 @@ def main() -> None:
     p.add_argument("--pipeline_batch_size", type=int, nargs="+", default=[1, 64], help="pipeline batch sizes to compare (1: the plain loop)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    for hidden in ("--worker", "--texts_file", "--export_dir", "--output", "--work"):
+    p.add_argument("--backends", nargs="+", default=["torch", "onnx", "bf16"], help="emolightning predict backends to compare (torch: the fp32 reference)")
+    for hidden in ("--worker", "--texts_file", "--export_dir", "--output", "--work", "--backend"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker == "emolightning":
@@ -128,7 +150,8 @@ def main() -> None:
     from emolightning.tables import find_split_file, read_table
 
     with tempfile.TemporaryDirectory() as work:
-        texts = read_table(find_split_file(args.data_dir, "validation")).texts * args.copies
+        dev = read_table(find_split_file(args.data_dir, "validation"))
+        texts = dev.texts * args.copies
         texts_file = os.path.join(work, "texts.txt")
         with open(texts_file, "w", encoding="utf-8") as f:
             f.writelines(" ".join(t.split()) + "\n" for t in texts)
@@ -153,16 +176,16 @@ def main() -> None:
             "--batch_size",
             str(args.batch_size),
         ]
-        sides = {"emolightning": base + ["--worker", "emolightning", "--output", os.path.join(work, "ours.txt")]}
+        backends = ["torch"] + [b for b in args.backends if b != "torch"]  # the fp32 reference always runs
+        sides, outputs = {}, {}
+        for backend in backends:
+            side = f"emolightning(--backend {backend})"
+            outputs[side] = os.path.join(work, f"ours-{backend}.txt")
+            sides[side] = base + ["--worker", "emolightning", "--backend", backend, "--output", outputs[side]]
         for b in args.pipeline_batch_size:
-            sides[f"pipeline(batch_size={b})"] = base + [
-                "--worker",
-                "pipeline",
-                "--pipeline_batch_size",
-                str(b),
-                "--output",
-                os.path.join(work, f"pipe{b}.txt"),
-            ]
+            side = f"pipeline(batch_size={b})"
+            outputs[side] = os.path.join(work, f"pipe{b}.txt")
+            sides[side] = base + ["--worker", "pipeline", "--pipeline_batch_size", str(b), "--output", outputs[side]]
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(args.repeats):
             order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]
@@ -171,17 +194,25 @@ def main() -> None:
                 result["peak_rss_mb"] = round(rss)
                 runs[side].append(result)
                 print(f"repeat {r} {side:26s} {json.dumps(result)}", flush=True)
-        ours = label_rows(os.path.join(work, "ours.txt"))
+        reference = "emolightning(--backend torch)"
+        fp32 = label_rows(outputs[reference])
+        fp32_jaccard = jaccard(outputs[reference], dev)
+        speed = {side: statistics.median(x["texts_per_s"] for x in runs[side]) for side in sides}
         print(f"\n{len(texts)} texts, {args.threads} threads, medians of {args.repeats}\n")
-        print("| side | texts/s | seconds | peak RSS MB | label rows equal to emolightning's |\n|---|---:|---:|---:|---:|")
+        print("| side | texts/s | seconds | peak RSS MB | label rows equal to fp32 | dev Jaccard | vs fp32 (points) |\n|---|---:|---:|---:|---:|---:|---:|")
         for side in sides:
-            rows = label_rows(os.path.join(work, "ours.txt" if side == "emolightning" else f"pipe{side.split('=')[1][:-1]}.txt"))
-            agree = sum(a == b for a, b in zip(rows, ours)) / len(ours)
+            rows = label_rows(outputs[side])
+            agree = sum(a == b for a, b in zip(rows, fp32)) / len(fp32)
+            score = jaccard(outputs[side], dev)
             med = lambda k: statistics.median(x[k] for x in runs[side])  # noqa: E731
-            print(f"| {side} | {med('texts_per_s'):.1f} | {med('seconds'):.1f} | {med('peak_rss_mb'):.0f} | {agree:.4f} |")
-        best = statistics.median(x["texts_per_s"] for x in runs["emolightning"])
-        for side in list(sides)[1:]:
-            print(f"emolightning / {side}: {best / statistics.median(x['texts_per_s'] for x in runs[side]):.2f}x")
+            print(
+                f"| {side} | {speed[side]:.1f} | {med('seconds'):.1f} | {med('peak_rss_mb'):.0f} | {agree:.4f} | {100 * score:.2f} | {100 * (score - fp32_jaccard):+.2f} |"
+            )
+        ours = [side for side in sides if side.startswith("emolightning")]
+        fastest = max(ours, key=speed.get)
+        for side in sides:
+            if side.startswith("pipeline"):
+                print(f"fastest, {fastest} / {side}: {speed[fastest] / speed[side]:.2f}x")
 
 
 if __name__ == "__main__":
