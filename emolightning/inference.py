@@ -15,7 +15,7 @@ with every backend, and the writer still puts each row back in input order.
   "Inference" gives the agreement with `torch` measured on the E-c dev split).
 
 int8 dynamic quantisation (torch.ao.quantization.quantize_dynamic, or ONNX Runtime's) is not
-offered: on the E-c MiniLM it changed the labels of 16-23% of the dev tweets, per-channel weights
+offered: on the E-c MiniLM it changed the labels of 16-24% of the dev tweets, per-channel weights
 included, because a few LayerNorm output dimensions are outliers that per-tensor activation scales
 cannot represent (measured with benchmarks/predict_speed.py; see BENCHMARKS.md).
 """
