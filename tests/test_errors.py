@@ -127,6 +127,45 @@ def test_bad_options_and_checkpoints_in_process(tiny_encoder, ec_dir, tmp_path, 
     assert "trained on the labels ['joy', 'sadness']" in err and f"the data has {LABELS}" in err and "data.label_columns" in err
 
 
+def hub_splits(**splits: list) -> object:
+    """A DatasetDict shaped like the Hub's SemEval E-c (ID, Tweet, one 0/1 column per label), built in memory."""
+    import datasets
+
+    def split(rows):
+        return datasets.Dataset.from_dict(
+            {"ID": [r[0] for r in rows], "Tweet": [r[1] for r in rows], **{n: [r[2][j] for r in rows] for j, n in enumerate(LABELS)}}
+        )
+
+    return datasets.DatasetDict({name: split(rows) for name, rows in splits.items()})
+
+
+def test_hub_dataset_without_a_test_split_fits_and_says_what_to_do_elsewhere(tiny_encoder, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    layout = {"train": hub_splits(train=make_rows(16, 0, "h"), validation=make_rows(8, 1, "v"))}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: layout["train"])
+    args = cli_args(tiny_encoder, tmp_path, "null", "--trainer.max_epochs", "1", "--data.batch_size", "8")
+    # fit needs no test split, as with a data directory without its test-gold file (it stopped on KeyError: 'test')
+    main(["fit", *args])
+    best = next((tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt")) == ["train", "validation"]
+
+    missing = "The Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1' (config 'subtask5.english'; options `data.hub_dataset`, `data.hub_config`)"
+    code, err = run_main(["test", *args, "--ckpt_path", str(best)], capsys)
+    assert code == 2 and "Traceback" not in err and "KeyError" not in err
+    assert f"{missing} has no 'test' split: its splits are ['train', 'validation']." in err and "`data.test_file`" in err
+    code, err = run_main(["predict", *args, "--ckpt_path", str(best), "--output", str(tmp_path / "out.txt")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing} has no 'test' split" in err and "Set `data.predict_split` to one of them" in err
+    assert not (tmp_path / "out.txt").exists()
+
+    # another layout: 'dev' where emolightning reads 'validation'
+    layout["train"] = hub_splits(train=make_rows(16, 0, "h"), dev=make_rows(8, 1, "v"))
+    code, err = run_main(["fit", *cli_args(tiny_encoder, tmp_path / "dev", "null")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing} has no 'validation' split: its splits are ['dev', 'train']." in err and "`data.val_file`" in err
+
+
 def test_long_texts_are_truncated_counted_and_reported(tiny_encoder, tmp_path, monkeypatch):
     from emolightning import data as data_module
 
