@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+# real DDP on CPU: 2 gloo processes of batch 4 each
+DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"]
 
 
 def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -18,6 +22,16 @@ def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = No
     if check and proc.returncode != 0:
         raise AssertionError(f"emolightning {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def callback_option(name: str, **init_args) -> str:
+    """`--trainer.callbacks+=...` adding the test-only callback `name` of tests/fault_injection.py (a subprocess needs `tests_on_path()` in its env)."""
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"fault_injection.{name}", "init_args": init_args})
+
+
+def tests_on_path() -> dict:
+    """The environment entry that lets a subprocess import tests/fault_injection.py."""
+    return {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
 def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
