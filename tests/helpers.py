@@ -34,10 +34,9 @@ def tests_on_path() -> dict:
     return {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
-def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
+def tiny_options(tiny_encoder: str, data_dir: str, root: Path) -> list[str]:
+    """The options that point a run at the tiny encoder and the test data, with its cache in root/cache and its runs in root/run."""
     return [
-        "--config",
-        "configs/quickstart.yaml",
         "--model.init_args.encoder",
         tiny_encoder,
         "--data.data_dir",
@@ -46,6 +45,25 @@ def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list
         str(root / "cache"),
         "--trainer.default_root_dir",
         str(root / "run"),
+    ]
+
+
+def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
+    """configs/quickstart.yaml on the tiny encoder and the test data, without progress bar and model summary (in-process or in a subprocess)."""
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    return ["--config", str(REPO / "configs" / "quickstart.yaml"), *tiny_options(tiny_encoder, data_dir, root), *quiet, *extra]
+
+
+def predict_args(trained_run: dict, root: Path, *extra: str) -> list[str]:
+    """`predict` with the model and config of conftest's `trained_run`, its Trainer files in root/root, no progress bar."""
+    return [
+        "predict",
+        "--config",
+        str(trained_run["config"]),
+        "--ckpt_path",
+        str(trained_run["ckpt"]),
+        "--trainer.default_root_dir",
+        str(root / "root"),
         "--trainer.enable_progress_bar",
         "false",
         *extra,

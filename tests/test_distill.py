@@ -35,6 +35,20 @@ def teacher_ckpt(tiny_encoder, tmp_path_factory) -> str:
     return save_teacher(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean"), tmp_path_factory.mktemp("teacher") / "teacher.ckpt")
 
 
+def distill_args(tiny_encoder: str, teacher: str) -> list[str]:
+    """configs/distill/minilm-l6-to-l3.yaml with the tiny tokenizer and a student copied from layer 1 of `teacher`."""
+    return [
+        "--config",
+        "configs/distill/minilm-l6-to-l3.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--model.init_args.teacher",
+        teacher,
+        "--model.init_args.student_layers",
+        "[1]",
+    ]
+
+
 def make_batch(n_vocab: int = 40) -> dict:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, n_vocab, (3, 7), generator=g)
@@ -229,14 +243,7 @@ def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher
     record = str(tmp_path / "teacher-{rank}.pt")
     fit = emolightning(
         "fit",
-        "--config",
-        "configs/distill/minilm-l6-to-l3.yaml",
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--model.init_args.teacher",
-        teacher_ckpt,
-        "--model.init_args.student_layers",
-        "[1]",
+        *distill_args(tiny_encoder, teacher_ckpt),
         "--model.init_args.cosine_weight",
         "0",
         "--model.init_args.cache_teacher_logits",
@@ -380,20 +387,7 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
     teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"))[0]
 
     fit = emolightning(
-        "fit",
-        "--config",
-        "configs/distill/minilm-l6-to-l3.yaml",
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--model.init_args.teacher",
-        teacher,
-        "--model.init_args.student_layers",
-        "[1]",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.default_root_dir",
-        str(tmp_path / "student"),
-        *common,
+        "fit", *distill_args(tiny_encoder, teacher), "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "student"), *common
     )
     printed = fit.stdout + fit.stderr
     assert "distillation: teacher" in printed and "+ 0.1 x cosine" in printed and "[val epoch 0]" in printed
