@@ -205,11 +205,6 @@ class EnsembleClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.manifest = read_manifest(manifest)
-        if label_names is not None and list(label_names) != self.manifest.label_names:
-            raise ConfigError(
-                f"The ensemble {manifest} predicts the labels {self.manifest.label_names}, but the data has {list(label_names)}. "
-                "Use the data its members were trained on, or set `data.label_columns` to the ensemble's labels."
-            )
         self.weights = normalized_weights([m.weight for m in self.manifest.members], len(self.manifest.members))
         self.register_buffer("thresholds", torch.tensor(self.manifest.thresholds))
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
@@ -218,6 +213,15 @@ class EnsembleClassifier(L.LightningModule):
     @property
     def label_names(self) -> list[str]:
         return list(self.manifest.label_names)
+
+    def setup(self, stage: str) -> None:
+        # here, not in __init__: jsonargparse would report an __init__ error as "not a subclass of EmotionClassifier"
+        data = self.hparams.label_names
+        if data is not None and list(data) != self.manifest.label_names:
+            raise ConfigError(
+                f"The ensemble {self.manifest.path} predicts the labels {self.manifest.label_names}, but the data has {list(data)}. "
+                "Use the data its members were trained on, or set `data.label_columns` to the ensemble's labels."
+            )
 
     def member(self, i: int) -> EmotionClassifier:
         if i in self.loaded:
