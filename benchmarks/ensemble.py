@@ -59,7 +59,9 @@ def main() -> None:
     probs, target, labels = load_runs(args.runs)
     singles = [held_out_scores(x, target, labels, halvings=args.halvings) for x in probs]
     ensemble = held_out_scores(average_probabilities(probs, args.weights), target, labels, halvings=args.halvings)
-    print(f"dev n={len(target)}, {len(probs)} runs; thresholds held out: chosen on one half of dev, scored on the other ({args.halvings} halvings x 2); in points\n")
+    print(
+        f"dev n={len(target)}, {len(probs)} runs; thresholds held out: chosen on one half of dev, scored on the other ({args.halvings} halvings x 2); in points\n"
+    )
     print("| thresholds | model | Jaccard | micro-F1 | macro-F1 |\n|---|---|---:|---:|---:|")
     for strategy in THRESHOLD_STRATEGIES:
         name = "fixed (0.5)" if strategy == "fixed" else strategy

@@ -14,7 +14,8 @@ Memory: a step is a whole chunk of texts (`data.eval_batch_size` x `data.predict
 8,192 by default); for each chunk every member is built from its checkpoint, runs over the chunk in
 batches of `data.eval_batch_size`, and is freed before the next one is built. So an ensemble of 5
 predicts in about the memory of one member, at the cost of 5 checkpoint loads per chunk;
-`keep_members_loaded: true` keeps all of them on the device instead (no reloading, N x the memory).
+`emolightning ensemble --keep_members_loaded` (recorded in the manifest) keeps all of them on the
+device instead (no reloading, N x the memory).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Manifest:
     thresholds: list[float]
     threshold_strategy: str
     threshold: float  # the fixed threshold of the `val/*` scores (0.5)
+    keep_members_loaded: bool = False  # the EnsembleClassifier's, when the CLI builds it from the manifest
 
 
 def read_manifest(path: str) -> Manifest:
@@ -149,7 +151,8 @@ def read_manifest(path: str) -> Manifest:
     labels, thresholds = list(data["label_names"]), [float(t) for t in data["thresholds"]]
     if len(thresholds) != len(labels):
         raise ConfigError(f"{path}: {len(thresholds)} thresholds for {len(labels)} labels. Rebuild it with `emolightning ensemble`.")
-    return Manifest(path, members, labels, thresholds, data.get("threshold_strategy", "per_label"), float(data.get("threshold", 0.5)))
+    strategy, threshold = data.get("threshold_strategy", "per_label"), float(data.get("threshold", 0.5))
+    return Manifest(path, members, labels, thresholds, strategy, threshold, bool(data.get("keep_members_loaded", False)))
 
 
 def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
@@ -165,6 +168,7 @@ def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
         "threshold_strategy": manifest.threshold_strategy,
         "threshold": manifest.threshold,
         "thresholds": manifest.thresholds,
+        "keep_members_loaded": manifest.keep_members_loaded,
         **(extra or {}),
     }
     os.makedirs(folder, exist_ok=True)
@@ -181,8 +185,9 @@ def is_manifest(path) -> bool:
 
 def ensemble_config(path: str, eval_batch_size: int, chunk_batches: int) -> dict:
     """The subcommand config that `--ckpt_path MANIFEST` stands for: the EnsembleClassifier, and data batches of a whole chunk each."""
+    init_args = {"manifest": path, "batch_size": eval_batch_size, "keep_members_loaded": read_manifest(path).keep_members_loaded}
     return {
-        "model": {"class_path": "emolightning.EnsembleClassifier", "init_args": {"manifest": path, "batch_size": eval_batch_size}},
+        "model": {"class_path": "emolightning.EnsembleClassifier", "init_args": init_args},
         "data": {"eval_batch_size": eval_batch_size * chunk_batches, "predict_chunk_batches": 1},
     }
 
@@ -326,7 +331,14 @@ def dev_table(data_hparams: dict, overrides: dict, label_names: list[str]):
 
 
 def build(
-    checkpoints: list[str], out: str, weights: list[float] | None = None, strategy: str | None = None, batch_size: int = 64, device: str | None = None, **data
+    checkpoints: list[str],
+    out: str,
+    weights: list[float] | None = None,
+    strategy: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    keep: bool = False,
+    **data,
 ):
     """Score the dev split with each member, average, tune thresholds, write the manifest. Returns (manifest, summary lines)."""
     infos = [checkpoint_info(c) for c in checkpoints]
@@ -362,7 +374,7 @@ def build(
     fixed = float(first.get("threshold", 0.5))
     thresholds = choose_thresholds(averaged, target, strategy, fixed, int(first.get("min_label_positives", 10)), float(first.get("threshold_shrinkage", 50.0)))
     at_fixed, tuned = official_scores(averaged >= fixed, target, labels), official_scores(averaged >= thresholds, target, labels)
-    manifest = Manifest(os.path.abspath(out), members, labels, [round(float(t), 6) for t in thresholds], strategy, fixed)
+    manifest = Manifest(os.path.abspath(out), members, labels, [round(float(t), 6) for t in thresholds], strategy, fixed, keep)
     dev = {"source": table.source, "rows": len(table), "scores": {"fixed": at_fixed, "tuned_in_sample": tuned}}
     write_manifest(manifest, {"dev": dev})
     lines.append(
@@ -386,10 +398,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold_strategy", choices=THRESHOLD_STRATEGIES, help="Default: the members' own `model.threshold_strategy`.")
     parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available).")
+    parser.add_argument(
+        "--keep_members_loaded",
+        action="store_true",
+        help="Recorded in the manifest: validate/test/predict keep every member on the device (N x the memory, no reloading) "
+        "instead of building each member from its checkpoint for every chunk of texts and freeing it after.",
+    )
     args = parser.parse_args(argv)
     checkpoints = expand_checkpoints(args.checkpoints)
     manifest, lines = build(
-        checkpoints, args.out, args.weights, args.threshold_strategy, args.batch_size, args.device, data_dir=args.data_dir, val_file=args.val_file
+        checkpoints,
+        args.out,
+        args.weights,
+        args.threshold_strategy,
+        args.batch_size,
+        args.device,
+        args.keep_members_loaded,
+        data_dir=args.data_dir,
+        val_file=args.val_file,
     )
     print("\n".join(lines))
     print(

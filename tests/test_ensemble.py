@@ -186,7 +186,18 @@ def test_two_member_ensemble_predicts_in_input_order_through_the_cli(members, ti
     source = write_official(tmp_path / "input.txt", rows, unlabelled=True)
     pred = tmp_path / "pred.txt"
     # chunks of 4 x 2 texts: 3 steps, each member built 3 times, rows put back in input order
-    args = ["--data.predict_file", str(source), "--data.eval_batch_size", "4", "--data.predict_chunk_batches", "2", "--output", str(pred), "--probabilities", "true"]
+    args = [
+        "--data.predict_file",
+        str(source),
+        "--data.eval_batch_size",
+        "4",
+        "--data.predict_chunk_batches",
+        "2",
+        "--output",
+        str(pred),
+        "--probabilities",
+        "true",
+    ]
     emolightning("predict", *tiny_args(tiny_encoder, ec_dir, tmp_path, "--ckpt_path", str(out), *args))
     lines = [line.split("\t") for line in pred.read_text(encoding="utf-8").splitlines()]
     assert lines[0] == ["ID", "Tweet", *LABELS, *[f"p_{n}" for n in LABELS]]
@@ -239,7 +250,9 @@ def test_bad_input_is_one_paragraph_naming_the_file_and_the_fix(members, tiny_en
     assert "broken.json, line 2: not valid JSON" in error_of(["test", *common, "--ckpt_path", str(tmp_path / "broken.json")], capsys)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
-    manifest = ens.Manifest(str(lonely / "e.json"), [ens.Member(str(lonely / "gone.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5)
+    manifest = ens.Manifest(
+        str(lonely / "e.json"), [ens.Member(str(lonely / "gone.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5
+    )
     ens.write_manifest(manifest)
     assert "member checkpoint 'gone.ckpt'" in error_of(["validate", *common, "--ckpt_path", str(lonely / "e.json")], capsys)
     err = error_of(["fit", *common, "--ckpt_path", str(lonely / "e.json")], capsys)
