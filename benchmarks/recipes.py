@@ -77,6 +77,7 @@ def fit_command(recipe: str, seed: int, args) -> list[str]:
         "--trainer.max_epochs", str(args.epochs),
         "--trainer.default_root_dir", run_dir(args.out, recipe, seed),
         "--trainer.enable_progress_bar", "false",
+        *(["--trainer.precision", args.precision] if args.precision else []),
     ]  # fmt: skip
 
 
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="fits at a time (each gets cpu_count / jobs threads)")
     p.add_argument("--teachers", nargs="+", help="distill_ensemble: the teachers' run dirs or checkpoints (globs too), e.g. runs/recipes/baseline/seed*")
+    p.add_argument("--precision", default=None, help="--trainer.precision of every run (default: the config's); keep one precision per --out")
     args = p.parse_args()
 
     # a run directory without a best checkpoint is still training (another invocation) or failed: never
