@@ -232,8 +232,10 @@ class EnsembleClassifier(L.LightningModule):
         if i in self.loaded:
             return self.loaded[i]
         model = load_member(self.manifest.members[i].checkpoint, self.device)
-        if self._trainer is not None:  # true half precisions convert the module; mixed ones autocast the step
+        try:  # true half precisions convert the module (mixed ones autocast the step); outside a Trainer it stays float32
             model = self.trainer.precision_plugin.convert_module(model)
+        except RuntimeError:  # "not attached to a `Trainer`"
+            pass
         if self.hparams.keep_members_loaded:
             self.loaded[i] = model
         return model
