@@ -137,13 +137,31 @@ class EmotionDataModule(L.LightningDataModule):
                 f"and `data.{option}` is not set. Add the file (named like {OFFICIAL_EXAMPLE.get(split, OFFICIAL_EXAMPLE['test'])}) or set `data.{option}`."
             )
         if source.startswith("hub:"):
-            if self._hub is None:
-                self._hub = load_hub(self.hparams.hub_dataset, self.hparams.hub_config)
             hp = self.hparams
+            if self._hub_lacks(source):
+                raise DataError(self._missing_hub_split(split, source[4:]))
             return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
         hp = self.hparams
         return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
+
+    def _hub_lacks(self, source: str) -> bool:
+        """Whether `source` names a split (`hub:<name>`) that the Hub dataset, loaded once, does not have."""
+        if not source.startswith("hub:"):
+            return False
+        if self._hub is None:
+            self._hub = load_hub(self.hparams.hub_dataset, self.hparams.hub_config)
+        return source[4:] not in self._hub
+
+    def _missing_hub_split(self, split: str, name: str) -> str:
+        hp = self.hparams
+        found = f"The Hub dataset '{hp.hub_dataset}' (config {hp.hub_config!r}; options `data.hub_dataset`, `data.hub_config`) has no '{name}' split: its splits are {sorted(self._hub)}. "
+        if split == "predict":
+            return found + "Set `data.predict_split` to one of them, or name a table or text file with `data.predict_file`."
+        return found + (
+            "fit reads the splits 'train' and 'validation', test reads 'test'. Use a dataset with those splits, or save its splits as "
+            "tables and name them with `data.train_file`, `data.val_file` and `data.test_file` (named files replace the Hub for every split)."
+        )
 
     @property
     def label_names(self) -> list[str]:
@@ -239,7 +257,11 @@ class EmotionDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
         for split in ("train", "validation", "test"):
-            if self.split_source(split) is not None:
+            source = self.split_source(split)
+            if source is None or os.path.exists(self._cache_path(split, source)):
+                continue
+            # a Hub dataset without a split is a directory without its file: fine until a stage needs the split (setup says so then)
+            if not self._hub_lacks(source):
                 self._tokenized(split, build=True)
 
     def setup(self, stage: str) -> None:

@@ -259,7 +259,8 @@ class EmotionDistiller(EmotionClassifier):
             cache_teacher_logits: Run the teacher once over the training split when training starts
                 (each DDP rank a 1/N share, then gathered to all) and read its logits from memory at
                 every step after that (valid because the teacher is in eval mode and the data is
-                fixed). Every step then hits the cache, on any number of ranks, with no host sync.
+                fixed). Every step then hits the cache, on any number of ranks, with no host sync
+                (logged per epoch as `train/teacher_cache_hit_rate`).
                 No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
         if student_layers is not None and kwargs.get("encoder_layers") is not None:
@@ -382,10 +383,13 @@ class EmotionDistiller(EmotionClassifier):
         return {"loss": total, **losses}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        from_cache = self._teacher_logits is not None  # what teacher_outputs will read: the cache, or the teacher's forward
         losses = self.distillation_losses(batch)
         size = len(batch["labels"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        if self.cache_logits:  # the share of rows whose teacher logits came from the cache, over the epoch and all ranks
+            self.log("train/teacher_cache_hit_rate", float(from_cache), on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
         return losses["loss"]
 
     def param_groups(self) -> list[dict]:

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # property tests (test_roundtrip.py) draw the same examples on every run: CI stays deterministic
@@ -102,6 +103,15 @@ def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
     )
     run = next((root / "run" / "lightning_logs").glob("version_*"))
     return {"root": root, "config": run / "config.yaml", "ckpt": next((run / "checkpoints").glob("best-*.ckpt"))}
+
+
+@pytest.fixture
+def one_thread():
+    """On 2 shared cores, a second intra-op thread makes the tiny models ~10x slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

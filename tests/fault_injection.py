@@ -1,4 +1,4 @@
-"""Test-only callbacks that break a run on purpose, added with `--trainer.callbacks+=...` (tests/ on PYTHONPATH)."""
+"""Test-only callbacks that break a run on purpose or record what it did, added with `--trainer.callbacks+=...` (tests/ on PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,31 @@ class SignalBatchScriptAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.ckpt_path is None and trainer.global_step == self.step and trainer.global_rank == 0:
             os.kill(int(os.environ["SBATCH_PID"]), signal.SIGUSR1)
+
+
+class RecordTeacher(Callback):
+    def __init__(self, path: str):
+        """Save what a distiller's teacher did on this rank: the rows it ran on before the first training step and during
+        the steps, the rows each epoch trained on, and the teacher-logit cache at the end of training.
+
+        Args:
+            path: File for torch.save; `{rank}` in it is replaced by the process's global rank.
+        """
+        self.path = path
+        self.rows, self.phase, self.seen = {"start": 0, "steps": 0}, "start", {}
+
+    def count(self, module, args, out) -> None:
+        self.rows[self.phase] += len(args[0])
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.teacher.register_forward_hook(self.count)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.phase = "steps"
+        self.seen.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(
+            {"rows": self.rows, "seen": self.seen, "cache": None if pl_module._teacher_logits is None else pl_module._teacher_logits.cpu()},
+            self.path.format(rank=trainer.global_rank),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+# real DDP on CPU: 2 gloo processes of batch 4 each
+DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"]
 
 
 def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -20,10 +24,19 @@ def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = No
     return proc
 
 
-def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
+def callback_option(name: str, **init_args) -> str:
+    """`--trainer.callbacks+=...` adding the test-only callback `name` of tests/fault_injection.py (a subprocess needs `tests_on_path()` in its env)."""
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"fault_injection.{name}", "init_args": init_args})
+
+
+def tests_on_path() -> dict:
+    """The environment entry that lets a subprocess import tests/fault_injection.py."""
+    return {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def tiny_options(tiny_encoder: str, data_dir: str, root: Path) -> list[str]:
+    """The options that point a run at the tiny encoder and the test data, with its cache in root/cache and its runs in root/run."""
     return [
-        "--config",
-        "configs/quickstart.yaml",
         "--model.init_args.encoder",
         tiny_encoder,
         "--data.data_dir",
@@ -32,6 +45,25 @@ def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list
         str(root / "cache"),
         "--trainer.default_root_dir",
         str(root / "run"),
+    ]
+
+
+def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list[str]:
+    """configs/quickstart.yaml on the tiny encoder and the test data, without progress bar and model summary (in-process or in a subprocess)."""
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    return ["--config", str(REPO / "configs" / "quickstart.yaml"), *tiny_options(tiny_encoder, data_dir, root), *quiet, *extra]
+
+
+def predict_args(trained_run: dict, root: Path, *extra: str) -> list[str]:
+    """`predict` with the model and config of conftest's `trained_run`, its Trainer files in root/root, no progress bar."""
+    return [
+        "predict",
+        "--config",
+        str(trained_run["config"]),
+        "--ckpt_path",
+        str(trained_run["ckpt"]),
+        "--trainer.default_root_dir",
+        str(root / "root"),
         "--trainer.enable_progress_bar",
         "false",
         *extra,

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, emolightning, tiny_args
+from helpers import DDP, REPO, emolightning, tiny_args
 
 WEIGHT_TOL = 1e-5
 METRIC_TOL = 1e-6
@@ -50,7 +50,6 @@ SAME = [
     "--checkpoint.save_top_k",
     "-1",  # a checkpoint per epoch (last.ckpt is only rewritten when a best one is)
 ]
-DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "4"]
 
 
 @pytest.fixture(scope="module")

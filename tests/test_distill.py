@@ -3,6 +3,7 @@ checkpoints, the logit cache, other tokenizers and hidden sizes, and one distill
 
 from __future__ import annotations
 
+import csv
 import glob
 import inspect
 import os
@@ -19,7 +20,7 @@ from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
 
 from conftest import LABELS
-from helpers import REPO, emolightning
+from helpers import DDP, REPO, callback_option, emolightning, tests_on_path
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -32,6 +33,20 @@ def teacher_ckpt(tiny_encoder, tmp_path_factory) -> str:
     """A random 2-layer EmotionClassifier (mean pooling) saved as an emolightning checkpoint."""
     torch.manual_seed(0)
     return save_teacher(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean"), tmp_path_factory.mktemp("teacher") / "teacher.ckpt")
+
+
+def distill_args(tiny_encoder: str, teacher: str) -> list[str]:
+    """configs/distill/minilm-l6-to-l3.yaml with the tiny tokenizer and a student copied from layer 1 of `teacher`."""
+    return [
+        "--config",
+        "configs/distill/minilm-l6-to-l3.yaml",
+        "--model.init_args.encoder",
+        tiny_encoder,
+        "--model.init_args.teacher",
+        teacher,
+        "--model.init_args.student_layers",
+        "[1]",
+    ]
 
 
 def make_batch(n_vocab: int = 40) -> dict:
@@ -219,6 +234,65 @@ def test_cached_teacher_logits_need_no_host_sync(tiny_encoder, teacher_ckpt):
     assert logits.shape == (3, len(LABELS)) and logits.device.type == "meta" and hidden is None
 
 
+def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
+    """Real DDP (2 gloo processes, 2 epochs): each rank runs the teacher on its half of the training split before the
+    first step, the halves are gathered, and no step runs the teacher again, although the sampler deals each rank rows
+    that the other rank computed. The cache holds the teacher's own logits of every row."""
+    from emolightning.distill import Teacher
+
+    record = str(tmp_path / "teacher-{rank}.pt")
+    fit = emolightning(
+        "fit",
+        *distill_args(tiny_encoder, teacher_ckpt),
+        "--model.init_args.cosine_weight",
+        "0",
+        "--model.init_args.cache_teacher_logits",
+        "true",
+        "--data.data_dir",
+        ec_dir,
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "6",
+        *DDP,
+        callback_option("RecordTeacher", path=record),
+        env=tests_on_path(),
+    )
+    assert "Starting with 2 processes" in fit.stdout + fit.stderr
+    (run,) = (tmp_path / "run" / "lightning_logs").glob("version_*")
+    with open(run / "metrics.csv") as f:
+        rates = {int(row["epoch"]): float(row["train/teacher_cache_hit_rate"]) for row in csv.DictReader(f) if row.get("train/teacher_cache_hit_rate")}
+    assert rates == {0: 1.0, 1: 1.0}
+
+    ranks = [torch.load(record.format(rank=r), weights_only=False) for r in (0, 1)]
+    for rank, saved in enumerate(ranks):
+        # 96 rows: 48 each before the first step (rows rank, rank + 2, ...), none in the 2 x 6 steps of 4 rows
+        assert saved["rows"] == {"start": 48, "steps": 0}, rank
+        assert sorted(saved["seen"]) == [0, 1] and all(len(rows) == 24 for rows in saved["seen"].values())
+        # the steps read rows the other rank computed: only the gathered cache holds their logits
+        assert any(i % 2 != rank for rows in saved["seen"].values() for i in rows), rank
+    cache = ranks[0]["cache"]
+    assert cache.shape == (96, len(LABELS)) and torch.equal(ranks[1]["cache"], cache)
+
+    # by hand: the teacher alone, one unpadded row at a time, on the token ids the run trained on
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), max_length=128)
+    data.setup("fit")
+    train = data.splits["train"]
+    teacher = Teacher(teacher_ckpt)
+    with torch.no_grad():
+        expected = torch.cat(
+            [teacher(train[i]["input_ids"][None], torch.ones(1, len(train[i]["input_ids"]), dtype=torch.long), hidden=False)[0] for i in range(96)]
+        )
+    assert expected.std() > 0.01  # rows differ: a mix-up of rows would show
+    assert (cache - expected).abs().max().item() < 1e-5
+
+
 def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
     from transformers import BertTokenizerFast
 
@@ -313,20 +387,7 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
     teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"))[0]
 
     fit = emolightning(
-        "fit",
-        "--config",
-        "configs/distill/minilm-l6-to-l3.yaml",
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--model.init_args.teacher",
-        teacher,
-        "--model.init_args.student_layers",
-        "[1]",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.default_root_dir",
-        str(tmp_path / "student"),
-        *common,
+        "fit", *distill_args(tiny_encoder, teacher), "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "student"), *common
     )
     printed = fit.stdout + fit.stderr
     assert "distillation: teacher" in printed and "+ 0.1 x cosine" in printed and "[val epoch 0]" in printed

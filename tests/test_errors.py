@@ -6,7 +6,6 @@ through the real command in subprocesses, to check the exit code and that no tra
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,29 +17,9 @@ import torch
 from emolightning.cli import main
 
 from conftest import LABELS, make_rows, write_official
-from helpers import REPO
+from helpers import REPO, callback_option, tiny_args
 
 HEADER = "ID\tTweet\tjoy\tsadness\n"
-
-
-def cli_args(tiny_encoder: str, root: Path, data_dir: str, *extra: str) -> list[str]:
-    return [
-        "--config",
-        str(REPO / "configs" / "quickstart.yaml"),
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--data.data_dir",
-        data_dir,
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--trainer.default_root_dir",
-        str(root / "run"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:
@@ -75,7 +54,7 @@ BAD_DATA = {
 def test_bad_data_in_process(tiny_encoder, tmp_path, capsys):
     for name, (train, dev, expected) in BAD_DATA.items():
         folder = data_dir(tmp_path, name, train, dev)
-        code, err = run_main(["fit", *cli_args(tiny_encoder, tmp_path, folder)], capsys)
+        code, err = run_main(["fit", *tiny_args(tiny_encoder, folder, tmp_path)], capsys)
         assert code == 2, name
         assert "Traceback" not in err, name
         for words in expected:
@@ -88,7 +67,7 @@ def test_bad_options_and_checkpoints_in_process(tiny_encoder, ec_dir, tmp_path, 
 
     # an encoder that is neither local nor reachable: huggingface_hub read HF_HUB_OFFLINE at import
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    args = cli_args(tiny_encoder, tmp_path, ec_dir)
+    args = tiny_args(tiny_encoder, ec_dir, tmp_path)
     code, err = run_main(["fit", *args, "--model.init_args.encoder", "no-such-org/no-such-encoder"], capsys)
     assert code == 2 and "Traceback" not in err
     assert "'no-such-org/no-such-encoder'" in err and "no network" in err and "local directory" in err and "model.encoder" in err
@@ -127,6 +106,45 @@ def test_bad_options_and_checkpoints_in_process(tiny_encoder, ec_dir, tmp_path, 
     assert "trained on the labels ['joy', 'sadness']" in err and f"the data has {LABELS}" in err and "data.label_columns" in err
 
 
+def hub_splits(**splits: list) -> object:
+    """A DatasetDict shaped like the Hub's SemEval E-c (ID, Tweet, one 0/1 column per label), built in memory."""
+    import datasets
+
+    def split(rows):
+        return datasets.Dataset.from_dict(
+            {"ID": [r[0] for r in rows], "Tweet": [r[1] for r in rows], **{n: [r[2][j] for r in rows] for j, n in enumerate(LABELS)}}
+        )
+
+    return datasets.DatasetDict({name: split(rows) for name, rows in splits.items()})
+
+
+def test_hub_dataset_without_a_test_split_fits_and_says_what_to_do_elsewhere(tiny_encoder, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    layout = {"train": hub_splits(train=make_rows(16, 0, "h"), validation=make_rows(8, 1, "v"))}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: layout["train"])
+    args = tiny_args(tiny_encoder, "null", tmp_path, "--trainer.max_epochs", "1", "--data.batch_size", "8")
+    # fit needs no test split, as with a data directory without its test-gold file (it stopped on KeyError: 'test')
+    main(["fit", *args])
+    best = next((tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt")) == ["train", "validation"]
+
+    missing = "The Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1' (config 'subtask5.english'; options `data.hub_dataset`, `data.hub_config`)"
+    code, err = run_main(["test", *args, "--ckpt_path", str(best)], capsys)
+    assert code == 2 and "Traceback" not in err and "KeyError" not in err
+    assert f"{missing} has no 'test' split: its splits are ['train', 'validation']." in err and "`data.test_file`" in err
+    code, err = run_main(["predict", *args, "--ckpt_path", str(best), "--output", str(tmp_path / "out.txt")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing} has no 'test' split" in err and "Set `data.predict_split` to one of them" in err
+    assert not (tmp_path / "out.txt").exists()
+
+    # another layout: 'dev' where emolightning reads 'validation'
+    layout["train"] = hub_splits(train=make_rows(16, 0, "h"), dev=make_rows(8, 1, "v"))
+    code, err = run_main(["fit", *tiny_args(tiny_encoder, "null", tmp_path / "dev")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing} has no 'validation' split: its splits are ['dev', 'train']." in err and "`data.val_file`" in err
+
+
 def test_long_texts_are_truncated_counted_and_reported(tiny_encoder, tmp_path, monkeypatch):
     from emolightning import data as data_module
 
@@ -152,18 +170,17 @@ def test_long_texts_are_truncated_counted_and_reported(tiny_encoder, tmp_path, m
 
 
 def test_nan_loss_stops_with_step_batch_and_last_good_checkpoint(tiny_encoder, ec_dir, tmp_path, capsys):
-    inject = json.dumps({"class_path": "fault_injection.InjectNaN", "init_args": {"step": 7}})
-    args = cli_args(
+    args = tiny_args(
         tiny_encoder,
-        tmp_path,
         ec_dir,
+        tmp_path,
         "--trainer.max_epochs",
         "1",
         "--data.batch_size",
         "8",
         "--last_checkpoint.every_n_train_steps",
         "5",
-        f"--trainer.callbacks+={inject}",
+        callback_option("InjectNaN", step=7),
     )
     code, err = run_main(["fit", *args], capsys)
     assert code == 2 and "Traceback" not in err
@@ -238,8 +255,8 @@ def test_real_command_exits_2_without_traceback(tiny_encoder, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     missing = str(tmp_path / "no-such-dir")
     commands = {
-        "missing_dir": ["fit", *cli_args(tiny_encoder, tmp_path, missing)],
-        "typo": ["fit", *cli_args(tiny_encoder, tmp_path, missing), "--trainer.max_epochz", "1"],
+        "missing_dir": ["fit", *tiny_args(tiny_encoder, missing, tmp_path)],
+        "typo": ["fit", *tiny_args(tiny_encoder, missing, tmp_path), "--trainer.max_epochz", "1"],
     }
     procs = {
         k: subprocess.Popen([sys.executable, "-m", "emolightning", *v], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -22,15 +22,6 @@ from conftest import LABELS
 from helpers import REPO
 
 
-@pytest.fixture
-def one_thread():
-    """On 2 shared cores, a second intra-op thread makes these tiny models ~10x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Recorder(L.Callback):
     """Dtypes seen inside the steps: the head's output, the probabilities EmotionScores receives, the loss."""
 

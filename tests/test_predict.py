@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import LABELS, make_rows, write_official
+from helpers import predict_args
 
 HEADER = ["ID", "Tweet", *LABELS]
 
@@ -43,20 +44,7 @@ def predict_in_process(trained_run, tmp_path, *extra: str) -> None:
     """`emolightning predict` in this process (a subprocess costs ~8 s of imports)."""
     from emolightning.cli import run_cli
 
-    run_cli(
-        [
-            "predict",
-            "--config",
-            str(trained_run["config"]),
-            "--ckpt_path",
-            str(trained_run["ckpt"]),
-            "--trainer.default_root_dir",
-            str(tmp_path / "root"),
-            "--trainer.enable_progress_bar",
-            "false",
-            *extra,
-        ]
-    )
+    run_cli(predict_args(trained_run, tmp_path, *extra))
 
 
 def test_official_format_in_input_order_with_probabilities(trained_run, ec_dir, tiny_encoder, tmp_path):
@@ -133,23 +121,7 @@ def test_a_bad_row_late_in_the_file_stops_predict_before_the_model_runs(trained_
     out.parent.mkdir()
     out.write_text("the user's earlier predictions\n")
     with pytest.raises(SystemExit) as done:
-        main(
-            [
-                "predict",
-                "--config",
-                str(trained_run["config"]),
-                "--ckpt_path",
-                str(trained_run["ckpt"]),
-                "--data.predict_file",
-                str(source),
-                "--output",
-                str(out),
-                "--trainer.default_root_dir",
-                str(tmp_path / "root"),
-                "--trainer.enable_progress_bar",
-                "false",
-            ]
-        )
+        main(predict_args(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out)))
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err and f"{source}, " in err
     assert all(w in err for w in words), err[-800:]

@@ -22,9 +22,7 @@ from emolightning.batching import LengthGroupedSampler
 from emolightning.errors import ConfigError
 from emolightning.resume import AtomicCheckpointIO, ResumableDataLoader, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
 
-from helpers import REPO
-
-TESTS = Path(__file__).resolve().parent
+from helpers import REPO, callback_option, tests_on_path, tiny_args
 
 
 def command(*args: str) -> list[str]:
@@ -32,43 +30,29 @@ def command(*args: str) -> list[str]:
 
 
 def env() -> dict:
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # fault_injection.py
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
-def callback(name: str, **init_args) -> str:
-    return "--trainer.callbacks+=" + json.dumps({"class_path": f"fault_injection.{name}", "init_args": init_args})
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **tests_on_path()}
 
 
 def fit_args(tiny_encoder: str, ec_dir: str, root: Path, steps_file: Path) -> list[str]:
     # 96 train rows / batch 4 = 24 steps per epoch, 2 epochs; last.ckpt every 5 steps
     return [
         "fit",
-        "--config",
-        str(REPO / "configs" / "quickstart.yaml"),
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--model.init_args.lr",
-        "5e-3",
-        "--model.init_args.head_lr",
-        "5e-2",
-        "--data.data_dir",
-        ec_dir,
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--data.batch_size",
-        "4",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.default_root_dir",
-        str(root / "run"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--last_checkpoint.every_n_train_steps",
-        "5",
-        callback("RecordSteps", path=str(steps_file)),
+        *tiny_args(
+            tiny_encoder,
+            ec_dir,
+            root,
+            "--model.init_args.lr",
+            "5e-3",
+            "--model.init_args.head_lr",
+            "5e-2",
+            "--data.batch_size",
+            "4",
+            "--trainer.max_epochs",
+            "2",
+            "--last_checkpoint.every_n_train_steps",
+            "5",
+            callback_option("RecordSteps", path=str(steps_file)),
+        ),
     ]
 
 
@@ -96,7 +80,7 @@ def test_kill_9_mid_epoch_then_resume_ends_exactly_where_the_uninterrupted_run_e
         ),
         # SIGKILL right after optimizer step 33, i.e. batch 8 of epoch 1; the last checkpoint is from step 30
         "killed": subprocess.Popen(
-            command(*fit_args(tiny_encoder, ec_dir, broken, tmp_path / "broken.steps"), callback("KillAtStep", step=33)),
+            command(*fit_args(tiny_encoder, ec_dir, broken, tmp_path / "broken.steps"), callback_option("KillAtStep", step=33)),
             cwd=REPO,
             env=env(),
             stdout=subprocess.PIPE,
@@ -291,7 +275,7 @@ def test_sigterm_saves_last_ckpt_and_exits_143_and_the_resume_goes_on_from_the_n
     args[args.index("--data.batch_size") + 1] = "8"  # 12 batches
     args[args.index("--last_checkpoint.every_n_train_steps") + 1] = "0"  # no step-wise saves: SIGTERM's is the only one
     with pytest.raises(SystemExit) as done:
-        main([*args, callback("SigtermAtStep", step=7)])
+        main([*args, callback_option("SigtermAtStep", step=7)])
     assert done.value.code == 143 and "stopped by SIGTERM" in capsys.readouterr().err
     run_dir = tmp_path / "run" / "lightning_logs" / "version_0"
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

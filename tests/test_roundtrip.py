@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from emolightning.tables import file_records, read_table
 
+from helpers import predict_args
+
 LABELS = ["joy", "fear", "trust"]
 PIECES = [
     "👩\u200d👩\u200d👧\u200d👦",
@@ -180,23 +182,7 @@ def test_predict_writes_one_row_per_input_row(fmt, trained_run, tmp_path):
     source = write(table, tmp_path)
     check_readers(table, tmp_path)
     out = tmp_path / "pred.txt"
-    run_cli(
-        [
-            "predict",
-            "--config",
-            str(trained_run["config"]),
-            "--ckpt_path",
-            str(trained_run["ckpt"]),
-            "--data.predict_file",
-            str(source),
-            "--output",
-            str(out),
-            "--trainer.default_root_dir",
-            str(tmp_path / "root"),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    run_cli(predict_args(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out)))
     lines = out.read_bytes().decode("utf-8").split("\n")
     assert lines[-1] == "" and lines[0].split("\t")[:2] == ["ID", "Tweet"]
     rows = [line.split("\t") for line in lines[1:-1]]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import LABELS, make_rows
-from helpers import REPO, emolightning
+from helpers import REPO, emolightning, tiny_options
 from wandb_files import offline_runs, read_offline_run
 
 SWEEPS = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))
@@ -113,19 +113,7 @@ def tiny_teacher(tiny_encoder, tmp_path_factory) -> str:
 
 
 def tiny_overrides(name: str, tiny_encoder: str, ec_dir: str, root: Path, request, monkeypatch) -> list[str]:
-    common = [
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--data.data_dir",
-        ec_dir,
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--data.max_length",
-        "64",
-        "--trainer.default_root_dir",
-        str(root / "run"),
-        *SHORT,
-    ]
+    common = [*tiny_options(tiny_encoder, ec_dir, root), "--data.max_length", "64", *SHORT]
     if name == "temperature.yaml":
         # the sweep reads the teacher from the agent's environment: ${envvar:EMOLIGHTNING_TEACHER}
         monkeypatch.setenv("EMOLIGHTNING_TEACHER", request.getfixturevalue("tiny_teacher"))
@@ -225,26 +213,13 @@ def test_a_wrong_parameter_name_fails_the_sweep_run(tiny_encoder, ec_dir, tmp_pa
 
 
 # ---- configs/logger/wandb.yaml, offline --------------------------------------------------
+def wandb_args(tiny_encoder: str, ec_dir: str, root: Path, *extra: str) -> list[str]:
+    """A short tiny fit with configs/logger/wandb.yaml."""
+    return ["--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml", *tiny_options(tiny_encoder, ec_dir, root), *SHORT, *extra]
+
+
 def wandb_fit(tiny_encoder: str, ec_dir: str, root: Path, *extra: str, env: dict | None = None, check: bool = True):
-    return emolightning(
-        "fit",
-        "--config",
-        "configs/quickstart.yaml",
-        "--config",
-        "configs/logger/wandb.yaml",
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--data.data_dir",
-        ec_dir,
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--trainer.default_root_dir",
-        str(root / "run"),
-        *SHORT,
-        *extra,
-        env=env,
-        check=check,
-    )
+    return emolightning("fit", *wandb_args(tiny_encoder, ec_dir, root, *extra), env=env, check=check)
 
 
 def without_wandb_login(home: Path) -> dict:
@@ -305,23 +280,8 @@ def test_runs_into_the_same_dirs_do_not_collide(tiny_encoder, ec_dir, tmp_path):
 
 @pytest.mark.slow
 def test_without_a_wandb_login_the_error_names_the_fixes(tiny_encoder, ec_dir, tmp_path):
-    args = [
-        "--config",
-        "configs/quickstart.yaml",
-        "--config",
-        "configs/logger/wandb.yaml",
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--data.data_dir",
-        ec_dir,
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-        *SHORT,
-    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "emolightning", "fit", *args],
+        [sys.executable, "-m", "emolightning", "fit", *wandb_args(tiny_encoder, ec_dir, tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from emolightning.cli import EmotionCLI, run_cli
 from emolightning.data import EmotionDataModule
 from emolightning.tracking import LABEL_TABLE_COLUMNS, LabelTable, SaveConfigToLogger
 
-from helpers import REPO, print_config
+from helpers import REPO, print_config, tiny_options
 
 MODEL_CONFIGS = sorted(str(p.relative_to(REPO)) for d in ("semeval", "distill") for p in (REPO / "configs" / d).glob("*.yaml")) + ["configs/quickstart.yaml"]
 
@@ -23,19 +23,6 @@ def instantiate(monkeypatch, *args: str) -> EmotionCLI:
     """`emolightning fit ARGS` up to the instantiated Trainer, without fitting."""
     monkeypatch.setattr(EmotionCLI, "_run_subcommand", lambda self, subcommand: None)
     return run_cli(["fit", *args])
-
-
-def tiny(tiny_encoder, ec_dir, tmp_path) -> list[str]:
-    return [
-        "--model.init_args.encoder",
-        tiny_encoder,
-        "--data.data_dir",
-        ec_dir,
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-    ]
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS)
@@ -47,7 +34,9 @@ def test_wandb_config_composes_after_every_model_config(config, capsys):
 
 def test_wandb_config_keeps_the_cli_callbacks(tiny_encoder, ec_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    cli = instantiate(
+        monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml", *tiny_options(tiny_encoder, ec_dir, tmp_path)
+    )
     kinds = [type(cb) for cb in cli.trainer.callbacks]
     # trainer_defaults' LearningRateMonitor, the `checkpoint` ModelCheckpoint, the config's LabelTable, the config saver
     for kind in (LearningRateMonitor, ModelCheckpoint, LabelTable, SaveConfigToLogger):
@@ -73,7 +62,7 @@ def test_a_callbacks_config_before_wandb_keeps_its_callbacks(tiny_encoder, ec_di
         str(early),
         "--config",
         "configs/logger/wandb.yaml",
-        *tiny(tiny_encoder, ec_dir, tmp_path),
+        *tiny_options(tiny_encoder, ec_dir, tmp_path),
     )
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     for name in ("EarlyStopping", "LabelTable", "LearningRateMonitor", "ModelCheckpoint"):
@@ -82,7 +71,7 @@ def test_a_callbacks_config_before_wandb_keeps_its_callbacks(tiny_encoder, ec_di
 
 def test_default_logger_stays_local(tiny_encoder, ec_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", *tiny_options(tiny_encoder, ec_dir, tmp_path))
     assert isinstance(cli.trainer.logger, CSVLogger)
     assert not any(isinstance(cb, LabelTable) for cb in cli.trainer.callbacks)
 
@@ -132,7 +121,7 @@ def test_csv_stays_the_default_logger_when_tensorboard_is_installed(tiny_encoder
     monkeypatch.setattr("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._TENSORBOARD_AVAILABLE", True)
     monkeypatch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", True)
     monkeypatch.chdir(REPO)
-    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", *tiny_options(tiny_encoder, ec_dir, tmp_path))
     (logger,) = cli.trainer.loggers
     assert type(logger) is CSVLogger and logger.save_dir == str(tmp_path / "run")
 
@@ -142,7 +131,9 @@ def test_tensorboard_config_keeps_the_csv_logs_first(tiny_encoder, ec_dir, tmp_p
 
     monkeypatch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", True)  # nothing is written here
     monkeypatch.chdir(REPO)
-    cli = instantiate(monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/tensorboard.yaml", *tiny(tiny_encoder, ec_dir, tmp_path))
+    cli = instantiate(
+        monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/tensorboard.yaml", *tiny_options(tiny_encoder, ec_dir, tmp_path)
+    )
     csv_logger, tensorboard = cli.trainer.loggers
     assert type(csv_logger) is CSVLogger and type(tensorboard) is TensorBoardLogger
     # save_dir "" in the config: trainer.default_root_dir, for both; each logger in its own folder
