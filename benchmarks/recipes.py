@@ -49,6 +49,8 @@ RECIPES: dict[str, list[str]] = {
     "label_prompt_lca_asl": [f"{M}pooling", "label_prompt", f"{M}label_correlation_weight", "0.2", f"{M}loss", "asl"],
     "label_attention_asl": [f"{M}pooling", "label_attention", f"{M}loss", "asl"],
     "shipped": ["--config", "configs/semeval/minilm-l6.yaml"],
+    # a student of the members' size distilled from an ensemble (--teachers: its members' run dirs or checkpoints)
+    "distill_ensemble": ["--model.class_path", "emolightning.EmotionDistiller", f"{M}teacher", "{teachers}", f"{M}cache_teacher_logits", "true"],
 }
 KEYS = ("jaccard", "f1_micro", "f1_macro")
 
@@ -57,8 +59,16 @@ def run_dir(out: str, recipe: str, seed: int) -> str:
     return os.path.join(out, recipe, f"seed{seed}")
 
 
+def teacher_list(arguments: list[str] | None) -> str:
+    """`[a.ckpt, b.ckpt, ...]` from run directories (their best checkpoint), checkpoints or globs of either."""
+    paths = [best_checkpoint(p) if os.path.isdir(p) else p for arg in arguments or [] for p in sorted(glob.glob(arg)) or [arg]]
+    if not paths or None in paths or not all(os.path.isfile(p) for p in paths):
+        raise SystemExit(f"--teachers {arguments}: give the ensemble members' run directories (each with a best-*.ckpt) or checkpoints")
+    return "[" + ", ".join(paths) + "]"
+
+
 def fit_command(recipe: str, seed: int, args) -> list[str]:
-    overrides = RECIPES[recipe]
+    overrides = [teacher_list(args.teachers) if x == "{teachers}" else x for x in RECIPES[recipe]]
     config = [] if overrides[:1] == ["--config"] else ["--config", BASE_CONFIG]
     return [
         sys.executable, "-m", "emolightning", "fit", *config, *overrides,
@@ -139,6 +149,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="fits at a time (each gets cpu_count / jobs threads)")
+    p.add_argument("--teachers", nargs="+", help="distill_ensemble: the teachers' run dirs or checkpoints (globs too), e.g. runs/recipes/baseline/seed*")
     p.add_argument("--precision", default=None, help="--trainer.precision of every run (default: the config's); keep one precision per --out")
     args = p.parse_args()
 

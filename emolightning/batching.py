@@ -20,7 +20,7 @@ def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
 
 
 class TokenizedSplit(Dataset):
-    """Token ids and labels of one split; item i is a dict of its `input_ids`, `index` i, and, when given, `labels`, `teacher_input_ids` and `id`.
+    """Token ids and labels of one split; item i is a dict of its `input_ids`, `index` i, and, when given, `labels`, `teacher_input_ids`, `id` and `text`.
 
     `ids` (the rows' IDs as read) and `source` (the file) travel into every batch, so that whatever
     meets a batch (a NaN loss, FiniteLossGuard) can name its rows without asking the data module.
@@ -33,8 +33,9 @@ class TokenizedSplit(Dataset):
         teacher_input_ids: list[torch.Tensor] | None = None,
         ids: list[str] | None = None,
         source: str | None = None,
+        texts: list[str] | None = None,
     ):
-        self.input_ids, self.labels = input_ids, labels
+        self.input_ids, self.labels, self.texts = input_ids, labels, texts
         self.teacher_input_ids = teacher_input_ids  # a distillation teacher's own tokenisation, if it differs
         self.ids, self.source = ids, source
 
@@ -49,6 +50,8 @@ class TokenizedSplit(Dataset):
             item["teacher_input_ids"] = self.teacher_input_ids[i]
         if self.ids is not None:
             item["id"], item["source"] = self.ids[i], self.source
+        if self.texts is not None:
+            item["text"] = self.texts[i]
         return item
 
     @property
@@ -74,7 +77,7 @@ class Collator:
 
     A batch holds `input_ids`, `attention_mask` (B, longest), `index` (B,), and as its items do
     `labels` (B, L) float, `teacher_input_ids`/`teacher_attention_mask`, `ids` (list of str) and
-    `source` (str), as predict batches (stream.py) hold `ids`.
+    `source` (str), and `texts` (list of str), as predict batches (stream.py) hold `ids` and `texts`.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, teacher_pad_token_id: int | None = None):
@@ -92,6 +95,8 @@ class Collator:
             )
         if "id" in items[0]:
             batch["ids"], batch["source"] = [it["id"] for it in items], items[0]["source"]
+        if "text" in items[0]:
+            batch["texts"] = [it["text"] for it in items]
         return batch
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
+from .ensemble import EnsembleClassifier, ensemble_config, is_manifest, read_manifest
 from .errors import ConfigError, EmolightningError
 from .hardware import check_gpu
 from .inference import Backend, InferenceBackend
@@ -43,6 +44,14 @@ class EmotionCLI(LightningCLIWithHooks):
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
             add_plain_commands(self.parser)
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        # LightningCLI's own, except that `model` may also be an EnsembleClassifier (not an EmotionClassifier
+        # subclass), which `--ckpt_path ENSEMBLE.json` puts in place of the config's model (before_ckpt_path)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_subclass_arguments((EmotionClassifier, EnsembleClassifier), "model", fail_untyped=False, required=True)
+        parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.encoder", "data.tokenizer")
@@ -110,9 +119,25 @@ class EmotionCLI(LightningCLIWithHooks):
             )
 
     def before_ckpt_path(self) -> None:
-        if self.config.get("subcommand"):  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
-            resolve_resume(self.config.subcommand, self.config[self.config.subcommand])
-            refuse_stale_hpc_checkpoint(self.config[self.config.subcommand])
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if is_manifest(config.get("ckpt_path")):  # an ensemble (ensemble.py): its model, and batches of a whole chunk of texts
+            if subcommand == "fit":
+                raise ConfigError(
+                    f"--ckpt_path '{config.ckpt_path}' is an ensemble manifest, which `validate`, `test` and `predict` take; `fit --ckpt_path` "
+                    "resumes one training checkpoint (a .ckpt or `last`). Train each member with `emolightning fit`."
+                )
+            read_manifest(config.ckpt_path)  # a missing or broken manifest stops here, named
+            data = config["data"]
+            self.config = self.parser.parse_object(
+                {subcommand: ensemble_config(config.ckpt_path, data.eval_batch_size, data.predict_chunk_batches)}, self.config
+            )
+            self.config[subcommand].ckpt_path = None  # nothing for Lightning to load: the members are loaded by the ensemble
+            return
+        resolve_resume(subcommand, config)  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
+        refuse_stale_hpc_checkpoint(config)
 
     def after_ckpt_path(self) -> None:
         # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
@@ -125,7 +150,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def before_predict(self) -> None:
         config = self.config_init["predict"]
         ckpt = config.get("ckpt_path")
-        if not ckpt or not os.path.isfile(ckpt):
+        if not isinstance(self.model, EnsembleClassifier) and (not ckpt or not os.path.isfile(ckpt)):
             raise ConfigError(
                 f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned."
             )
@@ -148,7 +173,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
             "prog": "emolightning",
             "description": "Multi-label emotion classification (SemEval-2018 E-c and other multi-label sets). `emolightning SUBCOMMAND --help` lists a subcommand's options. Library messages that need no action are hidden: `--verbose` anywhere on the command line (or EMOLIGHTNING_VERBOSE=1) shows them.",
             "predict": {
-                "description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output)."
+                "description": "Label the predict split (data.predict_file, else data.predict_split) with the model of --ckpt_path at its tuned thresholds, and write an official E-c file (--output). --ckpt_path may also be an ensemble manifest (ENSEMBLE.json, written by `emolightning ensemble`): its members' probabilities are averaged and cut at the ensemble's own thresholds."
             },
         },
         trainer_defaults={

@@ -279,7 +279,10 @@ class EmotionDataModule(L.LightningDataModule):
                 raise DataError(
                     f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file."
                 )
-            self.splits[split] = TokenizedSplit(data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"])
+            texts = data["texts"] if split != "train" else None  # for an ensemble's members (ensemble.py); training batches stay lean
+            self.splits[split] = TokenizedSplit(
+                data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"], texts=texts
+            )
 
     def label_positives(self, split: str) -> list[int] | None:
         """Gold positives of each label in a split set up by `setup` (None when it is not)."""

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
+from .ensemble import average_logits
 from .errors import ConfigError
 from .losses import hidden_cosine_loss, soft_target_loss
 from .model import EmotionClassifier
@@ -133,6 +134,56 @@ class Teacher(nn.Module):
         return out.logits, (out.hidden_states[-1] if hidden else None)
 
 
+class TeacherEnsemble(nn.Module):
+    """Several frozen teachers as one: (B, T) ids and mask -> (B, L) logits of their averaged probabilities.
+
+    The members' probabilities are averaged, as the ensemble's own predictions are (ensemble.py), and
+    turned back into logits (`average_logits`, in log space), so the soft-target loss (which applies
+    its temperature to logits) and the logit cache take them as one teacher's. Averaging the logits
+    instead would be a geometric mean of the odds, more confident than the ensemble wherever members
+    disagree. The members share one tokenisation of the batch; their hidden states are not averaged,
+    so the cosine loss is off. `student_layers` copies the first member's layers and head.
+    """
+
+    def __init__(self, sources: list[str], multi_label: bool = True):
+        super().__init__()
+        if not sources:
+            raise ConfigError("`model.init_args.teacher` is an empty list. Give one teacher checkpoint, or a list of them to distil from their ensemble.")
+        self.members = nn.ModuleList([Teacher(source) for source in sources])
+        first = self.members[0]
+        for member in self.members[1:]:
+            if member.label_names != first.label_names:
+                raise ConfigError(
+                    f"The teachers '{first.source}' and '{member.source}' (option `model.init_args.teacher`) predict different labels "
+                    f"({first.label_names} and {member.label_names}). An ensemble teacher averages each label across its members: give teachers trained on the same labels."
+                )
+            if not same_tokenizer(first.tokenizer, member.tokenizer):
+                raise ConfigError(
+                    f"The teachers '{first.source}' and '{member.source}' (option `model.init_args.teacher`) tokenise differently ('{first.tokenizer}', "
+                    f"'{member.tokenizer}'), but a batch carries one teacher tokenisation (`data.teacher_tokenizer`). Distil from teachers that share a tokenizer."
+                )
+        self.source, self.multi_label = list(sources), multi_label
+        self.model, self.pooling, self.label_names, self.tokenizer = first.model, first.pooling, first.label_names, first.tokenizer
+        self.num_labels = first.num_labels if first.model is not None else len(first.label_names)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def base(self) -> nn.Module:
+        return self.members[0].base
+
+    @property
+    def head(self) -> nn.Module:
+        return self.members[0].head
+
+    def train(self, mode: bool = True) -> TeacherEnsemble:
+        return super().train(False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> tuple[Tensor, None]:
+        logits = [member(input_ids, attention_mask, hidden=False)[0] for member in self.members]
+        return average_logits(logits, multi_label=self.multi_label), None
+
+
 def copy_teacher_layers(teacher: Teacher, layers: list[int]) -> nn.Module:
     """A copy of the teacher's transformer (embeddings included) that keeps only `layers`, in that order: a DistilBERT-style student."""
     copied = copy.deepcopy(teacher.base)
@@ -164,7 +215,7 @@ class EmotionDistiller(EmotionClassifier):
         encoder: str,
         label_names: list[str],
         lr: float,
-        teacher: str,
+        teacher: str | list[str],
         student_layers: list[int] | None = None,
         temperature: float = 2.0,
         soft_weight: float = 0.5,
@@ -191,6 +242,8 @@ class EmotionDistiller(EmotionClassifier):
             teacher: An emolightning checkpoint (.ckpt) of the fine-tuned teacher, or a Hugging Face
                 directory/name of a fine-tuned multi-label AutoModelForSequenceClassification.
                 If its tokenizer differs from the student's, set `data.teacher_tokenizer` to it.
+                A list of them (`[a.ckpt, b.ckpt]`, sharing one tokenizer) is an ensemble teacher:
+                the soft targets are the logits of the teachers' averaged probabilities (TeacherEnsemble).
             student_layers: Build the student from the teacher as in DistilBERT: its embeddings, these
                 of its layers (e.g. [0, 2, 4] of 6) and, for an emolightning teacher, its head.
                 Unset: the student is `encoder` from pretrained.
@@ -214,7 +267,7 @@ class EmotionDistiller(EmotionClassifier):
             raise ConfigError(
                 "Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both."
             )
-        frozen = Teacher(teacher)
+        frozen = Teacher(teacher) if isinstance(teacher, str) else TeacherEnsemble(list(teacher), multi_label=soft_loss == "sigmoid")
         if frozen.label_names is not None and list(frozen.label_names) != list(label_names):
             raise ConfigError(
                 f"The teacher '{teacher}' predicts the labels {list(frozen.label_names)}, but the data has {list(label_names)}. "
@@ -240,7 +293,10 @@ class EmotionDistiller(EmotionClassifier):
         teacher_hidden, student_hidden = frozen.base.config.hidden_size, self.encoder.config.hidden_size
         self.projection = None
         self.use_cosine = cosine_weight > 0
-        if self.use_cosine and not self.same_tokenizer:
+        if self.use_cosine and isinstance(frozen, TeacherEnsemble):
+            self.use_cosine = False
+            rank_zero_info("distillation: the cosine loss is off: an ensemble teacher has no single hidden state to align with. Only the logit losses apply.")
+        elif self.use_cosine and not self.same_tokenizer:
             self.use_cosine = False
             rank_zero_info(
                 "distillation: the cosine loss is off: teacher and student tokenise differently, so their tokens do not align. Only the logit losses apply."

@@ -26,7 +26,7 @@ from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, 
 from .losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
 from .metrics import EmotionScores, choose_thresholds, official_scores
 
-__all__ = ["EmotionClassifier", "linear_warmup_decay", "pool"]
+__all__ = ["EmotionClassifier", "linear_warmup_decay", "log_epoch_scores", "pool"]
 
 
 def no_decay(name: str) -> bool:
@@ -49,6 +49,23 @@ def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> None:
+    """Log the official scores of (N, L) probabilities at the fixed `threshold` and at the tuned (L,) `thresholds` (`stage/*`, `stage/tuned/*`), and print them."""
+    names = module.label_names
+    scores = official_scores(probs >= threshold, target, names)
+    tuned = official_scores(probs >= thresholds, target, names)
+    # every rank computed the same numbers from the synced state: a MAX-reduce keeps them exact
+    # and stops Lightning warning, once per key, that epoch-level values are not synced
+    sync = {"sync_dist": True, "reduce_fx": "max"}
+    module.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, **sync)
+    module.log_dict({f"{stage}/tuned/{k}": tuned[k] for k in ("jaccard", "f1_micro", "f1_macro")}, **sync)
+    rank_zero_info(
+        f"[{stage} epoch {module.current_epoch}] n={len(target)}  "
+        f"threshold {threshold}: jaccard {scores['jaccard']:.4f} f1_micro {scores['f1_micro']:.4f} f1_macro {scores['f1_macro']:.4f}  |  "
+        f"tuned: jaccard {tuned['jaccard']:.4f} f1_micro {tuned['f1_micro']:.4f} f1_macro {tuned['f1_macro']:.4f}"
+    )
 
 
 class EmotionClassifier(L.LightningModule):
@@ -284,25 +301,13 @@ class EmotionClassifier(L.LightningModule):
         metric.reset()
         if self.trainer.sanity_checking:
             return
-        fixed = torch.full_like(self.thresholds, self.hparams.threshold)
         if stage == "val" and self.hparams.tune_thresholds and self.trainer.state.fn == "fit":
             hp = self.hparams
             chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
         if stage == "val":
             self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
-        scores = official_scores(probs >= fixed, target, self.label_names)
-        tuned = official_scores(probs >= self.thresholds, target, self.label_names)
-        # every rank computed the same numbers from the synced state: a MAX-reduce keeps them exact
-        # and stops Lightning warning, once per key, that epoch-level values are not synced
-        sync = {"sync_dist": True, "reduce_fx": "max"}
-        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, **sync)
-        self.log_dict({f"{stage}/tuned/{k}": tuned[k] for k in ("jaccard", "f1_micro", "f1_macro")}, **sync)
-        rank_zero_info(
-            f"[{stage} epoch {self.current_epoch}] n={len(target)}  "
-            f"threshold {self.hparams.threshold}: jaccard {scores['jaccard']:.4f} f1_micro {scores['f1_micro']:.4f} f1_macro {scores['f1_macro']:.4f}  |  "
-            f"tuned: jaccard {tuned['jaccard']:.4f} f1_micro {tuned['f1_micro']:.4f} f1_macro {tuned['f1_macro']:.4f}"
-        )
+        log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")

@@ -42,6 +42,7 @@ PLAIN_COMMANDS = {
     "score": "Official metrics of a prediction file: emolightning score PRED GOLD [--json].",
     "export": "A Hugging Face model directory from a checkpoint: emolightning export --ckpt_path CKPT --output DIR.",
     "report": "A table and figures comparing runs: emolightning report RUN_DIR [RUN_DIR ...] --output DIR.",
+    "ensemble": "An ensemble manifest for validate/test/predict --ckpt_path: emolightning ensemble CKPT [CKPT ...] --data_dir DIR --out ENSEMBLE.json.",
 }
 SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
 # lines of a jsonargparse Union error that only restate its structure
@@ -53,9 +54,10 @@ NOISE = re.compile(
 def model_keys() -> list[str]:
     """`model.init_args.<name>` for every argument of the model classes."""
     from .distill import EmotionDistiller  # the parser is built before the model classes are needed: import them late
+    from .ensemble import EnsembleClassifier
     from .model import EmotionClassifier
 
-    classes = [EmotionClassifier, EmotionDistiller]
+    classes = [EmotionClassifier, EmotionDistiller, EnsembleClassifier]
     names = {n for c in classes for n in inspect.signature(c.__init__).parameters if n not in ("self", "args", "kwargs")}
     return ["model.class_path"] + [f"model.init_args.{n}" for n in sorted(names)]
 

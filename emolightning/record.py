@@ -9,7 +9,7 @@
   on them, as `val_probs.npz` beside the best checkpoint: rewritten once per new best, so it always
   belongs to the best checkpoint. The report draws each label's F1 against its threshold from it.
 - `KeepTestScores` keeps the scores of `emolightning test --ckpt_path CKPT` as `test_scores.json` beside
-  CKPT (an evaluation opens no log folder of its own), so the report's row of that run shows them.
+  CKPT (or beside an ensemble's manifest; an evaluation opens no log folder of its own), so the report's row of that run shows them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .ensemble import EnsembleClassifier
 from .model import EmotionClassifier
 
 VAL_PROBS_FILE = "val_probs.npz"
@@ -148,7 +149,7 @@ class KeepTestScores(Callback):
     """
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ckpt = trainer.ckpt_path
+        ckpt = pl_module.manifest.path if isinstance(pl_module, EnsembleClassifier) else trainer.ckpt_path  # an ensemble's: beside its manifest
         if not trainer.is_global_zero or not ckpt or not os.path.isfile(ckpt):
             return
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

@@ -79,3 +79,31 @@ def print_config(*configs: str, capsys) -> str:
         run_cli(args)
     assert done.value.code in (0, None)
     return capsys.readouterr().out
+
+
+def save_classifier(model, path: Path, data_hparams: dict | None = None) -> str:
+    """An EmotionClassifier saved as an emolightning checkpoint without training (what load_from_checkpoint and export read)."""
+    import lightning as L
+    import torch
+
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": L.__version__}
+    if data_hparams is not None:
+        ckpt["datamodule_hyper_parameters"] = data_hparams
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def reordered_tokenizer(tiny_encoder: str, out: Path) -> str:
+    """A copy of the tiny encoder whose WordPiece vocabulary lists the same words in reverse order: other token ids for every text."""
+    import shutil
+
+    from transformers import BertTokenizerFast
+
+    words = Path(tiny_encoder, "vocab.txt").read_text().split()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(words[:5] + words[5:][::-1]) + "\n")
+    # `vocab=`: transformers 5 ignores `vocab_file=` and would map every word to [UNK]
+    BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_encoder, file), out)
+    return str(out)

@@ -77,7 +77,7 @@ def test_version(capsys):
 def test_help_of_python_m_names_the_program_and_every_command():
     proc = subprocess.run([sys.executable, "-m", "emolightning", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: emolightning ")
-    assert "{fit,validate,test,predict,score,export,report}" in proc.stdout
+    assert "{fit,validate,test,predict,score,export,report,ensemble}" in proc.stdout
     assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
 
 
