@@ -61,7 +61,9 @@ def run_dir(out: str, recipe: str, seed: int) -> str:
 
 def teacher_list(arguments: list[str] | None) -> str:
     """`[a.ckpt, b.ckpt, ...]` from run directories (their best checkpoint), checkpoints or globs of either."""
-    paths = [best_checkpoint(p) if os.path.isdir(p) else p for arg in arguments or [] for p in sorted(glob.glob(arg)) or [arg]]
+    # a glob over run dirs (runs/recipes/baseline/seed*) also matches their seedN.log files: keep dirs and checkpoints
+    matches = [p for arg in arguments or [] for p in [m for m in sorted(glob.glob(arg)) if os.path.isdir(m) or m.endswith(".ckpt")] or [arg]]
+    paths = [best_checkpoint(p) if os.path.isdir(p) else p for p in matches]
     if not paths or None in paths or not all(os.path.isfile(p) for p in paths):
         raise SystemExit(f"--teachers {arguments}: give the ensemble members' run directories (each with a best-*.ckpt) or checkpoints")
     return "[" + ", ".join(paths) + "]"

@@ -366,3 +366,21 @@ def test_benchmark_prints_single_seed_mean_and_the_ensemble_with_held_out_thresh
     single = [held_out_scores(r, target, LABELS, halvings=2)["per_label"]["f1_macro"] for r in runs]
     assert result["single_mean"]["per_label"]["f1_macro"] == pytest.approx(sum(single) / 3)
     assert proc.stdout.count("| ensemble of 3 |") == 4  # one row per threshold strategy
+
+
+def test_recipes_teachers_glob_over_run_dirs_skips_their_log_files(tmp_path):
+    """`--teachers 'runs/recipes/baseline/seed*'` also matches seedN.log beside each run dir: only checkpoints may become teachers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipes", Path(__file__).resolve().parents[1] / "benchmarks" / "recipes.py")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    expected = []
+    for seed in (1, 2):
+        ckpt = tmp_path / f"seed{seed}" / "lightning_logs" / "version_0" / "checkpoints" / "best-2-9.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        (tmp_path / f"seed{seed}.log").write_text("training log\n")
+        expected.append(str(ckpt))
+    assert recipes.teacher_list([str(tmp_path / "seed*")]) == "[" + ", ".join(expected) + "]"
+    assert recipes.teacher_list([expected[1]]) == f"[{expected[1]}]"
