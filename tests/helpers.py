@@ -25,11 +25,11 @@ def emolightning(*args: str, cwd=REPO, check: bool = True, env: dict | None = No
 
 
 def callback_option(name: str, **init_args) -> str:
-    """`--trainer.callbacks+=...` adding the test-only callback `name` of tests/fault_injection.py (a subprocess needs `tests_on_path()` in its env)."""
+    """`--trainer.callbacks+=...` adding the test-only callback `name` of tests/fault_injection.py (a subprocess needs `env_with_tests_on_path()` in its env)."""
     return "--trainer.callbacks+=" + json.dumps({"class_path": f"fault_injection.{name}", "init_args": init_args})
 
 
-def tests_on_path() -> dict:
+def env_with_tests_on_path() -> dict:
     """The environment entry that lets a subprocess import tests/fault_injection.py."""
     return {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 

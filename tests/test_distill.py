@@ -20,7 +20,7 @@ from emolightning import EmotionClassifier, EmotionDataModule, EmotionDistiller
 from emolightning.errors import ConfigError
 
 from conftest import LABELS
-from helpers import DDP, REPO, callback_option, emolightning, tests_on_path
+from helpers import DDP, REPO, callback_option, emolightning, env_with_tests_on_path
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -262,7 +262,7 @@ def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher
         "6",
         *DDP,
         callback_option("RecordTeacher", path=record),
-        env=tests_on_path(),
+        env=env_with_tests_on_path(),
     )
     assert "Starting with 2 processes" in fit.stdout + fit.stderr
     (run,) = (tmp_path / "run" / "lightning_logs").glob("version_*")

@@ -22,7 +22,7 @@ from emolightning.batching import LengthGroupedSampler
 from emolightning.errors import ConfigError
 from emolightning.resume import AtomicCheckpointIO, ResumableDataLoader, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
 
-from helpers import REPO, callback_option, tests_on_path, tiny_args
+from helpers import REPO, callback_option, env_with_tests_on_path, tiny_args
 
 
 def command(*args: str) -> list[str]:
@@ -30,7 +30,7 @@ def command(*args: str) -> list[str]:
 
 
 def env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **tests_on_path()}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **env_with_tests_on_path()}
 
 
 def fit_args(tiny_encoder: str, ec_dir: str, root: Path, steps_file: Path) -> list[str]:
