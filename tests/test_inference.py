@@ -13,6 +13,7 @@ from emolightning.export import export_checkpoint
 from emolightning.model import EmotionClassifier
 
 from conftest import LABELS, make_rows, write_official
+from helpers import predict_args
 
 onnx_installed = pytest.mark.skipif(
     not all(__import__("importlib").util.find_spec(m) for m in ("onnxruntime", "onnx")), reason="the [onnx] extra is not installed"
@@ -23,16 +24,16 @@ def written_probs(rows: list[list[str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in r[2 + len(LABELS) :]] for r in rows])
 
 
-@onnx_installed
-def test_onnx_backend_gives_the_fp32_probabilities_in_input_order(trained_run, ec_dir, tiny_encoder, tmp_path):
-    rows = make_rows(23, 7, "mixed")  # lengths 4-15 words: several batch shapes, served longest first
+def predict_with_backend(trained_run, tmp_path, backend: str) -> tuple[list, list[str], list[list[str]]]:
+    """`predict --backend backend --probabilities true` over 23 texts of 4-15 words (several batch shapes, served longest first): (rows, header, written)."""
+    rows = make_rows(23, 7, "mixed")
     source = write_official(tmp_path / "texts.txt", rows)
-    out = tmp_path / "onnx.txt"
+    out = tmp_path / f"{backend}.txt"
     predict_in_process(
         trained_run,
         tmp_path,
         "--backend",
-        "onnx",
+        backend,
         "--data.predict_file",
         str(source),
         "--data.eval_batch_size",
@@ -42,7 +43,12 @@ def test_onnx_backend_gives_the_fp32_probabilities_in_input_order(trained_run, e
         "--probabilities",
         "true",
     )
-    header, written = read_rows(out)
+    return (rows, *read_rows(out))
+
+
+@onnx_installed
+def test_onnx_backend_gives_the_fp32_probabilities_in_input_order(trained_run, ec_dir, tiny_encoder, tmp_path):
+    rows, header, written = predict_with_backend(trained_run, tmp_path, "onnx")
     assert header == HEADER + [f"p_{name}" for name in LABELS]
     assert [r[:2] for r in written] == [[row_id, text] for row_id, text, _ in rows]
     probs, thresholds = expected(trained_run["ckpt"], tiny_encoder, [text for _, text, _ in rows])
@@ -52,24 +58,7 @@ def test_onnx_backend_gives_the_fp32_probabilities_in_input_order(trained_run, e
 
 
 def test_bf16_backend_stays_close_to_fp32_in_input_order(trained_run, tiny_encoder, tmp_path):
-    rows = make_rows(23, 7, "mixed")
-    source = write_official(tmp_path / "texts.txt", rows)
-    out = tmp_path / "bf16.txt"
-    predict_in_process(
-        trained_run,
-        tmp_path,
-        "--backend",
-        "bf16",
-        "--data.predict_file",
-        str(source),
-        "--data.eval_batch_size",
-        "4",
-        "--output",
-        str(out),
-        "--probabilities",
-        "true",
-    )
-    _, written = read_rows(out)
+    rows, _, written = predict_with_backend(trained_run, tmp_path, "bf16")
     assert [r[:2] for r in written] == [[row_id, text] for row_id, text, _ in rows]
     probs, thresholds = expected(trained_run["ckpt"], tiny_encoder, [text for _, text, _ in rows])
     got = written_probs(written)
@@ -84,19 +73,8 @@ def test_onnx_backend_without_onnxruntime_is_a_one_paragraph_error(trained_run, 
     from emolightning.cli import main
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
-    args = [
-        "predict",
-        "--config",
-        str(trained_run["config"]),
-        "--ckpt_path",
-        str(trained_run["ckpt"]),
-        "--backend",
-        "onnx",
-        "--output",
-        str(tmp_path / "p.txt"),
-    ]
     with pytest.raises(SystemExit) as done:
-        main(args + ["--trainer.default_root_dir", str(tmp_path)])
+        main(predict_args(trained_run, tmp_path, "--backend", "onnx", "--output", str(tmp_path / "p.txt")))
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err
     assert "pip install 'emolightning[onnx]'" in err and "--backend onnx" in err and len(err.strip().splitlines()) == 2
