@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
+from .encoders import skipped_weight_init
 from .ensemble import EnsembleClassifier, ensemble_config, is_manifest, read_manifest
 from .errors import ConfigError, EmolightningError
 from .hardware import check_gpu
@@ -100,6 +101,13 @@ class EmotionCLI(LightningCLIWithHooks):
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
         local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # save_dir "" of configs/logger/tensorboard.yaml
+
+    def instantiate_classes(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
+        if ckpt and os.path.isfile(ckpt):  # every weight comes from the checkpoint: initialising them first is wasted time
+            with skipped_weight_init():
+                return super().instantiate_classes()
+        return super().instantiate_classes()
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets three options of its own

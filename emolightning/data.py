@@ -36,6 +36,8 @@ from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_spl
 CACHE_VERSION = 1
 HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
+# the splits each stage reads (`all`: prepare_data called outside a trainer, e.g. by a script)
+STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": (), "all": ("train", "validation", "test")}
 OFFICIAL_EXAMPLE = {"train": "2018-E-c-En-train.txt", "validation": "2018-E-c-En-dev.txt", "test": "2018-E-c-En-test-gold.txt"}
 
 
@@ -255,8 +257,12 @@ class EmotionDataModule(L.LightningDataModule):
         return data
 
     def prepare_data(self) -> None:
-        """Tokenise every available split once (Lightning runs this on local rank 0 only)."""
-        for split in ("train", "validation", "test"):
+        """Tokenise once each split the running stage reads (Lightning runs this on local rank 0 only).
+
+        `predict` streams its own input and reads no split: tokenising the train split there cost a
+        first predict more time than the model's forward passes (BENCHMARKS.md "Inference").
+        """
+        for split in STAGE_SPLITS[self._stage()]:
             source = self.split_source(split)
             if source is None or os.path.exists(self._cache_path(split, source)):
                 continue
@@ -264,12 +270,16 @@ class EmotionDataModule(L.LightningDataModule):
             if not self._hub_lacks(source):
                 self._tokenized(split, build=True)
 
+    def _stage(self) -> str:
+        """The stage the trainer runs (`fit`, `validate`, `test`, `predict`); `all` outside a trainer."""
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        return fn.value if fn is not None else "all"
+
     def setup(self, stage: str) -> None:
         if stage == "predict":
             self.predict_stream = self._predict_stream()
             return
-        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"]}[stage]
-        for split in wanted:
+        for split in STAGE_SPLITS[stage]:
             data = self._tokenized(split, build=False)
             if data["truncated"]:
                 rank_zero_info(

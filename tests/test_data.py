@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,15 @@ def test_hub_offline_says_what_to_do(tiny_encoder, cache_dir, monkeypatch):
         DataError, match=r"Could not load the Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1'.*ConnectionError.*data\.data_dir.*data\.train_file"
     ):
         data.prepare_data()
+
+
+@pytest.mark.parametrize(("stage", "cached"), [("fit", ["train", "validation"]), ("validate", ["validation"]), ("test", ["test"]), ("predict", [])])
+def test_prepare_data_tokenises_only_the_splits_of_the_running_stage(ec_dir, tiny_encoder, cache_dir, stage, cached):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)))
+    data.prepare_data()
+    assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.pt")) == cached

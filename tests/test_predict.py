@@ -126,3 +126,18 @@ def test_a_bad_row_late_in_the_file_stops_predict_before_the_model_runs(trained_
     assert done.value.code == 2 and "Traceback" not in err and f"{source}, " in err
     assert all(w in err for w in words), err[-800:]
     assert out.read_text() == "the user's earlier predictions\n" and list(out.parent.iterdir()) == [out]
+
+
+def test_predict_skips_the_weight_init_and_the_labelled_splits(trained_run, tmp_path, monkeypatch):
+    """Every weight comes from the checkpoint, and predict streams its own input: a random init of the
+    encoder and tokenising the train and dev splits were time that every predict paid for nothing."""
+    from transformers import PreTrainedModel
+
+    inits = []
+    init_weights = PreTrainedModel.init_weights
+    monkeypatch.setattr(PreTrainedModel, "init_weights", lambda self: inits.append(type(self).__name__) or init_weights(self))
+    cache = tmp_path / "cache"
+    predict_in_process(trained_run, tmp_path, "--data.cache_dir", str(cache), "--output", str(tmp_path / "pred.txt"))
+    assert inits == []
+    assert sorted(p.name for p in cache.glob("*.pt")) == []
+    assert len(read_rows(tmp_path / "pred.txt")[1]) > 0
