@@ -8,6 +8,11 @@ One optimizer step of the bundled MiniLM classifier on batches of real training 
   - precision: fp32 vs bf16 autocast (`--trainer.precision bf16-mixed`).
 Median over `--steps` steps after 3 warm-up steps, all configurations in one process.
 
+Each row also gives the step's achieved GFLOP/s: the matmul FLOPs of one forward and backward,
+counted by torch.utils.flop_counter.FlopCounterMode on a batch of the row's median length, over the
+median step time. The limit to read them against is printed first: the GFLOP/s of a large fp32
+and a large bf16 matmul on the same threads (what the cores reach when the matrices are big).
+
     python benchmarks/step_profile.py --data_dir ../shared/data/semeval2018-ec
 """
 
@@ -39,6 +44,28 @@ def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, step
         x, m = pad([ids[i] for i in rows], 0, multiple_of=pad_to)  # pad_to=128: every batch (max_length) is 128 long
         out.append((x, m, labels[rows]))
     return out
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n @ n x n matmul in `dtype` (median of `repeats`, after one warm-up)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def step_flops(model, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> int:
+    """Matmul FLOPs of one forward + backward of the model on (x, m) (attention and linear layers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.loss(model(x, m).float(), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def profile(model, data, fused: bool, bf16: bool) -> tuple[float, float, float, float]:
@@ -83,12 +110,22 @@ def main() -> None:
         ("length-grouped, fused AdamW, fp32 (emolightning default)", None, True, True, False),
         ("length-grouped, fused AdamW, bf16-mixed", None, True, True, True),
     ]
-    print(f"MiniLM-L6, batch {args.batch_size}, {args.threads} threads, median of {args.steps - 3} steps\n")
-    print("| configuration | padded tokens/batch | forward ms | backward ms | optimizer ms | step ms |\n|---|---:|---:|---:|---:|---:|")
+    peak = {name: matmul_peak(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"MiniLM-L6, batch {args.batch_size}, {args.threads} threads, median of {args.steps - 3} steps")
+    print(f"matmul peak (2048 x 2048 x 2048, {args.threads} threads): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s\n")
+    print("| configuration | padded tokens/batch | forward ms | backward ms | optimizer ms | step ms | GFLOP/step | GFLOP/s | of peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, pad_to, grouped, fused, bf16 in configs:
         data = batches(train.input_ids, train.labels, args.batch_size, args.steps, pad_to, grouped)
         f, b, o, tokens = profile(model, data, fused, bf16)
-        print(f"| {name} | {tokens:.0f} | {f * 1e3:.0f} | {b * 1e3:.0f} | {o * 1e3:.0f} | {(f + b + o) * 1e3:.0f} |", flush=True)
+        x, m, y = sorted(data, key=lambda batch: batch[0].numel())[len(data) // 2]  # the median-length batch
+        gflop = step_flops(model, x, m, y) / 1e9
+        achieved = gflop / (f + b)  # the optimizer does no matmuls: its time is left out of the rate
+        of_peak = achieved / peak["bf16" if bf16 else "fp32"]
+        print(
+            f"| {name} | {tokens:.0f} | {f * 1e3:.0f} | {b * 1e3:.0f} | {o * 1e3:.0f} | {(f + b + o) * 1e3:.0f} | {gflop:.1f} | {achieved:.0f} | {of_peak:.0%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
