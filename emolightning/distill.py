@@ -263,6 +263,11 @@ class EmotionDistiller(EmotionClassifier):
                 (logged per epoch as `train/teacher_cache_hit_rate`).
                 No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
+        if kwargs.get("rdrop_weight", 0.0) > 0:
+            raise ConfigError(
+                "`model.init_args.rdrop_weight` is an option of EmotionClassifier's training step; a distillation's student trains on the "
+                "teacher's soft targets instead, so R-Drop has no effect there. Leave it at 0 for EmotionDistiller."
+            )
         if student_layers is not None and kwargs.get("encoder_layers") is not None:
             raise ConfigError(
                 "Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both."

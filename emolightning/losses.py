@@ -3,7 +3,8 @@
 Classification: BCE (`hard_label_loss`), focal loss (Lin et al., 2017) and the asymmetric loss
 (Ridnik et al., 2021), which down-weight easy negatives so that rare labels (trust, surprise) are
 not drowned by the many zeros of an 11-label multi-hot target; and SpanEmo's label-correlation loss
-(Alhuzali & Ananiadou, 2021), which pushes each gold-positive label's score above each gold-negative's.
+(Alhuzali & Ananiadou, 2021), which pushes each gold-positive label's score above each gold-negative's;
+and R-Drop's consistency term (Liang et al., 2021) between two dropout passes of one batch.
 
 Distillation (DistilBERT: Sanh et al., 2019): the DistilBERT recipe sums three terms: a soft-target loss (the student matches the teacher's
 temperature-softened outputs), the ordinary hard-label loss, and a cosine loss that aligns the
@@ -149,3 +150,22 @@ def label_correlation_loss(logits: Tensor, labels: Tensor) -> Tensor:
     count = pairs.sum(dim=(1, 2))
     per_example = (gaps * pairs).sum(dim=(1, 2)) / count.clamp(min=1)
     return per_example.mean()
+
+
+def consistency_loss(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """R-Drop's consistency term for multi-label outputs: the symmetric KL divergence between the
+    per-label Bernoulli predictions of two forward passes of the same batch (two dropout masks).
+
+    For Bernoulli(p), Bernoulli(q) with logits a, b: KL(p||q) + KL(q||p) = (p - q)(a - b), so the
+    symmetric KL (the mean of the two directions) is (p - q)(a - b) / 2: never negative, zero only
+    where the passes agree, and free of logs, so stable for any logits. Averaged over examples and
+    labels, like `hard_label_loss`, so a weight of 1 puts the two on one scale.
+
+    Args:
+        logits_a: (B, L) logits of the first pass.
+        logits_b: (B, L) logits of the second pass.
+    Returns:
+        scalar loss tensor (float32).
+    """
+    a, b = logits_a.float(), logits_b.float()
+    return (0.5 * (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)).mean()

@@ -23,7 +23,7 @@ from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .errors import ConfigError
 from .hardware import adamw_options
 from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
-from .losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
+from .losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
 from .metrics import EmotionScores, choose_thresholds, official_scores
 
 __all__ = ["EmotionClassifier", "linear_warmup_decay", "log_epoch_scores", "pool"]
@@ -85,6 +85,7 @@ class EmotionClassifier(L.LightningModule):
         asl_gamma_pos: float = 0.0,
         asl_clip: float = 0.05,
         label_correlation_weight: float = 0.0,
+        rdrop_weight: float = 0.0,
         pos_weight: list[float] | Literal["auto"] | None = None,
         layer_lr_decay: float = 1.0,
         ema_decay: float | None = None,
@@ -122,6 +123,10 @@ class EmotionClassifier(L.LightningModule):
             asl_clip: Asymmetric loss: probability margin below which a negative costs nothing.
             label_correlation_weight: Weight a of SpanEmo's label-correlation loss, mixed as
                 (1 - a) x loss + a x correlation loss (SpanEmo used 0.2); 0 turns it off.
+            rdrop_weight: R-Drop (Liang et al., 2021): every training batch runs through the network
+                twice (two dropout masks, as one batch of twice the rows) and the loss is the mean of the
+                two passes' losses plus this weight times their symmetric KL (losses.consistency_loss).
+                Doubles the training compute; 0 turns it off.
             pos_weight: Per-label positive-class weights of the BCE/focal loss (one per label);
                 `auto`: sqrt(negatives / positives) of each label in the training split; none: 1.
             layer_lr_decay: Layer-wise learning-rate decay: the top encoder layer trains at `lr`, each
@@ -156,6 +161,8 @@ class EmotionClassifier(L.LightningModule):
             raise ConfigError(f"`model.layer_lr_decay` is {layer_lr_decay}; it must be in (0, 1] (1 turns it off).")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ConfigError(f"`model.ema_decay` is {ema_decay}; it must be in (0, 1), e.g. 0.999, or unset.")
+        if rdrop_weight < 0:
+            raise ConfigError(f"`model.rdrop_weight` is {rdrop_weight}; it must be >= 0 (0 turns R-Drop off).")
         if not 0 <= label_correlation_weight <= 1:
             raise ConfigError(f"`model.label_correlation_weight` is {label_correlation_weight}; it must be in [0, 1].")
         if encoder_config is None:
@@ -275,7 +282,12 @@ class EmotionClassifier(L.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if self.hparams.rdrop_weight > 0:  # both passes as one batch: each copy of a row draws its own dropout mask
+            first, second = self(ids.repeat(2, 1), mask.repeat(2, 1)).chunk(2)
+            loss = (self.loss(first, labels) + self.loss(second, labels)) / 2 + self.hparams.rdrop_weight * consistency_loss(first, second)
+        else:
+            loss = self.loss(self(ids, mask), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 

@@ -214,13 +214,13 @@ RECIPES = {
     # every option of the quality recipes, in two runs (one pooling each)
     "label_prompt": ["--model.init_args.pooling", "label_prompt", "--model.init_args.loss", "asl", "--model.init_args.label_correlation_weight", "0.2",
                      "--model.init_args.pos_weight", "auto", "--model.init_args.layer_lr_decay", "0.8", "--model.init_args.ema_decay", "0.9"],
-    "label_attention": ["--model.init_args.pooling", "label_attention", "--model.init_args.loss", "focal"],
+    "label_attention": ["--model.init_args.pooling", "label_attention", "--model.init_args.loss", "focal", "--model.init_args.rdrop_weight", "1.0"],
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encoder, ec_dir, tmp_path):
-    """The recipes' poolings, losses, pos_weight auto, layer-wise lr decay and EMA under real DDP: one process's numbers."""
+    """The recipes' poolings, losses, pos_weight auto, layer-wise lr decay, EMA and R-Drop under real DDP: one process's numbers."""
     one_epoch = [*SAME, *RECIPES[recipe], "--trainer.max_epochs", "1"]
     single = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "single", *one_epoch, "--data.batch_size", "8"))
     ddp = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "ddp", *one_epoch, *DDP))

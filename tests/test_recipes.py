@@ -12,7 +12,7 @@ import torch
 
 from emolightning.errors import ConfigError
 from emolightning.heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids
-from emolightning.losses import asymmetric_loss, focal_loss, hard_label_loss, label_correlation_loss
+from emolightning.losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
 from emolightning.model import EmotionClassifier, encoder_depth
 
 from conftest import LABELS
@@ -65,6 +65,41 @@ def test_label_correlation_loss_by_hand():
 
 def test_label_correlation_loss_all_positive_is_zero_not_nan():
     assert label_correlation_loss(LOGITS, torch.ones(1, 3)).item() == 0.0
+
+
+def test_consistency_loss_is_the_mean_symmetric_bernoulli_kl_by_hand():
+    def kl(p: float, q: float) -> float:
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    other = torch.tensor([[1.0, 2.0, -3.0]])  # the second pass: label 1 agrees, labels 0 and 2 do not
+    Q = [sigmoid(x) for x in (1.0, 2.0, -3.0)]
+    expected = sum((kl(p, q) + kl(q, p)) / 2 for p, q in zip(P, Q)) / 3
+    assert consistency_loss(LOGITS, other).item() == pytest.approx(expected, rel=1e-6)
+    assert consistency_loss(other, LOGITS).item() == pytest.approx(expected, rel=1e-6)  # symmetric
+    assert consistency_loss(LOGITS, LOGITS).item() == 0.0
+    # saturated logits: (1 - 0) x (40 - (-40)) / 2 = 40, finite where log(p) would underflow
+    assert consistency_loss(torch.tensor([[40.0]]), torch.tensor([[-40.0]])).item() == pytest.approx(40.0)
+
+
+def test_rdrop_training_step_averages_two_dropout_passes_plus_their_consistency(tiny_encoder):
+    torch.manual_seed(0)
+    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean", dropout=0.5, rdrop_weight=2.0).train()
+    batch = {"input_ids": torch.randint(5, 40, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    batch["labels"] = (torch.rand(3, len(LABELS)) > 0.6).float()
+    model.log = lambda *args, **kwargs: None  # no trainer to log to
+    torch.manual_seed(1)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(1)  # the same dropout masks, drawn for the 6 rows of the doubled batch
+    first, second = model(batch["input_ids"].repeat(2, 1), batch["attention_mask"].repeat(2, 1)).chunk(2)
+    assert not torch.allclose(first, second)  # two passes, two dropout masks
+    bce = (hard_label_loss(first, batch["labels"]) + hard_label_loss(second, batch["labels"])) / 2
+    assert loss.item() == pytest.approx((bce + 2.0 * consistency_loss(first, second)).item(), rel=1e-6)
+    assert consistency_loss(first, second).item() > 1e-4
+    model.eval()  # no dropout: both passes agree, and the loss is the plain one
+    plain = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean", dropout=0.5).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.log = model.log
+    assert model.training_step(batch, 0).item() == pytest.approx(plain.training_step(batch, 0).item(), rel=1e-6)
 
 
 def test_label_attention_shapes_and_masking():
@@ -175,7 +210,8 @@ def test_pos_weight_auto_from_training_frequencies(tiny_encoder):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("layer_lr_decay", 0.0), ("layer_lr_decay", 1.5), ("ema_decay", 1.0), ("label_correlation_weight", 2.0), ("pos_weight", [1.0])]
+    ("option", "value"),
+    [("layer_lr_decay", 0.0), ("layer_lr_decay", 1.5), ("ema_decay", 1.0), ("label_correlation_weight", 2.0), ("pos_weight", [1.0]), ("rdrop_weight", -0.5)],
 )
 def test_bad_recipe_values_are_config_errors(tiny_encoder, option, value):
     with pytest.raises(ConfigError, match=option):
