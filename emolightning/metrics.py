@@ -10,6 +10,8 @@ The task is scored with three numbers (Mohammad et al., 2018):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -58,11 +60,19 @@ def official_scores(preds: Tensor, target: Tensor, label_names: list[str]) -> di
     return scores
 
 
-def tune_thresholds(probs: Tensor, target: Tensor, grid: Tensor | None = None, min_positives: int = 10) -> tuple[float, Tensor]:
-    """Thresholds that maximise sample-averaged Jaccard on (probs, target).
+def jaccard_plus_macro_f1(preds: Tensor, target: Tensor) -> Tensor:
+    """Sample-averaged Jaccard + macro-F1 of (N, L) 0/1 predictions: the `balanced` strategy's objective."""
+    return jaccard_samples(preds, target) + f1_scores(preds, target)[1]
 
-    First one global threshold is chosen from `grid`, then each label's threshold is moved
-    on its own (coordinate ascent, labels in order, one pass) while the others stay fixed.
+
+def tune_thresholds(
+    probs: Tensor, target: Tensor, grid: Tensor | None = None, min_positives: int = 10, objective: Callable[[Tensor, Tensor], Tensor] = jaccard_samples
+) -> tuple[float, Tensor]:
+    """Thresholds that maximise sample-averaged Jaccard on (probs, target) (or `objective` per label).
+
+    First one global threshold is chosen from `grid` (always for Jaccard), then each label's threshold
+    is moved on its own (coordinate ascent, labels in order, one pass) while the others stay fixed,
+    to maximise `objective(preds, target)`.
     A label with fewer than `min_positives` gold positives keeps the global threshold: with a
     handful of positives the best per-label cut is fitted to noise. Ties keep the value closest
     to the global threshold (so an uninformative label is never pushed to an extreme).
@@ -70,6 +80,7 @@ def tune_thresholds(probs: Tensor, target: Tensor, grid: Tensor | None = None, m
     Args:
         probs: (N, L) probabilities.
         target: (N, L) 0/1 gold labels.
+        objective: what the per-label step maximises: f(preds, target) -> scalar.
     Returns:
         (global threshold, per-label thresholds (L,)).
     """
@@ -91,14 +102,14 @@ def tune_thresholds(probs: Tensor, target: Tensor, grid: Tensor | None = None, m
         for t in grid:
             trial = per_label.clone()
             trial[j] = t
-            candidate_scores.append(jaccard_samples(probs >= trial, target))
+            candidate_scores.append(objective(probs >= trial, target))
         candidate_scores = torch.stack(candidate_scores)
         tied = grid[candidate_scores >= candidate_scores.max() - 1e-12]
         per_label[j] = tied[(tied - global_t).abs().argmin()]
     return global_t, per_label
 
 
-THRESHOLD_STRATEGIES = ("fixed", "global", "per_label", "shrunk")
+THRESHOLD_STRATEGIES = ("fixed", "global", "per_label", "shrunk", "balanced")
 
 
 def choose_thresholds(probs: Tensor, target: Tensor, strategy: str, fixed: float = 0.5, min_positives: int = 10, shrinkage: float = 50.0) -> Tensor:
@@ -111,15 +122,20 @@ def choose_thresholds(probs: Tensor, target: Tensor, strategy: str, fixed: float
       rests on: w * per_label + (1 - w) * global, w = n / (n + shrinkage) for a label's n gold positives.
       A label with 300 positives keeps most of its own cut (w = 0.86 at shrinkage 50); one with 30
       keeps 38% of it.
+    - `balanced`: as `shrunk`, but each label's own cut maximises Jaccard + macro-F1 instead of
+      Jaccard alone. Jaccard rewards a rare label's positives little (one label of a tweet's few),
+      macro-F1 counts each label's F1 equally, so the rare labels' cuts come down: on the E-c dev split
+      (held out, 3 seeds) -0.2 Jaccard and +0.8 macro-F1 against `shrunk` (README "Recipes").
     """
     if strategy == "fixed":
         return torch.full((probs.shape[1],), float(fixed))
-    global_t, per_label = tune_thresholds(probs, target, min_positives=min_positives)
+    objective = jaccard_plus_macro_f1 if strategy == "balanced" else jaccard_samples
+    global_t, per_label = tune_thresholds(probs, target, min_positives=min_positives, objective=objective)
     if strategy == "global":
         return torch.full((probs.shape[1],), global_t)
     if strategy == "per_label":
         return per_label
-    if strategy == "shrunk":
+    if strategy in ("shrunk", "balanced"):
         positives = target.float().sum(dim=0)
         weight = positives / (positives + shrinkage)
         return weight * per_label + (1 - weight) * global_t

@@ -244,6 +244,45 @@ def test_held_out_scores_never_score_the_tuning_half():
     probs = torch.tensor([[0.9], [0.8], [0.2], [0.1]] * 10)
     gold = torch.tensor([[1.0], [1.0], [0.0], [0.0]] * 10)
     scores = held_out_scores(probs, gold, ["joy"], halvings=3, min_positives=1)
-    assert set(scores) == {"fixed", "global", "per_label", "shrunk"}
+    assert set(scores) == {"fixed", "global", "per_label", "shrunk", "balanced"}
     for strategy in scores.values():
         assert strategy["f1_macro"] == pytest.approx(1.0)
+
+
+def test_balanced_thresholds_maximise_jaccard_plus_macro_f1_label_by_label():
+    from emolightning.metrics import choose_thresholds, tune_thresholds
+
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.rand(40, 3, generator=gen)
+    gold = (probs + 0.8 * torch.rand(40, 3, generator=gen) > torch.tensor([0.7, 0.9, 1.35])).float()  # 29, 16 and 4 positives
+    preds_of = lambda cuts: [[int(p >= c) for p, c in zip(row, cuts)] for row in probs.tolist()]  # noqa: E731
+    truth = [[int(g) for g in row] for row in gold.tolist()]
+
+    def jaccard_plus_macro_by_hand(cuts) -> float:
+        preds = preds_of(cuts)
+        jaccard = 0.0
+        for p, t in zip(preds, truth):
+            union = sum(a or b for a, b in zip(p, t))
+            jaccard += 1.0 if union == 0 else sum(a and b for a, b in zip(p, t)) / union
+        f1s = []
+        for j in range(3):
+            tp = sum(p[j] and t[j] for p, t in zip(preds, truth))
+            wrong = sum(p[j] != t[j] for p, t in zip(preds, truth))
+            f1s.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+        return jaccard / len(preds) + sum(f1s) / 3
+
+    global_t, _ = tune_thresholds(probs, gold, min_positives=1)
+    grid = torch.arange(0.05, 0.951, 0.025).tolist()
+    cuts = [global_t] * 3
+    for j in range(3):  # coordinate ascent by hand, labels in order; ties go to the cut nearest the global one
+        scores = {t: jaccard_plus_macro_by_hand(cuts[:j] + [t] + cuts[j + 1 :]) for t in grid}
+        cuts[j] = min((t for t in grid if scores[t] >= max(scores.values()) - 1e-12), key=lambda t: abs(t - global_t))
+    own = choose_thresholds(probs, gold, "balanced", min_positives=1, shrinkage=0.0)  # shrinkage 0: each label keeps its own cut
+    assert own.tolist() == pytest.approx(cuts, abs=1e-6)
+    per_label = choose_thresholds(probs, gold, "per_label", min_positives=1)
+    assert own[0] < per_label[0] and jaccard_plus_macro_by_hand(own.tolist()) > jaccard_plus_macro_by_hand(per_label.tolist())
+    balanced = choose_thresholds(probs, gold, "balanced", min_positives=1, shrinkage=10.0)
+    n = gold.sum(dim=0)
+    for j in range(3):  # pulled toward the global cut exactly as `shrunk` is
+        w = n[j].item() / (n[j].item() + 10.0)
+        assert balanced[j].item() == pytest.approx(w * cuts[j] + (1 - w) * global_t, abs=1e-6)
