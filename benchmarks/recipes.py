@@ -46,6 +46,7 @@ RECIPES: dict[str, list[str]] = {
     "llrd": [f"{M}layer_lr_decay", "0.8", f"{M}lr", "1.5e-4"],
     "ema": [f"{M}ema_decay", "0.998"],
     "rdrop": [f"{M}rdrop_weight", "1.0"],
+    "rdrop3": [f"{M}rdrop_weight", "3.0"],
     "label_prompt_asl": [f"{M}pooling", "label_prompt", f"{M}loss", "asl"],
     "label_prompt_lca_asl": [f"{M}pooling", "label_prompt", f"{M}label_correlation_weight", "0.2", f"{M}loss", "asl"],
     "label_attention_asl": [f"{M}pooling", "label_attention", f"{M}loss", "asl"],
