@@ -263,11 +263,6 @@ class EmotionDistiller(EmotionClassifier):
                 (logged per epoch as `train/teacher_cache_hit_rate`).
                 No effect while the cosine loss is on: it needs the teacher's hidden states every step.
         """
-        if kwargs.get("rdrop_weight", 0.0) > 0:
-            raise ConfigError(
-                "`model.init_args.rdrop_weight` is an option of EmotionClassifier's training step; a distillation's student trains on the "
-                "teacher's soft targets instead, so R-Drop has no effect there. Leave it at 0 for EmotionDistiller."
-            )
         if student_layers is not None and kwargs.get("encoder_layers") is not None:
             raise ConfigError(
                 "Set `model.init_args.student_layers` (copy layers of the teacher) or `encoder_layers` (keep layers of the pretrained student), not both."
@@ -285,6 +280,12 @@ class EmotionDistiller(EmotionClassifier):
         if copied is not None:  # the student is built with the copy's shape; its weights are loaded below
             kwargs["encoder_config"] = copied.config.to_dict()
         super().__init__(encoder, label_names, lr, **kwargs)
+        # read from hparams, not kwargs.get: jsonargparse reads this source to type **kwargs for `--help`
+        if self.hparams.rdrop_weight > 0:
+            raise ConfigError(
+                "`model.init_args.rdrop_weight` is an option of EmotionClassifier's training step; a distillation's student trains on the "
+                "teacher's soft targets instead, so R-Drop has no effect there. Leave it at 0 for EmotionDistiller."
+            )
         self.same_tokenizer = same_tokenizer(encoder, frozen.tokenizer)
         if copied is not None:
             if not self.same_tokenizer:

@@ -96,6 +96,8 @@ def test_student_layers_copy_the_teacher_exactly(tiny_encoder, teacher_ckpt):
         distiller(tiny_encoder, teacher_ckpt, student_layers=[2])
     with pytest.raises(ConfigError, match="not both"):
         distiller(tiny_encoder, teacher_ckpt, student_layers=[1], encoder_layers=[0])
+    with pytest.raises(ConfigError, match="rdrop_weight"):  # R-Drop is EmotionClassifier's step; the distiller's would ignore it
+        distiller(tiny_encoder, teacher_ckpt, rdrop_weight=1.0)
     with pytest.raises(ConfigError, match="does not exist"):
         distiller(tiny_encoder, str(Path(teacher_ckpt).with_name("missing.ckpt")))
 
