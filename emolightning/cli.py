@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
@@ -104,10 +105,9 @@ class EmotionCLI(LightningCLIWithHooks):
 
     def instantiate_classes(self) -> None:
         ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
-        if ckpt and os.path.isfile(ckpt):  # every weight comes from the checkpoint: initialising them first is wasted time
-            with skipped_weight_init():
-                return super().instantiate_classes()
-        return super().instantiate_classes()
+        # every weight comes from the checkpoint: initialising them first is wasted time
+        with skipped_weight_init() if ckpt and os.path.isfile(ckpt) else nullcontext():
+            super().instantiate_classes()
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
         # `predict` gets three options of its own
