@@ -12,6 +12,13 @@ after 6 and after 12 AdamW steps (the encoder weights themselves move by up to 2
 does not flip: METRIC_TOL = 1e-6 means "the same numbers" (measured difference: 0). val/loss is the
 one value that differs: Lightning averages each rank's mean, and rank 1's mean includes the padded
 duplicate (42 losses instead of 41); measured 2.6e-3 (0.4626 vs 0.4600), LOSS_TOL = 0.02.
+
+The recipe runs (asymmetric and focal losses, label prompt, layer-wise lr decay, EMA, R-Drop) amplify
+that rounding more: in clean-clone CI runs one and two processes ended 1.37e-5 (label attention with
+R-Drop) and 1.29e-5 (label prompt) apart, over the 1e-5 bound, after passing in earlier runs. Their
+bound, RECIPE_WEIGHT_TOL = 1e-4, still separates rounding from a real mismatch: AdamW's first step
+moves every weight by about its lr (3e-3 for the encoder, 0.1 for the head here) in the direction of its
+gradient's sign, so one batch trained on the wrong rank, or a gradient not averaged, shows as 1e-3 or more.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import yaml
 from helpers import DDP, REPO, emolightning, tiny_args
 
 WEIGHT_TOL = 1e-5
+RECIPE_WEIGHT_TOL = 1e-4
 METRIC_TOL = 1e-6
 LOSS_TOL = 0.02
 
@@ -216,7 +224,7 @@ RECIPES = {
     "label_prompt": ["--model.init_args.pooling", "label_prompt", "--model.init_args.loss", "asl", "--model.init_args.label_correlation_weight", "0.2",
                      "--model.init_args.pos_weight", "auto", "--model.init_args.layer_lr_decay", "0.8", "--model.init_args.ema_decay", "0.9"],
     "label_attention": ["--model.init_args.pooling", "label_attention", "--model.init_args.loss", "focal"],
-    # R-Drop on its own: beside label attention and focal loss, one and two processes ended 1.4e-5 apart in one CI run (bound 1e-5)
+    # R-Drop on its own run, so that a failure names the option
     "rdrop": ["--model.init_args.rdrop_weight", "1.0"],
 }  # fmt: skip
 
@@ -234,7 +242,7 @@ def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encod
         assert other[key] == pytest.approx(value, abs=LOSS_TOL if key == "val/loss" else METRIC_TOL), key
     (a,), (b,) = checkpoints(tmp_path / "single").values(), checkpoints(tmp_path / "ddp").values()
     assert a["state_dict"].keys() == b["state_dict"].keys()
-    assert max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"]) < WEIGHT_TOL
+    assert max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"]) < RECIPE_WEIGHT_TOL
     if "--model.init_args.ema_decay" in RECIPES[recipe]:  # the checkpoint holds the average, the live weights beside it
         live = a["current_model_state"]
         assert any(not torch.equal(live[k], a["state_dict"][k]) for k in live if k.startswith("head."))
