@@ -36,7 +36,12 @@ class EmolightningForSequenceClassification(PreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.encoder = AutoModel.from_config(config)
+        try:
+            self.encoder = AutoModel.from_config(config)
+        except ValueError as err:  # an encoder without that backend (MPNet has no sdpa) runs its own eager attention
+            if "attention implementation" not in str(err):
+                raise
+            self.encoder = AutoModel.from_config(config, attn_implementation="eager")
         # BERT/RoBERTa's own pooler (dense + tanh on the first token) is unused, as in emolightning
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None
