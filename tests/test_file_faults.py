@@ -16,12 +16,20 @@ import pytest
 import torch
 
 from emolightning import files
+from emolightning.cli import main
 from emolightning.errors import ConfigError, StorageError
 from emolightning.files import check_checkpoint, write_atomically
 from emolightning.resume import AtomicCheckpointIO
 
 from helpers import predict_args, tiny_args
-from test_errors import run_main
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    """`emolightning ARGS` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return done.value.code, capsys.readouterr().err
 
 
 def one_paragraph(err: str) -> str:
