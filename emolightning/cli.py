@@ -21,6 +21,7 @@ from .distill import distiller_config
 from .encoders import skipped_weight_init
 from .ensemble import EnsembleClassifier, ensemble_config, is_manifest, read_manifest
 from .errors import ConfigError, EmolightningError
+from .files import check_checkpoint
 from .hardware import check_gpu
 from .inference import Backend, InferenceBackend
 from .model import EmotionClassifier
@@ -146,6 +147,9 @@ class EmotionCLI(LightningCLIWithHooks):
             return
         resolve_resume(subcommand, config)  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
         refuse_stale_hpc_checkpoint(config)
+        ckpt = config.get("ckpt_path")
+        if ckpt and os.path.isfile(ckpt):  # a damaged or foreign file stops here, named, not in torch's zip reader
+            check_checkpoint(ckpt)
 
     def after_ckpt_path(self) -> None:
         # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled

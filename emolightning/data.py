@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 import warnings
 from functools import partial
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
 from .encoders import load_tokenizer
 from .errors import DataError
+from .files import write_atomically
 from .hardware import pad_multiple
 from .resume import ResumableDataLoader
 from .stream import PredictStream
@@ -196,9 +196,7 @@ class EmotionDataModule(L.LightningDataModule):
         if not os.path.exists(path) and local_rank == 0:
             names = self.load_table(source[4:]).label_names
             os.makedirs(self.cache_dir, exist_ok=True)
-            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-            Path(tmp).write_text(json.dumps(names))
-            os.replace(tmp, path)  # atomic: a waiting rank never reads half a file
+            write_atomically(path, lambda f: json.dump(names, f), "w")  # a waiting rank never reads half a file
         deadline = time.monotonic() + HUB_LABELS_WAIT_S
         while not os.path.exists(path):
             if time.monotonic() > deadline:
@@ -245,15 +243,17 @@ class EmotionDataModule(L.LightningDataModule):
         source = self.split_source(split)
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
-            return torch.load(path, weights_only=False)
+            try:
+                return torch.load(path, weights_only=False)
+            except Exception as err:  # cut short (a killed copy, a full disk elsewhere) or not a cache file: rebuilt, never trusted
+                warnings.warn(f"The token cache '{path}' is damaged ({type(err).__name__}); tokenising the {split} split again and rewriting it.", stacklevel=2)
+                build = True
         data = self._tokenize(split)
         if build and path:
             os.makedirs(self.cache_dir, exist_ok=True)
-            # multi-node: each node's rank 0 may write into one shared cache dir, and containers
-            # often give every node the same pid, so the host name goes into the temporary name
-            tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-            torch.save(data, tmp)
-            os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+            # multi-node: each node's rank 0 may write into one shared cache dir; the temporary name
+            # holds the host name too, since containers often give every node the same pid
+            write_atomically(path, lambda f: torch.save(data, f))  # a reader never sees half a cache file
         return data
 
     def prepare_data(self) -> None:

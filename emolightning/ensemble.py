@@ -35,6 +35,7 @@ from torch import Tensor
 from .batching import pad, truncate
 from .encoders import load_tokenizer
 from .errors import ConfigError, DataError
+from .files import write_atomically
 from .hardware import pad_multiple
 from .metrics import THRESHOLD_STRATEGIES, EmotionScores, choose_thresholds, official_scores
 from .model import EmotionClassifier, log_epoch_scores
@@ -172,10 +173,7 @@ def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
         **(extra or {}),
     }
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{manifest.path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, manifest.path)
+    write_atomically(manifest.path, lambda f: json.dump(data, f, indent=1), "w", encoding="utf-8")
 
 
 def is_manifest(path) -> bool:

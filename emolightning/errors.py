@@ -19,3 +19,7 @@ class ConfigError(EmolightningError):
 
 class TrainingError(EmolightningError):
     """Training cannot go on as it is (e.g. a NaN or infinite loss); the message says what was kept."""
+
+
+class StorageError(EmolightningError):
+    """A file could not be written (full disk, read-only folder, no permission); the previous file is untouched."""

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .errors import DataError
+from .files import atomic_open, named_write_errors
 from .stream import PredictStream
 
 # the official files are tab-separated without quoting: these characters cannot appear in a field
@@ -53,7 +54,8 @@ class PredictionFileWriter(BasePredictionWriter):
         if not isinstance(self.stream, PredictStream):
             raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
         os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
-        self.part = open(self._beside_output(f"part{trainer.global_rank}"), "w", encoding="utf-8", newline="\n")
+        with named_write_errors(self._beside_output(f"part{trainer.global_rank}")):
+            self.part = open(self._beside_output(f"part{trainer.global_rank}"), "w", encoding="utf-8", newline="\n")
         self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
         self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 
@@ -75,18 +77,20 @@ class PredictionFileWriter(BasePredictionWriter):
             rows = self.pending.get(self.next_chunk, [])
             if len(rows) < self.stream.rows_in_chunk(self.next_chunk) and not everything:
                 return
-            for index, line in sorted(rows):
-                self.part.write(f"{index}\t{line}\n")
+            with named_write_errors(self.part.name):
+                for index, line in sorted(rows):
+                    self.part.write(f"{index}\t{line}\n")
             self.rows += len(rows)
             self.pending.pop(self.next_chunk, None)
             self.next_chunk += 1
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
-        self.part.close()
+        with named_write_errors(self.part.name):
+            self.part.close()
         # the counts travel in a file beside the part, not through a collective: NCCL reduces only
         # GPU tensors, and a file needs no device at all
-        with open(f"{self.part.name}.counts", "w") as f:
+        with named_write_errors(f"{self.part.name}.counts"), open(f"{self.part.name}.counts", "w") as f:
             json.dump([self.rows, self.truncated, self.unsafe], f)
         trainer.strategy.barrier("prediction parts written")
         error = None
@@ -120,10 +124,10 @@ class PredictionFileWriter(BasePredictionWriter):
             )
         rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
         header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
-        tmp = self._beside_output(str(os.getpid()))
         files = [open(p, encoding="utf-8", newline="\n") for p in parts]
         try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+            # atomic: a reader never sees half a prediction file, and a full disk leaves the old one
+            with atomic_open(self.output, "w", needed=sum(os.path.getsize(p) for p in parts), encoding="utf-8", newline="\n") as out:
                 out.write("\t".join(header) + "\n")
                 # each part is in input order: a k-way merge keeps that, one line per part in memory
                 numbered = [((int(index), row) for index, _, row in (line.partition("\t") for line in f)) for f in files]
@@ -132,7 +136,6 @@ class PredictionFileWriter(BasePredictionWriter):
         finally:
             for f in files:
                 f.close()
-        os.replace(tmp, self.output)  # atomic: a reader never sees half a prediction file
         for p in parts + counts:
             os.remove(p)
         if rows < self.stream.num_rows:

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from .ensemble import EnsembleClassifier
+from .files import write_atomically
 from .model import EmotionClassifier
 
 VAL_PROBS_FILE = "val_probs.npz"
@@ -92,19 +93,19 @@ def is_new_best(current: float, best: float | None, mode: str) -> bool:
 
 
 def save_val_probs(path: str, probs: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor, label_names: list[str], epoch: int, step: int) -> None:
-    """Write the npz atomically (a temporary file in the same folder, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez_compressed(
-        tmp,
-        probs=probs.detach().float().cpu().numpy(),
-        target=target.detach().cpu().numpy().astype(np.uint8),
-        thresholds=thresholds.detach().float().cpu().numpy(),
-        label_names=np.array(list(label_names)),
-        epoch=np.array(epoch),
-        step=np.array(step),
+    """Write the npz atomically (files.write_atomically)."""
+    write_atomically(
+        path,
+        lambda f: np.savez_compressed(
+            f,
+            probs=probs.detach().float().cpu().numpy(),
+            target=target.detach().cpu().numpy().astype(np.uint8),
+            thresholds=thresholds.detach().float().cpu().numpy(),
+            label_names=np.array(list(label_names)),
+            epoch=np.array(epoch),
+            step=np.array(step),
+        ),
     )
-    os.replace(tmp, path)
 
 
 def load_val_probs(path: str) -> dict:
@@ -156,7 +157,4 @@ class KeepTestScores(Callback):
         if not scores:
             return
         path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), TEST_SCORES_FILE)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"checkpoint": os.path.basename(ckpt), "scores": scores}, f, indent=2)
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: json.dump({"checkpoint": os.path.basename(ckpt), "scores": scores}, f, indent=2), "w", encoding="utf-8")

@@ -23,7 +23,6 @@ import glob
 import os
 import random
 import signal
-import socket
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from .compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
 from .errors import ConfigError
+from .files import write_atomically
 
 # where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
 # explicit dirpath), lightning_logs/version_N/checkpoints (CSV/TensorBoard), <project>/<run id>/checkpoints (W&B)
@@ -57,19 +57,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = str(path)
         if storage_options is not None or not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{socket.gethostname()}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # the data is on disk before the name points at it
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        # a full disk or a read-only folder: a StorageError naming the path and the checkpoint's size
+        write_atomically(path, lambda f: torch.save(checkpoint, f), needed=checkpoint_bytes(checkpoint))
+
+
+def checkpoint_bytes(checkpoint: dict) -> int:
+    """About how many bytes `torch.save(checkpoint)` writes: its tensors' (pickled metadata is small beside them)."""
+    total, stack = 0, [checkpoint]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 def use_atomic_checkpoint_io(trainer) -> None:

@@ -1,0 +1,125 @@
+"""Files emolightning writes and reads back: complete or absent, and a named one-paragraph error when the disk says no.
+
+`write_atomically` is the one way emolightning writes a file: into a temporary file in the final
+file's own folder, fsync, then `os.replace` (a rename within one folder is atomic, so a reader sees
+the old file or the new one, never a part). A full disk, a read-only folder or a missing permission
+removes the temporary file, leaves the previous file as it was, and becomes a `StorageError` that
+names the path and the bytes it needed. `check_checkpoint` reads a .ckpt before anything else does,
+so a truncated, foreign or empty file stops with its name instead of torch's zip reader's traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import zipfile
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from .errors import ConfigError, StorageError
+
+REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "there is no permission to write there",
+    errno.EPERM: "there is no permission to write there",
+}
+
+
+def storage_error(path: str, err: OSError, needed: int | None = None) -> StorageError:
+    """The one-paragraph error for a write of `path` that failed with `err`."""
+    reason = REASONS.get(err.errno, f"{err.strerror or err}")
+    folder = os.path.dirname(os.path.abspath(path))
+    size = f" It needs about {needed / 1e6:.1f} MB free there." if needed else ""
+    return StorageError(
+        f"Could not write '{path}': {reason} (OSError errno {err.errno}).{size} Nothing was written under that name; a previous "
+        f"file of that name is unchanged. Free space or choose a writable folder ('{folder}', or the option that sets it, "
+        "e.g. --trainer.default_root_dir, --output, data.cache_dir) and run again."
+    )
+
+
+def temporary_name(path: str) -> str:
+    """A hidden file beside `path`, unique per host and process (ranks of one job may share the folder)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "wb", needed: int | None = None, **open_args):
+    """`open(...)` on a temporary file that becomes `path` when the block ends without an error (see the module doc)."""
+    path = str(path)
+    tmp = temporary_name(path)
+    try:
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, mode, **open_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except OSError as err:
+        remove_quietly(tmp)
+        if err.errno not in REASONS:  # not the disk's or the folder's fault: a bug keeps its traceback
+            raise
+        raise storage_error(path, err, needed) from err
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+@contextmanager
+def named_write_errors(path: str, needed: int | None = None):
+    """Turn a full disk / read-only folder / missing permission while writing `path` into its StorageError (for files written piecemeal)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in REASONS:
+            raise
+        raise storage_error(str(path), err, needed) from err
+
+
+def write_atomically(path: str, write: Callable, mode: str = "wb", needed: int | None = None, **open_args) -> None:
+    """`write(f)` into a temporary file that then becomes `path` (see `atomic_open`)."""
+    with atomic_open(path, mode, needed, **open_args) as f:
+        write(f)
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """What makes `path` unusable as an emolightning checkpoint, or None; reads the zip directory and the (memory-mapped) dict only."""
+    import torch
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes): a copy or a save that was cut short"
+    if not zipfile.is_zipfile(path):
+        return f"it is not a PyTorch checkpoint ({size} bytes, not a zip archive: cut short by an interrupted copy or download, or another kind of file)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a damaged member or a pickle that is not a checkpoint's
+        return f"it could not be read ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "it holds no `state_dict`: it is not a Lightning checkpoint"
+    hparams = ckpt.get("hyper_parameters") or {}
+    missing = [k for k in ("encoder", "label_names") if k not in hparams]
+    if missing:
+        return f"it is a checkpoint of another model (it lacks {', '.join(f'hyper_parameters.{k}' for k in missing)})"
+    return None
+
+
+def check_checkpoint(path: str, option: str = "--ckpt_path") -> None:
+    """Raise a one-paragraph ConfigError if the local file `path` cannot be an emolightning checkpoint."""
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(
+            f"The checkpoint '{path}' (option {option}) cannot be used: {problem}. Give a complete .ckpt written by `emolightning fit` "
+            "(<run>/checkpoints/best-*.ckpt, or last.ckpt / `--ckpt_path last` to resume); if it was copied or downloaded, copy it again "
+            "and compare its size with the original's."
+        )

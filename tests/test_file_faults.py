@@ -1,0 +1,183 @@
+"""Faults in the files emolightning reads and writes: a damaged or foreign checkpoint, a full disk, a read-only folder.
+
+Each stops with one paragraph naming the file (exit code 2, no traceback), leaves no half-written
+file under the final name, and leaves the previous good file loadable. Disk faults are injected
+(the tests run as root, whom a chmod does not stop, and no real disk needs to fill).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import shutil
+
+import pytest
+import torch
+
+from emolightning import files
+from emolightning.cli import main
+from emolightning.errors import ConfigError, StorageError
+from emolightning.files import check_checkpoint, write_atomically
+from emolightning.resume import AtomicCheckpointIO
+
+from helpers import predict_args, tiny_args
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    """`emolightning ARGS` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return done.value.code, capsys.readouterr().err
+
+
+def one_paragraph(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("emolightning: error:")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def failing(real, errnum: int, when):
+    """`real`, except that a call for which `when(*args)` holds raises OSError(errnum)."""
+
+    def call(*args, **kwargs):
+        if when(*args):
+            raise OSError(errnum, os.strerror(errnum))
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("errnum, reason", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "no permission")])
+def test_a_failed_write_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, errnum, reason):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    monkeypatch.setattr(files.os, "replace", failing(os.replace, errnum, lambda src, dst: str(dst) == str(target)))
+    with pytest.raises(StorageError) as caught:
+        write_atomically(str(target), lambda f: f.write("new"), "w", needed=3_000_000)
+    message = str(caught.value)
+    assert f"'{target}'" in message and reason in message and "3.0 MB" in message
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]  # no temporary file left
+
+
+def test_an_error_that_is_not_the_disks_keeps_its_traceback(tmp_path):
+    def broken(f):
+        raise OSError(errno.EBADF, "bad file descriptor")
+
+    with pytest.raises(OSError) as caught:
+        write_atomically(str(tmp_path / "x"), broken)
+    assert not isinstance(caught.value, StorageError) and os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}, "hyper_parameters": {"encoder": "x", "label_names": ["a"]}}, path)
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(StorageError) as caught:
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(250_000)}}, path)
+    assert f"'{path}'" in str(caught.value) and "1.0 MB" in str(caught.value)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["state_dict"]["w"].sum() == 1000 and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def damaged_checkpoints(good, folder) -> dict:
+    """name -> (path, words the message must hold)"""
+    data = good.read_bytes()
+    (folder / "empty.ckpt").write_bytes(b"")
+    (folder / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    (folder / "notes.ckpt").write_text("these are my notes\n")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"hidden": 8}}, folder / "other-model.ckpt")
+    torch.save([1, 2, 3], folder / "a-list.ckpt")
+    return {
+        "empty": (folder / "empty.ckpt", "empty (0 bytes)"),
+        "truncated": (folder / "cut.ckpt", "not a zip archive"),
+        "not_a_checkpoint": (folder / "notes.ckpt", "not a zip archive"),
+        "another_model": (folder / "other-model.ckpt", "a checkpoint of another model"),
+        "not_lightning": (folder / "a-list.ckpt", "no `state_dict`"),
+    }
+
+
+def test_damaged_checkpoints_are_named_before_anything_reads_them(trained_run, tmp_path):
+    check_checkpoint(str(trained_run["ckpt"]))  # the good one passes
+    for name, (path, words) in damaged_checkpoints(trained_run["ckpt"], tmp_path).items():
+        with pytest.raises(ConfigError) as caught:
+            check_checkpoint(str(path))
+        assert f"'{path}'" in str(caught.value) and words in str(caught.value), (name, str(caught.value))
+
+
+def test_predict_with_a_damaged_checkpoint_stops_in_one_paragraph(trained_run, tmp_path, capsys):
+    before = trained_run["ckpt"].read_bytes()
+    cases = damaged_checkpoints(trained_run["ckpt"], tmp_path)
+    for name in ("truncated", "another_model"):
+        path, words = cases[name]
+        args = predict_args(trained_run, tmp_path, "--output", str(tmp_path / "out.txt"))
+        args[args.index("--ckpt_path") + 1] = str(path)
+        code, err = run_main(args, capsys)
+        assert code == 2, (name, err[-2000:])
+        line = one_paragraph(err)
+        assert str(path) in line and words in line and "--ckpt_path" in line, line
+    assert trained_run["ckpt"].read_bytes() == before  # the good checkpoint is untouched, and still loads
+    check_checkpoint(str(trained_run["ckpt"]))
+
+
+def test_predict_into_a_read_only_folder_keeps_the_previous_file(trained_run, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "out" / "pred.txt"
+    output.parent.mkdir()
+    output.write_text("previous predictions\n")
+    monkeypatch.setattr(files.os, "replace", failing(os.replace, errno.EROFS, lambda src, dst: str(dst) == str(output)))
+    code, err = run_main(predict_args(trained_run, tmp_path, "--output", str(output)), capsys)
+    assert code == 2
+    line = one_paragraph(err)
+    assert str(output) in line and "read-only" in line and "MB" in line
+    assert output.read_text() == "previous predictions\n" and os.listdir(output.parent) == ["pred.txt"]
+
+
+def test_fit_on_a_full_disk_stops_and_keeps_the_epoch_before(tiny_encoder, ec_dir, tmp_path, capsys, monkeypatch):
+    saves = []
+    real = files.os.fsync
+
+    def fsync(fd):  # the second epoch's checkpoints (after best and last of the first) meet a full disk
+        if ".ckpt." in os.readlink(f"/proc/self/fd/{fd}"):
+            saves.append(fd)
+            if len(saves) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    args = tiny_args(tiny_encoder, ec_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2")
+    code, err = run_main(["fit", *args], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert "the disk is full" in line and ".ckpt'" in line and "MB free" in line
+    monkeypatch.undo()
+    left = glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
+    assert left and not glob.glob(str(tmp_path / "**" / ".*.tmp"), recursive=True)
+    for path in left:  # the first epoch's checkpoints, whole
+        check_checkpoint(path)
+        assert torch.load(path, weights_only=True, map_location="cpu")["epoch"] == 0
+
+
+def test_a_damaged_token_cache_is_rebuilt(tiny_encoder, ec_dir, tmp_path):
+    from emolightning.data import EmotionDataModule
+
+    cache = tmp_path / "cache"
+    dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(cache))
+    dm.prepare_data()
+    paths = sorted(glob.glob(str(cache / "*")))
+    good = {path: open(path, "rb").read() for path in paths}
+    for path, data in good.items():  # cut short, as by a node killed while copying it
+        open(path, "wb").write(data[: len(data) // 3])
+    with pytest.warns(UserWarning, match="damaged"):
+        dm.setup("fit")  # what every rank reads
+    assert len(dm.splits["train"]) == 96
+    dm.prepare_data()
+    assert any(open(path, "rb").read() == data for path, data in good.items())  # rewritten whole
+    shutil.rmtree(cache)
