@@ -9,12 +9,13 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, make_rows
-from helpers import REPO, emolightning
 
 from emolightning.data import EmotionDataModule
 from emolightning.errors import DataError
 from emolightning.tables import read_table
+
+from conftest import LABELS, make_rows
+from helpers import REPO, emolightning
 
 
 def run(*args: str, cwd: Path):
@@ -37,11 +38,12 @@ def next_commands(stdout: str) -> list[list[str]]:
     return [shlex.split(line.strip())[1:] for line in block.splitlines() if line.strip().startswith("emolightning ")]
 
 
+@pytest.mark.slow
 def test_own_csv_trains_tests_and_predicts_from_the_printed_commands(tiny_encoder, tmp_path):
     train = write_csv(tmp_path / "train.csv", make_rows(40, 1, "r"))
     dev = write_csv(tmp_path / "dev.csv", make_rows(16, 2, "d"))
     test = write_csv(tmp_path / "test.csv", make_rows(16, 3, "t"))
-    texts = write_csv(tmp_path / "texts.csv", make_rows(9, 4, "p"), labelled=False)
+    write_csv(tmp_path / "texts.csv", make_rows(9, 4, "p"), labelled=False)
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "1"]
     # the quickstart config sets data_dir: builtin:demo; the user's files must replace it for every split
     fit = run(
