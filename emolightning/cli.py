@@ -31,6 +31,7 @@ from .prediction_writer import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .record import BestValidationOutputs, KeepTestScores, RunClock
 from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
+from .standalone import EVALUATING, checkpoint_arguments, checkpoint_label_names
 from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 
@@ -150,6 +151,11 @@ class EmotionCLI(LightningCLIWithHooks):
         ckpt = config.get("ckpt_path")
         if ckpt and os.path.isfile(ckpt):  # a damaged or foreign file stops here, named, not in torch's zip reader
             check_checkpoint(ckpt)
+        data = config.get("data")
+        if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
+            # the checkpoint's labels: test and predict read their own split only, never the training files
+            if names := checkpoint_label_names(config.get("ckpt_path")):
+                data["label_columns"] = names
 
     def after_ckpt_path(self) -> None:
         # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
@@ -219,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
 
             import_module(f".{args[0]}", __package__).main(args[1:])
             return
+        if (standalone := checkpoint_arguments(args)) is not args:  # a checkpoint without --config (standalone.py)
+            if argv is None:
+                sys.argv[1:] = standalone
+            else:
+                argv = standalone
         with wandb_login_explained():
             run_cli(argv)  # None: LightningCLI reads sys.argv itself (and warns if given both)
     except SIGTERMException as stop:  # a SystemExit: left alone, a preempted run would exit with status 0

@@ -31,7 +31,7 @@ from .files import write_atomically
 from .hardware import pad_multiple
 from .resume import ResumableDataLoader
 from .stream import PredictStream
-from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, read_table, table_from_hub
+from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
 
 CACHE_VERSION = 1
 HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
@@ -74,9 +74,10 @@ class EmotionDataModule(L.LightningDataModule):
         Args:
             data_dir: Folder with the official E-c files (`*-train.txt`, `*-dev.txt`,
                 `*-test-gold.txt` or the unlabelled `*-test.txt`); `builtin:demo` is the bundled demo set.
-            train_file: A train table (.txt/.tsv/.csv/.jsonl/.parquet); overrides data_dir for that split.
-            val_file: The validation table; overrides data_dir.
-            test_file: The test table; overrides data_dir.
+            train_file: A train table (.txt/.tsv/.csv/.jsonl/.parquet). Files named with train_file,
+                val_file and test_file replace data_dir for every split: a split without one is absent.
+            val_file: The validation table.
+            test_file: The test table.
             predict_file: A table, or a .txt with one text per line, for `predict`; else `predict_split`.
             predict_split: Which split `predict` labels when no predict_file is given.
             hub_dataset: Hub dataset used when neither data_dir nor files are given.
@@ -124,14 +125,26 @@ class EmotionDataModule(L.LightningDataModule):
             return self.split_source(self.hparams.predict_split)
         if self.files.get(split):
             return self.files[split]
-        if self.hparams.data_dir is not None:
+        # files named one by one replace data_dir for every split: a config's data_dir (the quickstart's
+        # builtin:demo) must never lend its test file to a run on the user's own data
+        if self.hparams.data_dir is not None and not self.named_files():
             return find_split_file(self.hparams.data_dir, split) if split in ("train", "validation", "test") else None
         if any(self.files.values()):  # files named one by one: a split without one is absent, not on the Hub
             return None
         return f"hub:{split}"
 
+    def named_files(self) -> list[str]:
+        """The `data.*_file` options set for train, validation and test."""
+        return [f"data.{SPLIT_OPTIONS[s]}" for s in ("train", "validation", "test") if self.files[s]]
+
     def load_table(self, split: str) -> Table:
         source = self.split_source(split)
+        if source is None and (named := self.named_files()):
+            option = SPLIT_OPTIONS.get(split, "data_dir")
+            raise DataError(
+                f"No {split} split: `{'`, `'.join(named)}` name{'s' if len(named) == 1 else ''} files, which replace `data.data_dir` for every split, "
+                f"and `data.{option}` is not set. Name the {split} file with `--data.{option} FILE`."
+            )
         if source is None:
             option = SPLIT_OPTIONS.get(split, "data_dir")
             raise DataError(
@@ -321,9 +334,12 @@ class EmotionDataModule(L.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        return PredictStream(
+        stream = PredictStream(
             records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple()
         )
+        if not source.startswith("hub:"):
+            stream.columns = output_columns(source, hp.text_column, hp.id_column)  # the prediction file keeps the input's own names
+        return stream
 
     # ---- loaders ---------------------------------------------------------------------
     def _pad_multiple(self) -> int | None:

@@ -123,7 +123,7 @@ class PredictionFileWriter(BasePredictionWriter):
                 f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares."
             )
         rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
-        header = ["ID", "Tweet", *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
+        header = [*self.stream.columns, *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
         files = [open(p, encoding="utf-8", newline="\n") for p in parts]
         try:
             # atomic: a reader never sees half a prediction file, and a full disk leaves the old one

@@ -31,6 +31,8 @@ from .tables import Record
 
 
 class PredictStream(IterableDataset):
+    columns = ("ID", "Tweet")  # the (ID, text) column names of the prediction file (data.py sets the input's own)
+
     def __init__(
         self,
         records: Callable[[], Iterator[Record]],

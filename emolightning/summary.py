@@ -42,6 +42,17 @@ def shown_path(path: str) -> str:
     return shlex.quote(path if relative.startswith("..") else relative)
 
 
+def has_test_split(trainer) -> bool:
+    """Whether the run's data names a test split (a file, or one in data_dir or on the Hub), so that `test` needs no file option."""
+    data = getattr(trainer, "datamodule", None)
+    if data is None or not hasattr(data, "split_source"):
+        return True
+    try:
+        return data.split_source("test") is not None
+    except Exception:  # e.g. a data_dir that is gone: `test` will say so itself
+        return True
+
+
 def closing_block(trainer, history: list[dict[str, float]], report: str | None = None) -> str:
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback is not None else ""
@@ -69,9 +80,10 @@ def closing_block(trainer, history: list[dict[str, float]], report: str | None =
     if report:
         lines.append(report)
     config_arg = shown_path(config) if os.path.exists(config) else "CONFIG.yaml"
+    test_file = "" if has_test_split(trainer) else " --data.test_file TEST_FILE"
     lines += [
         "Next:",
-        f"  emolightning test --config {config_arg} --ckpt_path {shown_path(best)}",
+        f"  emolightning test --config {config_arg} --ckpt_path {shown_path(best)}{test_file}",
         f"  emolightning predict --config {config_arg} --ckpt_path {shown_path(best)} --data.predict_file FILE --output predictions.txt",
     ]
     return "\n".join(lines)

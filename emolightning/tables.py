@@ -30,6 +30,10 @@ SPLIT_OPTIONS = {"train": "train_file", "validation": "val_file", "test": "test_
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "1.0"}, {"0", "false", "0.0"}
 DEMO_DIR = "builtin:demo"
 LINE_BREAKS = re.compile(r"\r\n|[\r\n\t]")
+# column names that other data sets give their text and ID, matched case-insensitively when the configured one is absent
+TEXT_NAMES = ("tweet", "text", "sentence", "content", "comment", "utterance", "review", "message", "body")
+ID_NAMES = ("id", "tweet_id", "text_id", "idx", "uid", "guid")
+_announced: set[tuple] = set()  # (path, text, id): the column choice is logged once per file
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 
 
@@ -80,6 +84,58 @@ def find_split_file(data_dir: str, split: str) -> str | None:
     return None
 
 
+def _matches(header: list[str], wanted: str, names: tuple[str, ...]) -> list[str]:
+    """The column `wanted` if the header has it; else the header's columns named (in any case) like `wanted` or one of `names`."""
+    if wanted in header:
+        return [wanted]
+    lowered = {wanted.lower(), *names}
+    return [c for c in header if str(c).strip().lower() in lowered]
+
+
+def _has_text_column(header: list[str], text_column: str) -> bool:
+    return bool(_matches(header, text_column, TEXT_NAMES))
+
+
+def chosen_columns(path: str, header: list[str], text_column: str, id_column: str | None) -> tuple[str, str | None]:
+    """The (text, ID) columns of a file: the configured names, else the one column named like a text / an ID.
+
+    The defaults are the official E-c names (Tweet, ID); other data sets call them text, sentence,
+    id, ... in any case. A text column must be found; an ID column may be absent (row numbers).
+    """
+    shown = clip(header, 200)
+    texts = _matches(header, text_column, TEXT_NAMES)
+    if len(texts) != 1:
+        found = (
+            f"several columns that may hold the text ({clip(texts, 120)})"
+            if texts
+            else f"no text column '{text_column}' (nor one named like {', '.join(TEXT_NAMES)})"
+        )
+        raise DataError(f"{where(path, 1)}: the header {shown} has {found}. Name the text column with `data.text_column` (or fix the header).")
+    ids = [] if id_column is None else [c for c in _matches(header, id_column, ID_NAMES) if c != texts[0]]
+    if len(ids) > 1:
+        raise DataError(
+            f"{where(path, 1)}: the header {shown} has several columns that may hold the ID ({clip(ids, 120)}). Name the ID column with `data.id_column`, "
+            "and list the label columns with `data.label_columns` if the other one is not a label."
+        )
+    chosen = (texts[0], ids[0] if ids else None)
+    if chosen != (text_column, id_column) and (path, *chosen) not in _announced:
+        _announced.add((path, *chosen))
+        log.info(
+            f"{path}: text column '{chosen[0]}', ID column {repr(chosen[1]) if chosen[1] else 'none (row numbers)'}, every other column a label "
+            "(options `data.text_column`, `data.id_column`, `data.label_columns`)."
+        )
+    return chosen[0], chosen[1] if ids else id_column
+
+
+def output_columns(path: str, text_column: str, id_column: str | None) -> tuple[str, str]:
+    """The (ID, text) column names a prediction file takes from its input table: the input's own; ID, Tweet for one text per line."""
+    if Path(path).suffix.lower() == ".txt" and not _has_text_column(first_line(path).split("\t"), text_column):
+        return "ID", "Tweet"
+    header = read_rows(path)[0]
+    text, row_id = chosen_columns(path, header, text_column, id_column)
+    return (row_id if row_id in header else "ID"), text
+
+
 def _label_value(value, path: str, line: int, column: str) -> int | None:
     if value is MISSING:  # a JSON object may leave out its zero labels
         return 0
@@ -96,8 +152,8 @@ def _label_value(value, path: str, line: int, column: str) -> int | None:
         return None
     raise DataError(
         f"{where(path, line)}: the label column '{column}' holds {clip(value)}, but labels must be 0 or 1 "
-        f"(or NONE in every label column of an unlabelled file). Fix that cell; if '{column}' is not a label, list the "
-        "label columns with `data.label_columns` (by default every column but the ID and the text is a label)."
+        f"(or NONE in every label column of an unlabelled file). Fix that cell; if '{column}' is not a label, name it with `data.id_column` (an ID) "
+        "or `data.text_column` (the text), or list the label columns with `data.label_columns` (by default every column but the ID and the text is a label)."
     )
 
 
@@ -149,15 +205,11 @@ def read_records(
     """
     if not os.path.isfile(path):
         raise DataError(f"The data file '{path}' does not exist. Check the path (relative paths start at the current directory).")
-    if allow_plain_text and Path(path).suffix.lower() == ".txt" and text_column not in first_line(path).split("\t"):
+    if allow_plain_text and Path(path).suffix.lower() == ".txt" and not _has_text_column(first_line(path).split("\t"), text_column):
         return [], plain_texts(path, note_spaces)
     header, rows = read_rows(path)
     shown = clip(header, 200)
-    if text_column not in header:
-        raise DataError(
-            f"{where(path, 1)}: the header {shown} has no text column '{text_column}'. Fix the header "
-            "(the official E-c header is ID, Tweet, then the 11 emotions) or set `data.text_column`."
-        )
+    text_column, id_column = chosen_columns(path, header, text_column, id_column)
     if labels_column is not None:
         if label_columns:
             raise ConfigError(
@@ -177,6 +229,8 @@ def read_records(
                 )
             label_columns = [c for c in header if c not in (text_column, id_column)]
         missing = [c for c in label_columns if c not in header]
+        if allow_plain_text and len(missing) == len(label_columns):  # a predict table without labels
+            label_columns = missing = []
         if missing:
             raise DataError(f"{where(path, 1)}: the header {shown} lacks the label column(s) {clip(missing, 120)}. Fix the header or `data.label_columns`.")
         if not label_columns and not allow_plain_text:

@@ -152,7 +152,7 @@ def test_the_tokenizer_warning_about_long_texts_is_hidden_unless_verbose(tiny_en
 def bad_inputs(tmp_path: Path) -> dict:
     """name -> (extra options, words the message must hold): each a case seen printing a traceback or pages of text."""
     big_header = tmp_path / "big.tsv"
-    big_header.write_text("ID\tText" + "\tx" * 20000 + "\n1\thi" + "\t0" * 20000 + "\n", encoding="utf-8")
+    big_header.write_text("ID\tWords" + "\tx" * 20000 + "\n1\thi" + "\t0" * 20000 + "\n", encoding="utf-8")
     columns = tmp_path / "columns.json"
     columns.write_text(json.dumps({"Tweet": {str(i): "so happy " * 20 for i in range(3000)}, "joy": {str(i): 1 for i in range(3000)}}), encoding="utf-8")
     multiline = tmp_path / "multi.csv"

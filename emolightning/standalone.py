@@ -1,0 +1,63 @@
+"""A checkpoint stands alone: `emolightning predict --ckpt_path X --data.predict_file F` needs no config and no training files.
+
+A checkpoint written by `fit` holds the model's hyperparameters (encoder, labels, head; its tuned
+thresholds are weights) and the data module's. Without `--config`, `checkpoint_arguments` puts
+the model and the data module's text options in front of the user's own options, which override
+them; the data files are never taken from it, so nothing reads the training files. With or without
+a config, `checkpoint_label_names` gives the labels, so test and predict read only their own split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+EVALUATING = ("validate", "test", "predict")
+# the data options that belong to the model as trained; files, folders and batch sizes of training do not
+TEXT_OPTIONS = ("text_column", "id_column", "label_columns", "labels_column", "max_length")
+
+
+def checkpoint_hparams(path: str) -> tuple[dict, dict]:
+    """(model, data module) hyperparameters of a `fit` checkpoint; empty dicts for a file that holds none."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return dict(ckpt.get("hyper_parameters") or {}), dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def checkpoint_label_names(path: str | None) -> list[str] | None:
+    if not path or not os.path.isfile(path) or path.endswith(".json"):
+        return None
+    names = checkpoint_hparams(path)[0].get("label_names")
+    return list(names) if names else None
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def checkpoint_arguments(args: list[str]) -> list[str]:
+    """`args` with the checkpoint's model and text options in front, for validate/test/predict with a .ckpt and no config or model."""
+    if not args or args[0] not in EVALUATING:
+        return args
+    ckpt = option_value(args, "--ckpt_path")
+    if not ckpt or not os.path.isfile(ckpt) or ckpt.endswith(".json"):
+        return args
+    if any(a in ("-c", "--config") or a.startswith(("--config=", "--model")) for a in args[1:]):
+        return args
+    model, data = checkpoint_hparams(ckpt)
+    model.pop("_instantiator", None)
+    class_path = model.pop("_class_path", None)
+    if class_path is None:
+        return args  # not written by `emolightning fit`: Lightning's own error follows
+    front = ["--model", json.dumps({"class_path": class_path, "init_args": model})]
+    for key in TEXT_OPTIONS:
+        if data.get(key) is not None:
+            value = data[key]
+            front += [f"--data.{key}", value if isinstance(value, str) else json.dumps(value)]
+    return [args[0], *front, *args[1:]]
