@@ -155,7 +155,7 @@ class EmotionCLI(LightningCLIWithHooks):
         if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
             # the checkpoint's labels: test and predict read their own split only, never the training files
             if names := checkpoint_label_names(config.get("ckpt_path")):
-                data["label_columns"] = names
+                data["label_names"] = names  # used only where no training split can be read (data.EmotionDataModule.label_names)
 
     def after_ckpt_path(self) -> None:
         # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled

@@ -89,7 +89,8 @@ class EmotionDataModule(L.LightningDataModule):
             labels_column: Instead of 0/1 columns, one column holding each row's list of label ids or
                 names, as GoEmotions stores them (`labels: [3, 27]`). The names come from the Hub
                 dataset's ClassLabel feature, or from `label_names`.
-            label_names: The label names, in id order, for `labels_column` (needed for local files).
+            label_names: The label names, in id order, for `labels_column` (needed for local files), and the labels
+                to use when no training split can be read (test/predict set them from the checkpoint).
             tokenizer: Tokenizer name or path; linked to the model's encoder by the CLI.
             max_length: Longer texts are truncated (and counted in the log).
             batch_size: Training batch size per device.
@@ -112,7 +113,7 @@ class EmotionDataModule(L.LightningDataModule):
         super().__init__()
         # not a hyperparameter: Lightning refuses a data and a model hyperparameter of one name with two values
         self.save_hyperparameters(ignore=["label_names"])
-        self.given_label_names = list(label_names) if label_names else None  # for labels_column
+        self.given_label_names = list(label_names) if label_names else None
         self.files = {"train": train_file, "validation": val_file, "test": test_file, "predict": predict_file}
         self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "emolightning")
         self._label_names: list[str] | None = None
@@ -184,7 +185,9 @@ class EmotionDataModule(L.LightningDataModule):
         if self._label_names is None:
             if self.hparams.label_columns:
                 self._label_names = list(self.hparams.label_columns)
-            elif self.given_label_names and self.hparams.labels_column:
+            elif self.given_label_names and (self.hparams.labels_column or not self.has_training_split()):
+                # without a training split (test/predict from a checkpoint alone) the checkpoint's labels stand in for
+                # its columns; where one exists it still decides, so a checkpoint of other labels is refused by name
                 self._label_names = list(self.given_label_names)
             else:
                 split = next((s for s in ("train", "validation", "test") if self.split_source(s)), None)
@@ -195,6 +198,14 @@ class EmotionDataModule(L.LightningDataModule):
                 source = self.split_source(split)
                 self._label_names = self._hub_label_names(source) if source.startswith("hub:") else self.load_table(split).label_names
         return self._label_names
+
+    def has_training_split(self) -> bool:
+        """Whether the training split can be read: a Hub or bundled source, or a file that exists."""
+        try:
+            source = self.split_source("train")
+        except DataError:
+            return False
+        return source is not None and (source.startswith(("hub:", "builtin:")) or os.path.isfile(source))
 
     def _hub_label_names(self, source: str) -> list[str]:
         """A Hub split's label columns, read from the Hub by local rank 0 only and shared through a file in cache_dir.

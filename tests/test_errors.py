@@ -42,7 +42,7 @@ def data_dir(tmp_path: Path, name: str, train: bytes | str, dev: bool = True) ->
 BAD_DATA = {
     # name: (train file, dev file present, words the message must hold)
     "missing_split": (HEADER + "1\tso happy\t1\t0\n", False, ["No validation split", "data.val_file", "2018-E-c-En-dev.txt"]),
-    "wrong_header": ("ID\tText\tjoy\tsadness\n1\tso happy\t1\t0\n", True, ["2018-E-c-En-train.txt, line 1", "no text column 'Tweet'", "data.text_column"]),
+    "wrong_header": ("ID\tWords\tjoy\tsadness\n1\tso happy\t1\t0\n", True, ["2018-E-c-En-train.txt, line 1", "no text column 'Tweet'", "data.text_column"]),
     "column_count": (HEADER + "1\tso happy\t1\t0\n2\tso\tsad\t0\t1\n", True, ["2018-E-c-En-train.txt, line 3", "5 fields where the header has 4"]),
     "label_not_01": (HEADER + "1\tso happy\t1\t0\n2\tso sad\t0\t2\n", True, ["2018-E-c-En-train.txt, line 3", "'sadness' holds '2'", "0 or 1"]),
     "duplicate_id": (HEADER + "1\tso happy\t1\t0\n1\tso sad\t0\t1\n", True, ["2018-E-c-En-train.txt, line 3", "ID '1' already appears on line 2"]),
