@@ -154,7 +154,7 @@ class EmotionCLI(LightningCLIWithHooks):
         data = config.get("data")
         if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
             # the checkpoint's labels: test and predict read their own split only, never the training files
-            if names := checkpoint_label_names(config.get("ckpt_path")):
+            if names := checkpoint_label_names(ckpt):
                 data["label_names"] = names  # used only where no training split can be read (data.EmotionDataModule.label_names)
 
     def after_ckpt_path(self) -> None:

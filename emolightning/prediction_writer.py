@@ -54,8 +54,9 @@ class PredictionFileWriter(BasePredictionWriter):
         if not isinstance(self.stream, PredictStream):
             raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
         os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
-        with named_write_errors(self._beside_output(f"part{trainer.global_rank}")):
-            self.part = open(self._beside_output(f"part{trainer.global_rank}"), "w", encoding="utf-8", newline="\n")
+        part = self._beside_output(f"part{trainer.global_rank}")
+        with named_write_errors(part):
+            self.part = open(part, "w", encoding="utf-8", newline="\n")
         self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
         self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .formats import MISSING, clip, first_line, plain_lines, read_rows, where
+from .formats import MISSING, clip, first_line, plain_lines, read_header, read_rows, where
 
 # Official E-c file names, as distributed by the task organisers.
 OFFICIAL_SPLITS = {
@@ -92,8 +92,9 @@ def _matches(header: list[str], wanted: str, names: tuple[str, ...]) -> list[str
     return [c for c in header if str(c).strip().lower() in lowered]
 
 
-def _has_text_column(header: list[str], text_column: str) -> bool:
-    return bool(_matches(header, text_column, TEXT_NAMES))
+def is_plain_text(path: str, text_column: str) -> bool:
+    """Whether a .txt predict file is one text per line: its first line names no text column."""
+    return Path(path).suffix.lower() == ".txt" and not _matches(first_line(path).split("\t"), text_column, TEXT_NAMES)
 
 
 def chosen_columns(path: str, header: list[str], text_column: str, id_column: str | None) -> tuple[str, str | None]:
@@ -129,9 +130,9 @@ def chosen_columns(path: str, header: list[str], text_column: str, id_column: st
 
 def output_columns(path: str, text_column: str, id_column: str | None) -> tuple[str, str]:
     """The (ID, text) column names a prediction file takes from its input table: the input's own; ID, Tweet for one text per line."""
-    if Path(path).suffix.lower() == ".txt" and not _has_text_column(first_line(path).split("\t"), text_column):
+    if is_plain_text(path, text_column):
         return "ID", "Tweet"
-    header = read_rows(path)[0]
+    header = read_header(path)
     text, row_id = chosen_columns(path, header, text_column, id_column)
     return (row_id if row_id in header else "ID"), text
 
@@ -205,7 +206,7 @@ def read_records(
     """
     if not os.path.isfile(path):
         raise DataError(f"The data file '{path}' does not exist. Check the path (relative paths start at the current directory).")
-    if allow_plain_text and Path(path).suffix.lower() == ".txt" and not _has_text_column(first_line(path).split("\t"), text_column):
+    if allow_plain_text and is_plain_text(path, text_column):
         return [], plain_texts(path, note_spaces)
     header, rows = read_rows(path)
     shown = clip(header, 200)
