@@ -75,3 +75,43 @@ def arch_supported(major: int, minor: int, arch_list: list[str]) -> bool:
         if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
             return True
     return False
+
+
+def native_bf16_cpu(cpu_flags: set[str]) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags computes bf16 natively (AMX tiles or AVX-512 BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags)
+
+
+def resolve_precision(device_type: str, cuda_capability: tuple[int, int] | None = None, cpu_flags: set[str] | frozenset[str] = frozenset()) -> str:
+    """What `trainer.precision: auto` means on a device: the fastest precision it runs natively.
+
+    bf16-mixed where bf16 is native (Ampere-or-newer GPUs, sm80+; CPUs with AMX or AVX-512 BF16),
+    16-mixed on older CUDA GPUs (T4, V100: fp16 tensor cores, no bf16), 32-true elsewhere (a CPU
+    without bf16 emulates it, slower than fp32).
+    """
+    if device_type == "cuda":
+        return "bf16-mixed" if cuda_capability is not None and cuda_capability >= (8, 0) else "16-mixed"
+    if device_type == "cpu" and native_bf16_cpu(set(cpu_flags)):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is absent, e.g. macOS)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def this_machine_precision(accelerator: str = "auto") -> str:
+    """resolve_precision for the device a Trainer with `accelerator` would pick (the first GPU, else the CPU)."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return resolve_precision("cuda", torch.cuda.get_device_capability(0))
+    if accelerator in ("auto", "cpu"):
+        return resolve_precision("cpu", cpu_flags=cpu_flags())
+    return "32-true"
