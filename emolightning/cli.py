@@ -11,10 +11,11 @@ import os
 import sys
 from contextlib import nullcontext
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
 from .compat import LightningCLIWithHooks
 from .data import EmotionDataModule
 from .distill import distiller_config
@@ -61,7 +62,7 @@ class EmotionCLI(LightningCLIWithHooks):
         parser.link_arguments("model.init_args.encoder", "data.tokenizer")
         parser.link_arguments("seed_everything", "data.seed")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")  # weights without the optimizer state (best_checkpoint.py)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/jaccard",
@@ -93,6 +94,10 @@ class EmotionCLI(LightningCLIWithHooks):
         return trainer
 
     def after_fit(self) -> None:
+        if self.trainer.fast_dev_run:  # Lightning saves no checkpoint and logs nothing then; no report either
+            if self.trainer.is_global_zero:
+                print("\nfast_dev_run: training and validation ran on a few batches as a check; nothing was saved (no checkpoint, config or report).", flush=True)
+            return
         if self.trainer.is_global_zero:
             from .report import report_after_fit
 
@@ -151,6 +156,8 @@ class EmotionCLI(LightningCLIWithHooks):
         ckpt = config.get("ckpt_path")
         if ckpt and os.path.isfile(ckpt):  # a damaged or foreign file stops here, named, not in torch's zip reader
             check_checkpoint(ckpt)
+            if subcommand == "fit":
+                refuse_resume_without_training_state(ckpt)
         data = config.get("data")
         if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
             # the checkpoint's labels: test and predict read their own split only, never the training files

@@ -21,6 +21,7 @@ PRIVATE_NAMES = [
     ("ModelCheckpoint", "_save_last_checkpoint"),
     ("ModelCheckpoint", "_monitor_candidates"),
     ("ModelCheckpoint()", "_last_global_step_saved"),
+    ("ModelCheckpoint", "_save_checkpoint"),
     ("Trainer().fit_loop", "_combined_loader_states_to_load"),
     ("Trainer().fit_loop", "_combined_loader"),
     ("CombinedLoader", "_load_state_dicts"),
@@ -36,7 +37,7 @@ def is_local_path(path: str) -> bool:
     return _is_local_file_protocol(path)
 
 
-# ---- ModelCheckpoint: saving last.ckpt on our own schedule ------------------------------------
+# ---- ModelCheckpoint: saving last.ckpt on our own schedule, and what the best checkpoints hold ------
 def saves_on_train_epoch_end(callback: ModelCheckpoint, trainer) -> bool:
     """Whether the callback saves at the end of the training epoch (else after validation), as ModelCheckpoint decides."""
     return callback._should_save_on_train_epoch_end(trainer)
@@ -50,6 +51,30 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer) -> None:
 def last_global_step_saved(callback: ModelCheckpoint) -> int:
     """The global step of the callback's latest save in this process (0 before the first)."""
     return callback._last_global_step_saved
+
+
+class ModelCheckpointWithOwnSaves(ModelCheckpoint):
+    """ModelCheckpoint plus `on_save_own_checkpoint(trainer, checkpoint)`: called with the dict of each file this callback writes
+    (not with those of other callbacks or of `trainer.save_checkpoint`), after every other callback's `on_save_checkpoint`
+    (Lightning runs checkpoint callbacks last) and before the LightningModule's."""
+
+    _saving_own = False
+
+    def on_save_own_checkpoint(self, trainer, checkpoint: dict) -> None:
+        """Change the checkpoint dict of one of this callback's own files."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._saving_own:
+            self.on_save_own_checkpoint(trainer, checkpoint)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # every file of a ModelCheckpoint (top-k, last, on exception) is written through this method
+        self._saving_own = True
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self._saving_own = False
 
 
 # ---- the fit loop: the train loader's saved position (Lightning issue #20550) --------------------

@@ -127,7 +127,8 @@ class BestValidationOutputs(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # callbacks' on_validation_end run after the module logged the epoch's scores, and before
         # the ModelCheckpoint (Lightning runs checkpoint callbacks last), which still holds the old best
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":  # `validate` has no best epoch
+        # `validate` has no best epoch; a fast_dev_run keeps no checkpoint to put this beside
+        if trainer.sanity_checking or trainer.fast_dev_run or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         if not isinstance(pl_module, EmotionClassifier) or pl_module.last_val_outputs is None:
             return
@@ -151,7 +152,7 @@ class KeepTestScores(Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = pl_module.manifest.path if isinstance(pl_module, EnsembleClassifier) else trainer.ckpt_path  # an ensemble's: beside its manifest
-        if not trainer.is_global_zero or not ckpt or not os.path.isfile(ckpt):
+        if not trainer.is_global_zero or trainer.fast_dev_run or not ckpt or not os.path.isfile(ckpt):  # one batch's scores are no test scores
             return
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         if not scores:

@@ -4,7 +4,8 @@ What a resume needs, and where it comes from:
 
 - A recent checkpoint: `LastCheckpoint` rewrites `last.ckpt` after every epoch, on SIGTERM and
   every `last_checkpoint.every_n_train_steps` optimizer steps, through `AtomicCheckpointIO`, so a
-  kill never leaves half a checkpoint under a checkpoint's name.
+  kill never leaves half a checkpoint under a checkpoint's name. A fit that completes removes it,
+  unless `last_checkpoint.keep_after_fit` (the best checkpoints hold no optimizer state: best_checkpoint.py).
 - Finding it: `resolve_resume` turns `--ckpt_path last` into the newest `last*.ckpt` of the run's
   directory (a resumed run gets a new logger version_N+1, where Lightning's own "last" looks and
   finds nothing), and has the resumed run write its checkpoints beside the one it resumed from, so
@@ -82,13 +83,15 @@ def use_atomic_checkpoint_io(trainer) -> None:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0):
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0, keep_after_fit: bool = False):
         """`last.ckpt`, the latest state of a run, for resuming it with `--ckpt_path last`.
 
         Rewritten (atomically, always under that name) at the end of every epoch, after its
         validation, every `every_n_train_steps` optimizer steps, and on SIGTERM. It holds everything a resume
         needs: weights, optimizer and scheduler states, loop counters, the position in the epoch's
-        data order and the random number generators.
+        data order and the random number generators. A fit that completes removes it (the best
+        checkpoint is what test, predict and export use); one that stops early (SIGTERM, requeue,
+        an error) keeps it.
 
         Args:
             dirpath: Folder of last.ckpt; linked from `checkpoint.dirpath` (default: the run's
@@ -96,8 +99,11 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps: Also save every that many optimizer steps, so a kill loses at most
                 that many steps (0: only at epoch ends). Each save writes weights and optimizer
                 state (~3x the model's size).
+            keep_after_fit: Keep last.ckpt when the fit completes, e.g. to train it further later
+                with `--ckpt_path last` and a higher `trainer.max_epochs`.
         """
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps or None, enable_version_counter=False)
+        self.keep_after_fit = keep_after_fit
 
     # step-wise saves: ModelCheckpoint.on_train_batch_end (save_top_k=0 writes only last.ckpt)
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -113,6 +119,17 @@ class LastCheckpoint(ModelCheckpoint):
         # the state is consistent, so save it. Not on other exceptions (a NaN loss, Ctrl+C mid-step).
         if isinstance(exception, SIGTERMException):
             self._save_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # ModelCheckpoint saves here if it has not yet (a fast_dev_run included): only a kept last.ckpt needs it
+        if self.keep_after_fit and not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # Lightning calls this only when the fit completed, not after an exception (SIGTERM and requeue included)
+        if not self.keep_after_fit and self.last_model_path:
+            trainer.strategy.remove_checkpoint(self.last_model_path)  # on global rank 0, through the checkpoint IO
+            self.last_model_path = ""
 
     def _save_last(self, trainer) -> None:
         # also when a step-wise save just wrote this global step: the epoch-end state has the
