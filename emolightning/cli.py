@@ -96,7 +96,7 @@ class EmotionCLI(LightningCLIWithHooks):
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run:  # Lightning saves no checkpoint and logs nothing then; no report either
             if self.trainer.is_global_zero:
-                print("\nfast_dev_run: training and validation ran on a few batches as a check; nothing was saved (no checkpoint, config or report).", flush=True)
+                print("\nfast_dev_run: a check on a few batches; nothing was saved (no checkpoint, config or report).", flush=True)
             return
         if self.trainer.is_global_zero:
             from .report import report_after_fit

@@ -32,7 +32,7 @@ def test_fit_then_test_through_the_cli(tiny_encoder, ec_dir, tmp_path):
     # the tokenizer is linked from model.encoder, not repeated in a config
     assert f"tokenizer: {tiny_encoder}" in (run_dir / "hparams.yaml").read_text()
     best = glob.glob(str(run_dir / "checkpoints" / "best-*.ckpt"))
-    assert len(best) == 1 and (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert len(best) == 1 and not (run_dir / "checkpoints" / "last.ckpt").exists()  # a completed fit keeps no resume state
 
     test = emolightning("test", "--config", str(saved_config), "--ckpt_path", best[0])
     printed = test.stdout + test.stderr

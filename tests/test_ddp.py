@@ -232,7 +232,7 @@ RECIPES = {
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encoder, ec_dir, tmp_path):
     """The recipes' poolings, losses, pos_weight auto, layer-wise lr decay, EMA and R-Drop under real DDP: one process's numbers."""
-    one_epoch = [*SAME, *RECIPES[recipe], "--trainer.max_epochs", "1"]
+    one_epoch = [*SAME, *RECIPES[recipe], "--trainer.max_epochs", "1", "--last_checkpoint.keep_after_fit", "true"]
     single = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "single", *one_epoch, "--data.batch_size", "8"))
     ddp = emolightning("fit", *tiny_args(no_dropout_encoder, ec_dir, tmp_path / "ddp", *one_epoch, *DDP))
     assert "Starting with 2 processes" in output(ddp) and "Starting with" not in output(single)
@@ -243,6 +243,7 @@ def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encod
     (a,), (b,) = checkpoints(tmp_path / "single").values(), checkpoints(tmp_path / "ddp").values()
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"]) < RECIPE_WEIGHT_TOL
-    if "--model.init_args.ema_decay" in RECIPES[recipe]:  # the checkpoint holds the average, the live weights beside it
-        live = a["current_model_state"]
+    if "--model.init_args.ema_decay" in RECIPES[recipe]:  # the best checkpoint holds the average; the live weights only last.ckpt (kept)
+        assert "current_model_state" not in a
+        live = torch.load(run_dir(tmp_path / "single") / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["current_model_state"]
         assert any(not torch.equal(live[k], a["state_dict"][k]) for k in live if k.startswith("head."))

@@ -386,7 +386,7 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
             *common,
         ]
     )
-    teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"))[0]
+    teacher = glob.glob(str(tmp_path / "teacher" / "lightning_logs" / "version_*" / "checkpoints" / "best-*.ckpt"))[0]
 
     fit = emolightning(
         "fit", *distill_args(tiny_encoder, teacher), "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "student"), *common

@@ -51,6 +51,8 @@ def fit_args(tiny_encoder: str, ec_dir: str, root: Path, steps_file: Path) -> li
             "2",
             "--last_checkpoint.every_n_train_steps",
             "5",
+            "--last_checkpoint.keep_after_fit",
+            "true",  # the completed runs' last.ckpt are compared
             callback_option("RecordSteps", path=str(steps_file)),
         ),
     ]

@@ -128,7 +128,7 @@ def test_requeue_signal_then_requeued_job_resumes_exactly_from_its_own_last_ckpt
 
     # the uninterrupted job first: its last.ckpt is the newest in runs/ when job 2002 is requeued
     plain = str(tmp_path / "plain.{rank}")
-    proc = sbatch(bin_dir, runs, slurm_env("1001", 2), *args(plain))
+    proc = sbatch(bin_dir, runs, slurm_env("1001", 2), *args(plain, "--last_checkpoint.keep_after_fit", "true"))
     out = finish(proc)
     assert proc.returncode == 0, out[-4000:]
 

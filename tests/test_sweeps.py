@@ -257,7 +257,7 @@ def test_offline_wandb_run_holds_config_metrics_and_label_table(tiny_encoder, ec
         assert f1 == pytest.approx(val[f"val/f1/{label}"])
     # config.yaml and checkpoints: per run, not in the shared save_dir; no CSV logs
     run_home = tmp_path / "run" / "emolightning" / run_id
-    assert (run_home / "checkpoints" / "last.ckpt").exists()
+    assert list((run_home / "checkpoints").glob("best-*.ckpt"))
     assert yaml.safe_load((run_home / "config.yaml").read_text())["model"]["init_args"]["lr"] == pytest.approx(0.00123)
     assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "lightning_logs").exists()
 
@@ -297,7 +297,7 @@ def test_without_a_wandb_login_the_error_names_the_fixes(tiny_encoder, ec_dir, t
 @pytest.mark.slow
 def test_wandb_disabled_still_trains(tiny_encoder, ec_dir, tmp_path):
     wandb_fit(tiny_encoder, ec_dir, tmp_path, env={"WANDB_MODE": "disabled"})
-    assert list((tmp_path / "run" / "emolightning").glob("*/checkpoints/last.ckpt"))
+    assert list((tmp_path / "run" / "emolightning").glob("*/checkpoints/best-*.ckpt"))
     assert not offline_runs(tmp_path / "run")
 
 
