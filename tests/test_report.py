@@ -281,11 +281,12 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
     model.thresholds.copy_(torch.tensor([0.3, 0.6]))
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path), monitor="val/jaccard", mode="max")
 
-    def validation_end(epoch: int, jaccard: float, best: float | None, fn: str = "fit") -> None:
+    def validation_end(epoch: int, jaccard: float, best: float | None, fn: str = "fit", fast_dev_run: bool = False) -> None:
         model.last_val_outputs = (torch.full((3, 2), epoch / 10), torch.eye(3, 2))
         checkpoint.best_model_score = None if best is None else torch.tensor(best)
         trainer = SimpleNamespace(
             sanity_checking=False,
+            fast_dev_run=fast_dev_run,
             is_global_zero=True,
             state=SimpleNamespace(fn=fn),
             checkpoint_callbacks=[checkpoint],
@@ -297,6 +298,8 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
 
     npz = tmp_path / "val_probs.npz"
     validation_end(0, 0.4, None, fn="validate")  # `validate`: no best epoch, nothing written
+    assert not npz.exists()
+    validation_end(0, 0.4, None, fast_dev_run=True)  # a fast_dev_run keeps no checkpoint: nothing beside it
     assert not npz.exists()
     validation_end(0, 0.4, None)
     validation_end(1, 0.5, 0.4)  # better: rewritten
