@@ -13,6 +13,7 @@ from contextlib import nullcontext
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
@@ -23,7 +24,7 @@ from .encoders import skipped_weight_init
 from .ensemble import EnsembleClassifier, ensemble_config, is_manifest, read_manifest
 from .errors import ConfigError, EmolightningError
 from .files import check_checkpoint
-from .hardware import check_gpu
+from .hardware import check_gpu, cpu_flags, resolve_backend
 from .inference import Backend, InferenceBackend
 from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
@@ -35,6 +36,7 @@ from .resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, r
 from .standalone import EVALUATING, checkpoint_arguments, checkpoint_label_names
 from .summary import ValHistory, closing_block
 from .tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
+from .trainer import EmotionTrainer, resolve_auto
 
 
 class EmotionCLI(LightningCLIWithHooks):
@@ -106,6 +108,11 @@ class EmotionCLI(LightningCLIWithHooks):
             print("\n" + closing_block(self.trainer, history, report), flush=True)
 
     def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        if config["trainer"].get("precision") in ("auto", None):
+            # resolved here rather than in the Trainer, so that the run's config.yaml records what ran
+            config["trainer"]["precision"] = resolve_auto(config["trainer"].get("accelerator") or "auto")
+            rank_zero_info(f"trainer.precision auto: {config['trainer']['precision']} on this machine (`--trainer.precision 32-true` for full fp32)")
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
         local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # save_dir "" of configs/logger/tensorboard.yaml
@@ -129,8 +136,8 @@ class EmotionCLI(LightningCLIWithHooks):
             parser.add_argument(
                 "--backend",
                 type=Backend,
-                default="torch",
-                help="How the encoder runs on a CPU: `torch` (fp32 PyTorch, the trained model as is), `onnx` (ONNX Runtime, same labels, faster; needs the [onnx] extra) or `bf16` (bfloat16 weights: fastest on CPUs with AMX, labels close to but not identical to fp32). BENCHMARKS.md `Inference` has the measured speeds and label agreement.",
+                default="auto",
+                help="How the encoder runs: `auto` (bf16 on CPUs with AMX or AVX-512 BF16, else torch), `torch` (PyTorch at trainer.precision; with `--trainer.precision 32-true` the fp32 model as trained), `onnx` (ONNX Runtime, same labels, faster; needs the [onnx] extra) or `bf16` (bfloat16 weights: fastest on CPUs with AMX, labels close to but not identical to fp32). BENCHMARKS.md `Inference` has the measured speeds and label agreement.",
             )
 
     def before_ckpt_path(self) -> None:
@@ -181,7 +188,11 @@ class EmotionCLI(LightningCLIWithHooks):
             )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
         self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
-        self.trainer.callbacks.append(InferenceBackend(config.get("backend") or "torch"))
+        if config.get("backend") in (None, "auto"):
+            device = self.trainer.strategy.root_device.type
+            config["backend"] = resolve_backend(device, cpu_flags() if device == "cpu" else set())
+            rank_zero_info(f"predict --backend auto: {config['backend']} on this machine (`--backend torch --trainer.precision 32-true` for the fp32 model)")
+        self.trainer.callbacks.append(InferenceBackend(config["backend"]))
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
 
@@ -190,6 +201,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
     return EmotionCLI(
         EmotionClassifier,
         EmotionDataModule,
+        trainer_class=EmotionTrainer,
         subclass_mode_model=True,
         seed_everything_default=42,
         save_config_callback=SaveConfigToLogger,

@@ -6,7 +6,10 @@ The backend swaps the encoder once the checkpoint's weights are in (`on_predict_
 prompt, the pooling, the head and the thresholds stay the fp32 PyTorch ones, so every pooling works
 with every backend, and the writer still puts each row back in input order.
 
-- `torch`: the model as trained: fp32 PyTorch (the reference the others are measured against).
+- `auto` (the default): `bf16` on CPUs that compute bf16 natively (AMX or AVX-512 BF16), else
+  `torch` (on a GPU, `trainer.precision: auto` runs it in mixed precision).
+- `torch`: the model as trained, in PyTorch at `trainer.precision` (with `--trainer.precision
+  32-true`, the fp32 reference the others are measured against).
 - `onnx`: the encoder exported with `torch.onnx.export` and run by ONNX Runtime (fused attention,
   LayerNorm and GELU kernels): the same probabilities to ~1e-6, so the same labels. Needs the
   `[onnx]` extra (onnxruntime, onnx, onnxscript). The export costs a few seconds per run.
@@ -33,8 +36,8 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-Backend = Literal["torch", "onnx", "bf16"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "bf16")
+Backend = Literal["auto", "torch", "onnx", "bf16"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "bf16")
 ONNX_INPUTS = ["input_ids", "attention_mask"]
 ONNX_OPSET = 18
 
@@ -144,12 +147,13 @@ class Bf16Encoder(nn.Module):
 
 class InferenceBackend(Callback):
     def __init__(self, backend: Backend = "torch"):
+        # `auto` is resolved by the CLI, which knows the device (hardware.resolve_backend)
         """Swaps the model's encoder for the chosen predict backend once the checkpoint is loaded (module docstring).
 
         Args:
             backend: `torch` (fp32 PyTorch), `onnx` (ONNX Runtime; the `[onnx]` extra) or `bf16`.
         """
-        if backend not in BACKENDS:
+        if backend not in BACKENDS or backend == "auto":
             raise ConfigError(f"`--backend {backend}` is not a predict backend: choose one of {', '.join(BACKENDS)}.")
         self.backend = backend
         self._workdir: tempfile.TemporaryDirectory | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emolightning.hardware import cpu_flags, resolve_precision
+from emolightning.hardware import cpu_flags, resolve_backend, resolve_precision
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n")
     assert cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
     assert cpu_flags(str(tmp_path / "absent")) == set()
+
+
+@pytest.mark.parametrize(
+    ("device", "flags", "expected"),
+    [("cpu", {"amx_bf16"}, "bf16"), ("cpu", {"avx512_bf16"}, "bf16"), ("cpu", {"avx2"}, "torch"), ("cuda", {"amx_bf16"}, "torch"), ("mps", set(), "torch")],
+)
+def test_auto_backend_is_bf16_only_on_cpus_with_native_bf16(device, flags, expected):
+    assert resolve_backend(device, flags) == expected
+
+
+def test_the_trainer_resolves_auto_itself_outside_the_cli():
+    from emolightning.hardware import this_machine_precision
+    from emolightning.trainer import EmotionTrainer
+
+    trainer = EmotionTrainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer.precision == this_machine_precision("cpu")
+    assert EmotionTrainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_checkpointing=False).precision == "32-true"

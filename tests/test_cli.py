@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from emolightning.hardware import this_machine_precision
+
 from helpers import REPO, emolightning, print_config, tiny_args
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -29,6 +31,8 @@ def test_fit_then_test_through_the_cli(tiny_encoder, ec_dir, tmp_path):
     run_dir = Path(glob.glob(str(tmp_path / "run" / "lightning_logs" / "version_*"))[0])
     saved_config = run_dir / "config.yaml"
     assert saved_config.exists()
+    resolved = this_machine_precision("cpu")  # precision auto, resolved before the run and recorded in its config
+    assert f"precision: {resolved}" in saved_config.read_text() and f"trainer.precision auto: {resolved}" in fit.stderr + fit.stdout
     # the tokenizer is linked from model.encoder, not repeated in a config
     assert f"tokenizer: {tiny_encoder}" in (run_dir / "hparams.yaml").read_text()
     best = glob.glob(str(run_dir / "checkpoints" / "best-*.ckpt"))
