@@ -119,6 +119,8 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
+        # the notes about a file (its columns, its tabs and line breaks) given once a run, however often the file is read
+        self.notes_logged: set[tuple] = set()
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -159,7 +161,9 @@ class EmotionDataModule(L.LightningDataModule):
             return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
         hp = self.hparams
-        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
+        return read_table(
+            source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
+        )
 
     def _hub_lacks(self, source: str) -> bool:
         """Whether `source` names a split (`hub:<name>`) that the Hub dataset, loaded once, does not have."""
@@ -336,8 +340,10 @@ class EmotionDataModule(L.LightningDataModule):
             # a first pass checks every row (and holds the IDs, for the duplicate check) before the
             # model sees a text; the streaming pass then needs no check that keeps anything
             columns = (source, hp.text_column, hp.id_column, hp.label_columns)
-            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
-            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
+            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged))
+            records = partial(
+                file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
+            )
         log.info(
             rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank)
         )
@@ -349,7 +355,7 @@ class EmotionDataModule(L.LightningDataModule):
             records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple()
         )
         if not source.startswith("hub:"):
-            stream.columns = output_columns(source, hp.text_column, hp.id_column)  # the prediction file keeps the input's own names
+            stream.columns = output_columns(source, hp.text_column, hp.id_column, self.notes_logged)  # the prediction file keeps the input's own names
         return stream
 
     # ---- loaders ---------------------------------------------------------------------
