@@ -251,10 +251,15 @@ class EmotionDataModule(L.LightningDataModule):
             key.update(f"|teacher={self.hparams.teacher_tokenizer}".encode())
         return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
 
+    def _rank_message(self, message: str) -> str:
+        """`message` with Lightning's `[rank: N]` prefix when several processes print it; as is on one."""
+        world_size = self.trainer.world_size if self.trainer is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        return rank_prefixed_message(message, rank_zero_only.rank) if world_size > 1 else message
+
     def _tokenize(self, split: str) -> dict:
         table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
-        log.info(rank_prefixed_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}", rank_zero_only.rank))
+        log.info(self._rank_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}"))
         tokenizer = load_tokenizer(self.hparams.tokenizer)
         encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
         limit = self.hparams.max_length
@@ -344,9 +349,7 @@ class EmotionDataModule(L.LightningDataModule):
             records = partial(
                 file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
             )
-        log.info(
-            rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank)
-        )
+        log.info(self._rank_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time"))
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing

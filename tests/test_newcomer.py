@@ -91,6 +91,7 @@ NOISE = [
     "TPU available",
     "dirpath has changed",
     "Couldn't infer the batch indices",
+    "[rank: ",  # one process: Lightning's rank prefix says nothing (DDP keeps it, test_ddp.py)
 ]
 
 
