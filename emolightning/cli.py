@@ -26,7 +26,7 @@ from .hardware import check_gpu
 from .inference import Backend, InferenceBackend
 from .model import EmotionClassifier
 from .nan_guard import FiniteLossGuard
-from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
+from .parser import PLAIN_COMMANDS, DescribedTrainer, EmotionArgumentParser, add_plain_commands
 from .prediction_writer import PredictionFileWriter
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .record import BestValidationOutputs, KeepTestScores, RunClock
@@ -183,6 +183,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
     return EmotionCLI(
         EmotionClassifier,
         EmotionDataModule,
+        trainer_class=DescribedTrainer,  # whole-sentence descriptions in --help
         subclass_mode_model=True,
         seed_everything_default=42,
         save_config_callback=SaveConfigToLogger,

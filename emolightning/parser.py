@@ -19,6 +19,7 @@ import inspect
 import re
 import sys
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser
 
 from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
@@ -153,6 +154,30 @@ def add_plain_commands(parser) -> None:
     subcommands = subcommand_action(parser)
     for name, text in PLAIN_COMMANDS.items():
         subcommands.add_subcommand(name, ArgumentParser(description=text, prog=f"emolightning {name}"), help=text)
+
+
+# Lightning's Trainer, with its four commands described for `emolightning --help`: LightningCLI lists each
+# command with the first line of the Trainer method's docstring, and Lightning's docstrings break their
+# first sentence across lines (`test` read "It's separated from fit to make sure you never run on your").
+# Each method only passes its arguments on; jsonargparse follows `super()` for their options and their help.
+class DescribedTrainer(Trainer):
+    """Customize every aspect of training via flags (Lightning's Trainer)."""  # the title of the `trainer.*` options in --help
+
+    def fit(self, *args, **kwargs):
+        """Train a model, validating every epoch; ends by printing the run folder and the test and predict commands."""
+        return super().fit(*args, **kwargs)
+
+    def validate(self, *args, **kwargs):
+        """Score a checkpoint (--ckpt_path) on the validation split."""
+        return super().validate(*args, **kwargs)
+
+    def test(self, *args, **kwargs):
+        """Score a checkpoint (--ckpt_path) on the test split with the official metrics."""
+        return super().test(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """Label texts (data.predict_file) with a checkpoint (--ckpt_path) at its tuned thresholds, in an E-c file (--output)."""
+        return super().predict(*args, **kwargs)
 
 
 class EmotionArgumentParser(LightningArgumentParser):
