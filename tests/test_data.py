@@ -194,7 +194,7 @@ def test_prepare_data_tokenises_only_the_splits_of_the_running_stage(ec_dir, tin
     from lightning.pytorch.trainer.states import TrainerFn
 
     data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
-    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)))
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)), world_size=1)
     data.prepare_data()
     assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.pt")) == cached
 
