@@ -31,7 +31,7 @@ from .compat import summary_depth
 try:
     from rich.progress import ProgressColumn
     from rich.text import Text
-except ImportError:  # no rich: Lightning shows its TQDM bar, whose rate needs no fix
+except ImportError:  # no rich: Lightning shows its TQDM bar instead, and ProcessingRate is never used
     ProgressColumn = object
 
 WARNINGS = [
