@@ -201,7 +201,7 @@ def run_cli(args: list[str] | None = None) -> EmotionCLI:
     return EmotionCLI(
         EmotionClassifier,
         EmotionDataModule,
-        trainer_class=EmotionTrainer,
+        trainer_class=EmotionTrainer,  # precision auto; whole-sentence descriptions in --help
         subclass_mode_model=True,
         seed_everything_default=42,
         save_config_callback=SaveConfigToLogger,

@@ -119,6 +119,8 @@ class EmotionDataModule(L.LightningDataModule):
         self._label_names: list[str] | None = None
         self._hub = None
         self.splits: dict[str, TokenizedSplit] = {}
+        # the notes about a file (its columns, its tabs and line breaks) given once a run, however often the file is read
+        self.notes_logged: set[tuple] = set()
 
     # ---- where each split comes from -------------------------------------------------
     def split_source(self, split: str) -> str | None:
@@ -159,7 +161,9 @@ class EmotionDataModule(L.LightningDataModule):
             return table_from_hub(self._hub, source[4:], hp.text_column, hp.id_column, hp.label_columns, hp.labels_column, self.given_label_names)
         # a predict file never comes here: it is streamed (file_records), plain-text files included
         hp = self.hparams
-        return read_table(source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names)
+        return read_table(
+            source, hp.text_column, hp.id_column, hp.label_columns, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
+        )
 
     def _hub_lacks(self, source: str) -> bool:
         """Whether `source` names a split (`hub:<name>`) that the Hub dataset, loaded once, does not have."""
@@ -247,10 +251,15 @@ class EmotionDataModule(L.LightningDataModule):
             key.update(f"|teacher={self.hparams.teacher_tokenizer}".encode())
         return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
 
+    def _rank_message(self, message: str) -> str:
+        """`message` with Lightning's `[rank: N]` prefix when several processes print it; as is on one."""
+        world_size = self.trainer.world_size if self.trainer is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        return rank_prefixed_message(message, rank_zero_only.rank) if world_size > 1 else message
+
     def _tokenize(self, split: str) -> dict:
         table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
-        log.info(rank_prefixed_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}", rank_zero_only.rank))
+        log.info(self._rank_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}"))
         tokenizer = load_tokenizer(self.hparams.tokenizer)
         encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
         limit = self.hparams.max_length
@@ -336,11 +345,11 @@ class EmotionDataModule(L.LightningDataModule):
             # a first pass checks every row (and holds the IDs, for the duplicate check) before the
             # model sees a text; the streaming pass then needs no check that keeps anything
             columns = (source, hp.text_column, hp.id_column, hp.label_columns)
-            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names))
-            records = partial(file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names)
-        log.info(
-            rank_prefixed_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time", rank_zero_only.rank)
-        )
+            num_rows = sum(1 for _ in file_records(*columns, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged))
+            records = partial(
+                file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
+            )
+        log.info(self._rank_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time"))
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
@@ -349,7 +358,7 @@ class EmotionDataModule(L.LightningDataModule):
             records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple()
         )
         if not source.startswith("hub:"):
-            stream.columns = output_columns(source, hp.text_column, hp.id_column)  # the prediction file keeps the input's own names
+            stream.columns = output_columns(source, hp.text_column, hp.id_column, self.notes_logged)  # the prediction file keeps the input's own names
         return stream
 
     # ---- loaders ---------------------------------------------------------------------

@@ -8,6 +8,11 @@ FLOPs column and "Total FLOPs: 0" of the model summary (no example input is give
 0) and `v_num` on the progress bar (the run's folder is printed at the end of `fit`) and, in test/predict, notes about the checkpoint callback's folder
 and batch indices that concern Lightning's internals. Everything
 else stays. `--verbose` on the command line, or EMOLIGHTNING_VERBOSE=1, keeps it all.
+
+Two fixes apply with `--verbose` too, since they change what is shown, not what is hidden: the
+progress bar's rate is a real one (Lightning's reads 0.00it/s until rich has two updates, so all
+through a one-batch test or predict), and an epoch of fewer batches than `trainer.log_every_n_steps`
+logs every epoch (Lightning would log nothing from a short run, and warn about it).
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ import os
 import re
 import warnings
 
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import Callback, ModelSummary, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from .compat import summary_depth
+
+try:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+except ImportError:  # no rich: Lightning shows its TQDM bar instead, and ProcessingRate is never used
+    ProgressColumn = object
 
 WARNINGS = [
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",
@@ -86,7 +97,11 @@ class CompactModelSummary(ModelSummary):
 
 
 def tidy_trainer(trainer) -> None:
-    """The compact model summary, and no `v_num` on the progress bar (unless verbose)."""
+    """A real rate on a rich progress bar, a logging interval no longer than an epoch, and (unless verbose) the compact model
+    summary and no `v_num` on the progress bar."""
+    if isinstance(trainer.progress_bar_callback, RichProgressBar):
+        real_rate(trainer.progress_bar_callback)
+    trainer.callbacks.append(LoggingInterval())
     if not _silenced:
         return
     for i, callback in enumerate(trainer.callbacks):
@@ -102,3 +117,49 @@ def tidy_trainer(trainer) -> None:
             return metrics
 
         bar.get_metrics = get_metrics
+
+
+class ProcessingRate(ProgressColumn):
+    """Batches a second: rich's estimate, or, while rich has too few updates for one, the mean since the bar began
+    (in place of Lightning's `0.00it/s`); nothing before the first batch."""
+
+    def __init__(self, style):
+        self.style = style
+        super().__init__()
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None and task.completed and task.elapsed:
+            speed = task.completed / task.elapsed
+        return Text("" if speed is None else f"{speed:.2f}it/s", style=self.style)
+
+
+def real_rate(bar: RichProgressBar) -> None:
+    """Replace the rate column of `bar` (through its public `configure_columns`) by `ProcessingRate`."""
+    standard = bar.configure_columns
+
+    def configure_columns(trainer) -> list:
+        columns = standard(trainer)
+        return [ProcessingRate(bar.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c for c in columns]
+
+    bar.configure_columns = configure_columns
+
+
+def epoch_batches(loader_batches: int, limit: int | float) -> int:
+    """The batches a training epoch runs: `trainer.limit_train_batches` (a count, or a fraction) applied to the loader's, as Lightning does."""
+    return min(loader_batches, limit) if isinstance(limit, int) else int(loader_batches * limit)
+
+
+class LoggingInterval(Callback):
+    """Cuts `trainer.log_every_n_steps` to the batches of an epoch when an epoch has fewer, so that every epoch logs its training
+    metrics: a 1-epoch run of 3 batches at the default 50 would log none (and Lightning warns that it does not)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or trainer.datamodule is None or trainer.fast_dev_run:
+            return
+        try:  # the datamodule is set up (Lightning calls its setup first); under DDP the loader's length is this process's
+            batches = epoch_batches(len(trainer.datamodule.train_dataloader()), trainer.limit_train_batches)
+        except TypeError:  # a loader without a length: Lightning does not warn either
+            return
+        if 0 < batches < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = batches

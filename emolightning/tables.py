@@ -33,7 +33,6 @@ LINE_BREAKS = re.compile(r"\r\n|[\r\n\t]")
 # column names that other data sets give their text and ID, matched case-insensitively when the configured one is absent
 TEXT_NAMES = ("tweet", "text", "sentence", "content", "comment", "utterance", "review", "message", "body")
 ID_NAMES = ("id", "tweet_id", "text_id", "idx", "uid", "guid")
-_announced: set[tuple] = set()  # (path, text, id): the column choice is logged once per file
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 
 
@@ -97,11 +96,22 @@ def is_plain_text(path: str, text_column: str) -> bool:
     return Path(path).suffix.lower() == ".txt" and not _matches(first_line(path).split("\t"), text_column, TEXT_NAMES)
 
 
-def chosen_columns(path: str, header: list[str], text_column: str, id_column: str | None) -> tuple[str, str | None]:
+def note_once(logged: set | None, key: tuple, message: str) -> None:
+    """Log `message` unless `logged` holds `key`: `logged` is the notes one run gave already (a datamodule's, which reads
+    a file more than once), None for a caller that reads each file once."""
+    if logged is not None:
+        if key in logged:
+            return
+        logged.add(key)
+    log.info(message)
+
+
+def chosen_columns(path: str, header: list[str], text_column: str, id_column: str | None, logged: set | None = None) -> tuple[str, str | None]:
     """The (text, ID) columns of a file: the configured names, else the one column named like a text / an ID.
 
     The defaults are the official E-c names (Tweet, ID); other data sets call them text, sentence,
     id, ... in any case. A text column must be found; an ID column may be absent (row numbers).
+    A choice other than the configured names is logged (once per file, with `logged`: see `note_once`).
     """
     shown = clip(header, 200)
     texts = _matches(header, text_column, TEXT_NAMES)
@@ -119,21 +129,22 @@ def chosen_columns(path: str, header: list[str], text_column: str, id_column: st
             "and list the label columns with `data.label_columns` if the other one is not a label."
         )
     chosen = (texts[0], ids[0] if ids else None)
-    if chosen != (text_column, id_column) and (path, *chosen) not in _announced:
-        _announced.add((path, *chosen))
-        log.info(
+    if chosen != (text_column, id_column):
+        note_once(
+            logged,
+            (path, "columns", *chosen),
             f"{path}: text column '{chosen[0]}', ID column {repr(chosen[1]) if chosen[1] else 'none (row numbers)'}, every other column a label "
-            "(options `data.text_column`, `data.id_column`, `data.label_columns`)."
+            "(options `data.text_column`, `data.id_column`, `data.label_columns`).",
         )
     return chosen[0], chosen[1] if ids else id_column
 
 
-def output_columns(path: str, text_column: str, id_column: str | None) -> tuple[str, str]:
+def output_columns(path: str, text_column: str, id_column: str | None, logged: set | None = None) -> tuple[str, str]:
     """The (ID, text) column names a prediction file takes from its input table: the input's own; ID, Tweet for one text per line."""
     if is_plain_text(path, text_column):
         return "ID", "Tweet"
     header = read_header(path)
-    text, row_id = chosen_columns(path, header, text_column, id_column)
+    text, row_id = chosen_columns(path, header, text_column, id_column, logged)
     return (row_id if row_id in header else "ID"), text
 
 
@@ -194,6 +205,7 @@ def read_records(
     labels_column: str | None = None,
     label_names: list[str] | None = None,
     note_spaces: bool = True,
+    logged: set | None = None,
 ) -> tuple[list[str], Iterator[Record]]:
     """(label names, lazy records) of one file; every check of `read_table` runs as the rows go by.
 
@@ -201,16 +213,16 @@ def read_records(
     one column holding a list of label ids or names (`label_names`). With `allow_plain_text`, a .txt
     file whose first line is not a header naming `text_column` holds one text per line (see
     `plain_texts`). Tabs and line breaks inside a text become one space each, counted in one log
-    line (`note_spaces`); nothing else in a text changes. Memory stays flat, except that the
+    line (`note_spaces`; once per file with `logged`, see `note_once`); nothing else in a text changes. Memory stays flat, except that the
     duplicate-ID check keeps every ID seen (`unique_ids=False` skips it).
     """
     if not os.path.isfile(path):
         raise DataError(f"The data file '{path}' does not exist. Check the path (relative paths start at the current directory).")
     if allow_plain_text and is_plain_text(path, text_column):
-        return [], plain_texts(path, note_spaces)
+        return [], plain_texts(path, note_spaces, logged)
     header, rows = read_rows(path)
     shown = clip(header, 200)
-    text_column, id_column = chosen_columns(path, header, text_column, id_column)
+    text_column, id_column = chosen_columns(path, header, text_column, id_column, logged)
     if labels_column is not None:
         if label_columns:
             raise ConfigError(
@@ -237,7 +249,7 @@ def read_records(
         if not label_columns and not allow_plain_text:
             raise DataError(f"{where(path, 1)}: the header {shown} has no label columns. Add one 0/1 column per emotion.")
         label_names = list(label_columns)
-    return label_names, _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids, note_spaces)
+    return label_names, _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids, note_spaces, logged)
 
 
 def spaced(text: str) -> str:
@@ -245,12 +257,13 @@ def spaced(text: str) -> str:
     return LINE_BREAKS.sub(" ", text)
 
 
-def _note(path: str, count: int) -> None:
+def _note(path: str, count: int, logged: set | None) -> None:
     if count:
-        log.info(f"{path}: {count} text{'s' if count > 1 else ''} held tabs or line breaks; each was read as a space (an E-c file cannot hold them).")
+        message = f"{path}: {count} text{'s' if count > 1 else ''} held tabs or line breaks; each was read as a space (an E-c file cannot hold them)."
+        note_once(logged, (path, "spaces"), message)
 
 
-def plain_texts(path: str, note_spaces: bool = True) -> Iterator[Record]:
+def plain_texts(path: str, note_spaces: bool = True, logged: set | None = None) -> Iterator[Record]:
     """A .txt with one text per line and no header: every line is a row, blank ones included, and its ID
     is its line number, so no ID ever shifts. A blank line is predicted as an empty text."""
     count = changed = 0
@@ -261,11 +274,19 @@ def plain_texts(path: str, note_spaces: bool = True) -> Iterator[Record]:
     if not count:
         raise DataError(f"{path} holds no text: write one text per line.")
     if note_spaces:
-        _note(path, changed)
+        _note(path, changed, logged)
 
 
 def _records(
-    path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool, note_spaces: bool
+    path: str,
+    rows,
+    text_column: str,
+    id_column: str | None,
+    label_names: list[str],
+    labels_column: str | None,
+    unique_ids: bool,
+    note_spaces: bool,
+    logged: set | None,
 ) -> Iterator[Record]:
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
@@ -302,7 +323,7 @@ def _records(
     if not number:
         raise DataError(f"{path} has a header but no rows.")
     if note_spaces:
-        _note(path, changed)
+        _note(path, changed, logged)
 
 
 def file_records(
@@ -313,6 +334,7 @@ def file_records(
     unique_ids: bool = True,
     labels_column: str | None = None,
     label_names: list[str] | None = None,
+    logged: set | None = None,
 ) -> Iterator[Record]:
     """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
     return read_records(
@@ -325,6 +347,7 @@ def file_records(
         labels_column=labels_column,
         label_names=label_names,
         note_spaces=unique_ids,
+        logged=logged,
     )[1]
 
 
@@ -335,9 +358,10 @@ def read_table(
     label_columns: list[str] | None = None,
     labels_column: str | None = None,
     label_names: list[str] | None = None,
+    logged: set | None = None,
 ) -> Table:
     """Read one split whole (see `read_records` for the columns and the checks); a one-text-per-line file is `file_records`' alone."""
-    names, records = read_records(path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names)
+    names, records = read_records(path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names, logged=logged)
     ids, texts, labels = [], [], []
     for row_id, text, values in records:
         ids.append(row_id)

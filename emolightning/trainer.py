@@ -12,6 +12,8 @@ Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "1
 
 
 class EmotionTrainer(Trainer):
+    """Customize every aspect of training via flags (Lightning's Trainer)."""  # the title of the `trainer.*` options in --help
+
     def __init__(self, *args, precision: Precision | None = "auto", **kwargs) -> None:
         """Lightning's Trainer; `precision` may also be `auto`.
 
@@ -23,6 +25,25 @@ class EmotionTrainer(Trainer):
         if precision in ("auto", None):
             precision = resolve_auto(kwargs.get("accelerator", "auto"))
         super().__init__(*args, precision=precision, **kwargs)
+
+    # LightningCLI lists each command by the first docstring line of its Trainer method, and Lightning's
+    # docstrings break their first sentence across lines (`test` read "It's separated from fit to make
+    # sure you never run on your"). These only pass their arguments on, under descriptions of our own.
+    def fit(self, *args, **kwargs):
+        """Train a model, validating every epoch; ends by printing the run folder and the test and predict commands."""
+        return super().fit(*args, **kwargs)
+
+    def validate(self, *args, **kwargs):
+        """Score a checkpoint (--ckpt_path) on the validation split."""
+        return super().validate(*args, **kwargs)
+
+    def test(self, *args, **kwargs):
+        """Score a checkpoint (--ckpt_path) on the test split with the official metrics."""
+        return super().test(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """Label texts (data.predict_file) with a checkpoint (--ckpt_path) at its tuned thresholds, in an E-c file (--output)."""
+        return super().predict(*args, **kwargs)
 
 
 def resolve_auto(accelerator) -> str:

@@ -194,6 +194,32 @@ def test_prepare_data_tokenises_only_the_splits_of_the_running_stage(ec_dir, tin
     from lightning.pytorch.trainer.states import TrainerFn
 
     data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
-    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)))
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)), world_size=1)
     data.prepare_data()
     assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.pt")) == cached
+
+
+def test_a_run_describes_each_file_once_however_often_it_reads_it(tmp_path, tiny_encoder, cache_dir, caplog):
+    """fit reads the train file for the label names and again to tokenise it, and predict may read it as its input too:
+    its notes (columns chosen, texts whose line breaks became spaces) are one line each per run, and a new run says them again."""
+    import csv
+    import logging
+    from collections import Counter
+
+    def write_csv(path, rows):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "text", *LABELS])
+            writer.writerows([row_id, text.replace(" ", "\n", 1) if i % 3 == 0 else text, *gold] for i, (row_id, text, gold) in enumerate(rows))
+        return str(path)
+
+    train, dev = write_csv(tmp_path / "train.csv", make_rows(12, 4, "t")), write_csv(tmp_path / "dev.csv", make_rows(6, 5, "d"))
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.emolightning"):
+        for run in range(2):  # two runs, each tokenising (a cached split is not read again)
+            data = dm(tiny_encoder, f"{cache_dir}/{run}", train_file=train, val_file=dev, predict_file=train)
+            assert data.label_names == LABELS
+            data.prepare_data()
+            data.setup("fit")
+            data.setup("predict")
+    notes = Counter(r.getMessage() for r in caplog.records if "held tabs or line breaks" in r.getMessage() or "text column 'text'" in r.getMessage())
+    assert len(notes) == 4 and set(notes.values()) == {2}, notes

@@ -3,7 +3,9 @@ no output a user cannot act on, and a fit that ends by saying where everything w
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,11 @@ def test_help_of_python_m_names_the_program_and_every_command():
     assert proc.returncode == 0 and proc.stdout.startswith("usage: emolightning ")
     assert "{fit,validate,test,predict,score,export,report,ensemble}" in proc.stdout
     assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
+    # each command's description is a whole sentence (LightningCLI took the first line of a docstring, cut mid-sentence)
+    listing = proc.stdout[proc.stdout.index("(required)") + len("(required)") :]
+    descriptions = dict(re.findall(r"^    (\w+) +(.*?)(?=^    \w|\Z)", listing, flags=re.M | re.S))
+    assert set(descriptions) == {"fit", "validate", "test", "predict", "score", "export", "report", "ensemble"}, listing
+    assert all(" ".join(text.split()).endswith(".") for text in descriptions.values()), descriptions
 
 
 NOISE = [
@@ -91,6 +98,9 @@ NOISE = [
     "TPU available",
     "dirpath has changed",
     "Couldn't infer the batch indices",
+    "[rank: ",  # one process: Lightning's rank prefix says nothing (DDP keeps it, test_ddp.py)
+    "smaller than the logging interval",
+    "0.00it/s",  # Lightning's rate until rich has two updates of a bar
 ]
 
 
@@ -109,13 +119,22 @@ def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_a
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
     assert block[0] == f"Run folder:      {run} (config.yaml, metrics.csv, checkpoints)" and block[1] == f"Best checkpoint: {best}"
     assert block[2].startswith("  val/jaccard ") and "threshold 0.5" in block[2] and block[3].startswith("  val/tuned/jaccard ")
+    # 2 epochs of 2 batches at the quickstart's log_every_n_steps 10: each epoch still logs its training loss
+    with open(run / "metrics.csv", newline="") as f:
+        assert sorted(row["epoch"] for row in csv.DictReader(f) if row["train/loss"]) == ["0", "1"]
     test_line, predict_line = block[-2].strip(), block[-1].strip()
     assert test_line == f"emolightning test --config {run / 'config.yaml'} --ckpt_path {best}"
     texts = tmp_path / "texts.txt"
     texts.write_text("so delighted\nscared\n", encoding="utf-8")
     test = emolightning(*shlex.split(test_line)[1:])
     assert "test/jaccard" in test.stdout + test.stderr
-    predict = emolightning(*shlex.split(predict_line.replace("FILE", str(texts)).replace("predictions.txt", str(tmp_path / "pred.txt")))[1:])
+    predict = emolightning(
+        *shlex.split(predict_line.replace("FILE", str(texts)).replace("predictions.txt", str(tmp_path / "pred.txt")))[1:],
+        "--trainer.enable_progress_bar",
+        "true",
+    )
+    rate = re.search(r"Predicting .* 1/1 .* (\d+\.\d\d)it/s", predict.stdout)
+    assert rate and float(rate.group(1)) > 0, predict.stdout[-2000:]  # one batch: a real rate (Lightning's read 0.00it/s)
     assert not [word for word in NOISE if word in test.stdout + test.stderr + predict.stdout + predict.stderr]
     assert (tmp_path / "pred.txt").read_text().count("\n") == 3
     # test and predict opened no version_1: the next fit lands where the README says
