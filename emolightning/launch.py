@@ -1,8 +1,12 @@
-"""The `emolightning` entry point: answers `--version` at once, and imports the CLI (lightning, transformers) only for real work."""
+"""The `emolightning` entry point: answers `--version` and a mistyped command at once, and imports the CLI
+(lightning, transformers: seconds) only for real work."""
 
 from __future__ import annotations
 
+import difflib
 import sys
+
+from .commands import SUBCOMMANDS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,6 +16,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"emolightning {__version__}")
         return
+    if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
+        close = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
+        hint = f" Did you mean `emolightning {close[0]}`?" if close else ""
+        print(f"emolightning: {args[0]!r} is not a command; the commands are {', '.join(SUBCOMMANDS)}.{hint} `emolightning --help` describes them.", file=sys.stderr)
+        sys.exit(2)
     from .cli import main as cli_main
 
     cli_main(argv)

@@ -21,6 +21,7 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser
 
+from .commands import PLAIN_COMMANDS, SUBCOMMANDS
 from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
 
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
@@ -37,14 +38,6 @@ ALIASES = {
     "output_dir": "trainer.default_root_dir",
     "seed": "seed_everything",
 }
-# commands without a Trainer: `emolightning NAME ...` runs emolightning/NAME.py's main(argv); listed in --help
-PLAIN_COMMANDS = {
-    "score": "Official metrics of a prediction file: emolightning score PRED GOLD [--json].",
-    "export": "A Hugging Face model directory from a checkpoint: emolightning export --ckpt_path CKPT --output DIR.",
-    "report": "A table and figures comparing runs: emolightning report RUN_DIR [RUN_DIR ...] --output DIR.",
-    "ensemble": "An ensemble manifest for validate/test/predict --ckpt_path: emolightning ensemble CKPT [CKPT ...] --data_dir DIR --out ENSEMBLE.json.",
-}
-SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
 # lines of a jsonargparse Union error that only restate its structure
 NOISE = re.compile(
     r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*|Given value: .*|- Expected a <class 'NoneType'>|Did you mean .*)$"

@@ -15,13 +15,30 @@ HEAVY = ("lightning", "transformers", "datasets", "wandb", "matplotlib")
 
 def imported_after(statement: str) -> list[str]:
     """The HEAVY modules that `statement` imports, in a fresh interpreter."""
-    code = f"import sys; {statement}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys; {statement}; print(' '.join(m for m in {HEAVY!r} if sys.modules.get(m) is not None))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return done.stdout.split()
 
 
 def test_the_package_and_its_entry_point_import_nothing_heavy():
     assert imported_after("import emolightning, emolightning.launch") == []
+
+
+def test_the_cli_imports_no_tracking_data_or_plotting_library():
+    # with matplotlib installed, torchmetrics (under lightning) imports it for its optional plots; hide it
+    # as an install without the [report] extra has none, so that any import of ours fails the run
+    hide_matplotlib = (
+        "import importlib.metadata as md; real = md.version; "
+        "md.version = lambda name: (_ for _ in ()).throw(md.PackageNotFoundError(name)) if name == 'matplotlib' else real(name); "
+        "sys.modules['matplotlib'] = None"
+    )
+    assert imported_after(f"{hide_matplotlib}; import emolightning.cli") == ["lightning", "transformers"]
+
+
+def test_a_mistyped_command_is_answered_without_importing_the_cli():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "emolightning", "fitt"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "Did you mean `emolightning fit`?" in done.stderr
+    assert " lightning\n" not in done.stderr and "emolightning.cli" not in done.stderr  # -X importtime lists every import
 
 
 def test_a_public_name_is_still_importable_from_the_package():

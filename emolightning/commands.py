@@ -1,0 +1,10 @@
+"""The names of emolightning's commands: importable without lightning, so the entry point can answer at once."""
+
+# commands without a Trainer: `emolightning NAME ...` runs emolightning/NAME.py's main(argv); listed in --help
+PLAIN_COMMANDS = {
+    "score": "Official metrics of a prediction file: emolightning score PRED GOLD [--json].",
+    "export": "A Hugging Face model directory from a checkpoint: emolightning export --ckpt_path CKPT --output DIR.",
+    "report": "A table and figures comparing runs: emolightning report RUN_DIR [RUN_DIR ...] --output DIR.",
+    "ensemble": "An ensemble manifest for validate/test/predict --ckpt_path: emolightning ensemble CKPT [CKPT ...] --data_dir DIR --out ENSEMBLE.json.",
+}
+SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
