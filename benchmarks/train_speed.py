@@ -54,6 +54,7 @@ def emolightning_worker(args) -> None:
 
     from emolightning import EmotionClassifier, EmotionDataModule
     from emolightning.tables import find_split_file
+    from emolightning.trainer import EmotionTrainer  # Lightning's Trainer, plus precision `auto`
 
     init = yaml.safe_load(open(REPO / args.config))["model"]["init_args"]
     if args.lr:
@@ -74,7 +75,7 @@ def emolightning_worker(args) -> None:
         )
         L.seed_everything(42)
         model = EmotionClassifier(label_names=dm.label_names, **init)
-        trainer = L.Trainer(
+        trainer = EmotionTrainer(
             accelerator="cpu",
             devices=1,
             max_epochs=args.epochs,
@@ -91,7 +92,13 @@ def emolightning_worker(args) -> None:
         trainer.fit(model, dm)
         seconds = time.perf_counter() - start
         n = len(dm.splits["train"])
-        result = {"side": "emolightning", "n_train": n, "train_time_s": round(seconds, 3), "train_samples_per_s": round(args.epochs * n / seconds, 3)}
+        result = {
+            "side": "emolightning",
+            "precision": str(trainer.precision),
+            "n_train": n,
+            "train_time_s": round(seconds, 3),
+            "train_samples_per_s": round(args.epochs * n / seconds, 3),
+        }
         if args.eval:
             model.hparams.tune_thresholds = False
             # a fresh Trainer: the timed one has validation switched off (limit_val_batches=0)
@@ -110,7 +117,12 @@ def main() -> None:
     p.add_argument("--ours_epochs", type=int, default=None, help="emolightning's epochs, if not --epochs: time to quality, with --eval")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help="emolightning lr (default: the config's)")
-    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    p.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed", "auto"],
+        help="both sides' precision; `auto`: emolightning's shipped default (trainer.precision auto) against the Trainer script as a user writes it (fp32)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eval", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -137,7 +149,7 @@ def main() -> None:
     theirs = [sys.executable, str(HERE / "trainer_baseline.py"), "--group_by_length", "--epochs", str(args.epochs), *common]
     theirs += ["--limit_train", str(args.limit_train)] if args.limit_train else []  # 0: all rows
     theirs += [] if args.eval else ["--skip_eval"]
-    theirs += ["--bf16"] if args.precision == "bf16-mixed" else []
+    theirs += ["--bf16"] if args.precision == "bf16-mixed" else []  # auto: the Trainer script's own default, fp32
     ours += ["--eval"] if args.eval else []
 
     runs = {"emolightning": [], "trainer": []}
