@@ -64,9 +64,10 @@ def emolightning_worker(args) -> None:
             args.work,
             "--output",
             args.output,
-            "--backend",
-            args.backend,
         ]
+        # `default`: what `emolightning predict` does unasked (--backend auto, the run's precision); the
+        # named backends run as before, over fp32 (the run's config may record bf16-mixed from precision auto)
+        + ([] if args.backend == "default" else ["--backend", args.backend, "--trainer.precision", "32-true"])
     )
     seconds = time.perf_counter() - start
     n = sum(1 for _ in open(args.texts_file, encoding="utf-8"))
@@ -136,7 +137,12 @@ def main() -> None:
     p.add_argument("--pipeline_batch_size", type=int, nargs="+", default=[1, 64], help="pipeline batch sizes to compare (1: the plain loop)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", nargs="+", default=["torch", "onnx", "bf16"], help="emolightning predict backends to compare (torch: the fp32 reference)")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch", "onnx", "bf16"],
+        help="emolightning predict backends to compare (torch: the fp32 reference; default: no --backend, the shipped default)",
+    )
     for hidden in ("--worker", "--texts_file", "--export_dir", "--output", "--work", "--backend"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args()
