@@ -21,7 +21,7 @@ from emolightning.errors import ConfigError, StorageError
 from emolightning.files import check_checkpoint, write_atomically
 from emolightning.resume import AtomicCheckpointIO
 
-from helpers import predict_args, tiny_args
+from helpers import DDP, callback_option, emolightning, env_with_tests_on_path, predict_args, tiny_args
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:
@@ -181,3 +181,22 @@ def test_a_damaged_token_cache_is_rebuilt(tiny_encoder, ec_dir, tmp_path):
     dm.prepare_data()
     assert any(open(path, "rb").read() == data for path, data in good.items())  # rewritten whole
     shutil.rmtree(cache)
+
+
+@pytest.mark.slow  # two processes: ~45 s on 2 shared cores
+def test_under_ddp_every_rank_stops_when_rank_zeros_checkpoint_save_fails(tiny_encoder, ec_dir, tmp_path):
+    """Rank 0 alone writes checkpoints: when its save of last.ckpt meets a full disk, rank 1 learns of it and stops too."""
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0"]
+    args = tiny_args(tiny_encoder, ec_dir, tmp_path, *DDP, *short)
+    proc = emolightning("fit", *args, callback_option("FullDiskOnRankZero", file="last.ckpt"), check=False, env=env_with_tests_on_path())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # one paragraph from each rank: rank 1 writes into the same stderr, at the same moment (the lines may interleave)
+    messages = proc.stderr.split("emolightning: error: ")[1:]
+    assert len(messages) == 2, proc.stderr[-3000:]
+    for message in messages:
+        assert "last.ckpt'" in message and "the disk is full" in message and "MB free" in message, message
+    (best,) = glob.glob(str(tmp_path / "run" / "**" / "best-*.ckpt"), recursive=True)
+    check_checkpoint(best)  # the save before the failed one, whole
+    assert not glob.glob(str(tmp_path / "run" / "**" / "last.ckpt"), recursive=True)
+    assert not glob.glob(str(tmp_path / "run" / "**" / ".*.tmp"), recursive=True)
