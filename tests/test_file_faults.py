@@ -140,6 +140,33 @@ def test_predict_into_a_read_only_folder_keeps_the_previous_file(trained_run, tm
     assert output.read_text() == "previous predictions\n" and os.listdir(output.parent) == ["pred.txt"]
 
 
+def full_disk_for(final: str, real=os.fsync):
+    """os.fsync, except that the fsync of the temporary file of `final` (files.temporary_name) meets a full disk."""
+    temporary = os.path.basename(files.temporary_name(final))
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == temporary:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    return fsync
+
+
+@pytest.mark.parametrize("suffix", ["", ".counts"])
+def test_a_prediction_part_on_a_full_disk_is_not_left_half_written(trained_run, tmp_path, capsys, monkeypatch, suffix):
+    """Rank 0's part file of the predictions (its rows; `.counts`: how many), which the merge reads, meets a full disk."""
+    output = tmp_path / "out" / "pred.txt"
+    output.parent.mkdir()
+    output.write_text("previous predictions\n")
+    part = str(output.parent / ".pred.txt.part0.tmp") + suffix
+    monkeypatch.setattr(files.os, "fsync", full_disk_for(part))
+    code, err = run_main(predict_args(trained_run, tmp_path, "--output", str(output)), capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{part}'" in line and "the disk is full" in line
+    assert output.read_text() == "previous predictions\n" and os.listdir(output.parent) == ["pred.txt"]  # no part, half or whole
+
+
 def test_fit_on_a_full_disk_stops_and_keeps_the_epoch_before(tiny_encoder, ec_dir, tmp_path, capsys, monkeypatch):
     saves = []
     real = files.os.fsync
