@@ -227,3 +227,38 @@ def test_under_ddp_every_rank_stops_when_rank_zeros_checkpoint_save_fails(tiny_e
     check_checkpoint(best)  # the save before the failed one, whole
     assert not glob.glob(str(tmp_path / "run" / "**" / "last.ckpt"), recursive=True)
     assert not glob.glob(str(tmp_path / "run" / "**" / ".*.tmp"), recursive=True)
+
+
+FOLDER_DAMAGE = {
+    "weights cut short": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]), "model.safetensors is cut short"),
+    "weights empty": (lambda d: (d / "model.safetensors").write_bytes(b""), "too short for a safetensors file"),
+    "weights missing": (lambda d: (d / "model.safetensors").unlink(), "holds no weights"),
+    "config missing": (lambda d: (d / "config.json").unlink(), "no config.json"),
+    "config cut short": (lambda d: (d / "config.json").write_text('{"model_type": "be'), "config.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLDER_DAMAGE))
+def test_a_damaged_model_folder_is_named_by_the_encoder_and_the_teacher_loaders(tiny_encoder, tmp_path, case):
+    """A model folder (an export, a save_pretrained copy) read as the encoder or a distillation teacher; nothing in it is altered."""
+    from emolightning.distill import Teacher
+    from emolightning.encoders import load_encoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_encoder, folder)
+    damage, words = FOLDER_DAMAGE[case]
+    damage(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for load, option in ((load_encoder, "model.init_args.encoder"), (Teacher, "model.init_args.teacher")):
+        with pytest.raises(ConfigError) as caught:
+            load(str(folder))
+        assert f"'{folder}' (option {option})" in str(caught.value) and words in str(caught.value), str(caught.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_damaged_teacher_checkpoint_is_named(trained_run, tmp_path):
+    from emolightning.distill import Teacher
+
+    path, words = damaged_checkpoints(trained_run["ckpt"], tmp_path)["truncated"]
+    with pytest.raises(ConfigError, match=f"'{path}' \\(option model.init_args.teacher\\).*{words}"):
+        Teacher(str(path))
