@@ -11,6 +11,7 @@ import errno
 import glob
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,47 @@ def test_a_damaged_teacher_checkpoint_is_named(trained_run, tmp_path):
     path, words = damaged_checkpoints(trained_run["ckpt"], tmp_path)["truncated"]
     with pytest.raises(ConfigError, match=f"'{path}' \\(option model.init_args.teacher\\).*{words}"):
         Teacher(str(path))
+
+
+def copied_run(trained_run, tmp_path) -> Path:
+    """A copy of conftest's trained run (config, metrics, checkpoints, val_probs.npz), without its report."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["config"].parent, run, ignore=shutil.ignore_patterns("report"))
+    return run
+
+
+RECORD_DAMAGE = {  # file in the run -> (new content, what the message says)
+    "metrics.csv": (b"epoch,step\n0,\x00\x00\x00", "not a CSV file of numbers"),
+    "config.yaml": (b"model:\n  init_args: {encoder: [\n", "not valid YAML"),
+    "hparams.yaml": (b"- just\n- a list\n", "holds a list"),
+    "checkpoints/test_scores.json": (b'{"checkpoint": "best-0-2.ckpt", "sco', "not the JSON of test scores"),
+    "checkpoints/val_probs.npz": (None, "not a complete .npz archive"),  # None: the file cut in half
+}
+
+
+@pytest.mark.parametrize("record", sorted(RECORD_DAMAGE))
+def test_report_of_a_damaged_run_record_names_it_and_alters_nothing(trained_run, tmp_path, capsys, record):
+    run = copied_run(trained_run, tmp_path)
+    content, words = RECORD_DAMAGE[record]
+    path = run / record
+    path.write_bytes(content if content is not None else path.read_bytes()[: path.stat().st_size // 2])
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_main(["report", str(run), "--output", str(tmp_path / "out")], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{path}' cannot be read" in line and words in line, line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("errnum, reason", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
+def test_a_report_that_cannot_be_written_keeps_the_previous_one(trained_run, tmp_path, capsys, monkeypatch, errnum, reason):
+    run, out = copied_run(trained_run, tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("the previous report\n")
+    target = str(out / "report.md")
+    monkeypatch.setattr(files.os, "replace", failing(os.replace, errnum, lambda src, dst: str(dst) == target))
+    code, err = run_main(["report", str(run), "--output", str(out)], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{target}'" in line and reason in line and "MB" in line, line
+    assert (out / "report.md").read_text() == "the previous report\n" and os.listdir(out) == ["report.md"]
