@@ -19,7 +19,7 @@ import torch
 from emolightning import files
 from emolightning.cli import main
 from emolightning.errors import ConfigError, StorageError
-from emolightning.files import check_checkpoint, write_atomically
+from emolightning.files import check_checkpoint, check_model_folder, write_atomically
 from emolightning.resume import AtomicCheckpointIO
 
 from helpers import DDP, callback_option, emolightning, env_with_tests_on_path, predict_args, tiny_args
@@ -307,3 +307,30 @@ def test_a_report_that_cannot_be_written_keeps_the_previous_one(trained_run, tmp
     line = one_paragraph(err)
     assert f"'{target}'" in line and reason in line and "MB" in line, line
     assert (out / "report.md").read_text() == "the previous report\n" and os.listdir(out) == ["report.md"]
+
+
+def failing_mkdir(errnum: int, prefix: str, real=os.mkdir):
+    def mkdir(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(prefix):
+            raise OSError(errnum, os.strerror(errnum))
+        return real(path, *args, **kwargs)
+
+    return mkdir
+
+
+@pytest.mark.parametrize("fault", ["full disk", "read-only"])
+def test_an_export_that_cannot_be_written_keeps_the_previous_export(trained_run, tmp_path, capsys, monkeypatch, fault):
+    out = tmp_path / "export"
+    main(["export", "--ckpt_path", str(trained_run["ckpt"]), "--output", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    if fault == "full disk":  # the weights meet it
+        monkeypatch.setattr(files.os, "fsync", failing(os.fsync, errno.ENOSPC, lambda fd: os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors")))
+    else:
+        monkeypatch.setattr(files.os, "mkdir", failing_mkdir(errno.EROFS, ".export.partial-"))
+    code, err = run_main(["export", "--ckpt_path", str(trained_run["ckpt"]), "--output", str(out), "--overwrite"], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{out}'" in line and ("the disk is full" if fault == "full disk" else "read-only") in line and "MB" in line, line
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and sorted(os.listdir(tmp_path)) == ["export"]
+    check_model_folder(str(out), "--output")  # still loads
