@@ -187,7 +187,8 @@ def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
         **(extra or {}),
     }
     os.makedirs(folder, exist_ok=True)
-    write_atomically(manifest.path, lambda f: json.dump(data, f, indent=1), "w", encoding="utf-8")
+    text = json.dumps(data, indent=1)
+    write_atomically(manifest.path, lambda f: f.write(text), "w", needed=len(text.encode()), encoding="utf-8")
 
 
 def is_manifest(path) -> bool:

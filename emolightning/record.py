@@ -107,6 +107,7 @@ def save_val_probs(path: str, probs: torch.Tensor, target: torch.Tensor, thresho
             epoch=np.array(epoch),
             step=np.array(step),
         ),
+        needed=probs.numel() * 5 + thresholds.numel() * 4,  # uncompressed: float32 probabilities, uint8 labels
     )
 
 

@@ -334,3 +334,66 @@ def test_an_export_that_cannot_be_written_keeps_the_previous_export(trained_run,
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and sorted(os.listdir(tmp_path)) == ["export"]
     check_model_folder(str(out), "--output")  # still loads
+
+
+def manifest_writer(trained_run, folder: Path):
+    from emolightning import ensemble as ens
+
+    labels = torch.load(trained_run["ckpt"], weights_only=True, mmap=True)["hyper_parameters"]["label_names"]
+    path = str(folder / "ensemble.json")
+
+    def write(threshold: float) -> None:
+        ens.write_manifest(ens.Manifest(path, [ens.Member(str(trained_run["ckpt"]), 1.0, "tiny", 64)], labels, [threshold] * len(labels), "global", 0.5))
+
+    return path, write, lambda: ens.read_manifest(path).thresholds[0]
+
+
+def val_probs_writer(trained_run, folder: Path):
+    from emolightning.record import load_val_probs, save_val_probs
+
+    path = str(folder / "val_probs.npz")
+
+    def write(threshold: float) -> None:
+        save_val_probs(path, torch.rand(41, 11), torch.zeros(41, 11), torch.full((11,), threshold), [f"l{i}" for i in range(11)], 0, 2)
+
+    return path, write, lambda: float(load_val_probs(path)["thresholds"][0])
+
+
+WRITERS = {"manifest": manifest_writer, "val_probs": val_probs_writer}
+FAULTS = {"full disk": (errno.ENOSPC, "the disk is full"), "read-only": (errno.EROFS, "read-only")}
+
+
+def inject(monkeypatch, fault: str, final: str) -> None:
+    """A full disk when the temporary file of `final` is flushed (fsync), or a read-only folder when it is renamed into place."""
+    if fault == "full disk":
+        monkeypatch.setattr(files.os, "fsync", full_disk_for(final))
+    else:
+        monkeypatch.setattr(files.os, "replace", failing(os.replace, errno.EROFS, lambda src, dst: str(dst) == final))
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_file_that_cannot_be_written_leaves_the_previous_one_loadable(trained_run, tmp_path, monkeypatch, writer, fault):
+    path, write, read_back = WRITERS[writer](trained_run, tmp_path)
+    write(0.25)
+    inject(monkeypatch, fault, path)
+    with pytest.raises(StorageError) as caught:
+        write(0.75)
+    message = str(caught.value)
+    assert f"'{path}'" in message and FAULTS[fault][1] in message and "MB free" in message and "\n" not in message, message
+    monkeypatch.undo()
+    assert read_back() == 0.25 and os.listdir(tmp_path) == [os.path.basename(path)]  # the previous file, whole; no temporary file
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_token_cache_that_cannot_be_written_is_absent_not_half(tiny_encoder, ec_dir, tmp_path, monkeypatch, fault):
+    from emolightning.data import EmotionDataModule
+
+    cache = tmp_path / "cache"
+    dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(cache))
+    final = dm._cache_path("train", dm.split_source("train"))
+    inject(monkeypatch, fault, final)
+    with pytest.raises(StorageError) as caught:
+        dm.prepare_data()
+    assert f"'{final}'" in str(caught.value) and FAULTS[fault][1] in str(caught.value) and "MB free" in str(caught.value)
+    assert os.listdir(cache) == []
