@@ -397,3 +397,24 @@ def test_a_token_cache_that_cannot_be_written_is_absent_not_half(tiny_encoder, e
         dm.prepare_data()
     assert f"'{final}'" in str(caught.value) and FAULTS[fault][1] in str(caught.value) and "MB free" in str(caught.value)
     assert os.listdir(cache) == []
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short"])
+def test_a_damaged_onnx_file_is_named(tmp_path, damage):
+    pytest.importorskip("onnxruntime")
+    from emolightning.inference import export_onnx, onnx_session
+
+    class Sums(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids, attention_mask):
+            return (input_ids * attention_mask).float().unsqueeze(-1) * self.scale
+
+    path = export_onnx(Sums(), str(tmp_path / "model.onnx"), "out")
+    onnx_session(path)  # the whole file loads
+    data = open(path, "rb").read()
+    open(path, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=f"The ONNX file '{path}' cannot be loaded .*cut short"):
+        onnx_session(path)
