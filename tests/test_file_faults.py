@@ -418,3 +418,21 @@ def test_a_damaged_onnx_file_is_named(tmp_path, damage):
     open(path, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
     with pytest.raises(ConfigError, match=f"The ONNX file '{path}' cannot be loaded .*cut short"):
         onnx_session(path)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("name", ["last.ckpt", "best-1-4.ckpt"])
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_loadable(trained_run, tmp_path, monkeypatch, name, fault):
+    """What `fit` saves through AtomicCheckpointIO (last.ckpt rewritten under its name, a best checkpoint beside the earlier one)."""
+    previous = tmp_path / "last.ckpt"
+    shutil.copy(trained_run["ckpt"], previous)
+    checkpoint = torch.load(trained_run["ckpt"], weights_only=True, map_location="cpu")
+    path = str(tmp_path / name)
+    inject(monkeypatch, fault, path)
+    with pytest.raises(StorageError) as caught:
+        AtomicCheckpointIO().save_checkpoint({**checkpoint, "epoch": 1}, path)
+    message = str(caught.value)
+    assert f"'{path}'" in message and FAULTS[fault][1] in message and "MB free" in message, message
+    monkeypatch.undo()
+    check_checkpoint(str(previous))
+    assert previous.read_bytes() == trained_run["ckpt"].read_bytes() and os.listdir(tmp_path) == ["last.ckpt"]
