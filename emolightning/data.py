@@ -9,6 +9,7 @@ A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -286,7 +287,9 @@ class EmotionDataModule(L.LightningDataModule):
             os.makedirs(self.cache_dir, exist_ok=True)
             # multi-node: each node's rank 0 may write into one shared cache dir; the temporary name
             # holds the host name too, since containers often give every node the same pid
-            write_atomically(path, lambda f: torch.save(data, f))  # a reader never sees half a cache file
+            serialized = io.BytesIO()  # first in memory: a full disk's message can say how much the file needs
+            torch.save(data, serialized)
+            write_atomically(path, lambda f: f.write(serialized.getbuffer()), needed=serialized.tell())  # a reader never sees half a cache file
         return data
 
     def prepare_data(self) -> None:

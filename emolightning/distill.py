@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .ensemble import average_logits
 from .errors import ConfigError
+from .files import check_checkpoint, check_model_folder
 from .losses import hidden_cosine_loss, soft_target_loss
 from .model import EmotionClassifier
 
@@ -82,6 +83,7 @@ class Teacher(nn.Module):
                     "teacher first (e.g. `emolightning fit --config configs/semeval/minilm-l6.yaml`) and pass its checkpoint "
                     "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
                 )
+            check_checkpoint(source, "model.init_args.teacher")  # a damaged file stops here, named, not in torch's zip reader
             classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
             self.classifier, self.pooling = classifier, classifier.hparams.pooling
             self.label_names: list[str] | None = classifier.label_names
@@ -89,6 +91,8 @@ class Teacher(nn.Module):
         else:
             from transformers import AutoModelForSequenceClassification
 
+            if os.path.isdir(resolve_encoder(source)):
+                check_model_folder(resolve_encoder(source), "model.init_args.teacher")
             try:
                 self.model = AutoModelForSequenceClassification.from_pretrained(resolve_encoder(source))
             except (OSError, ValueError) as err:

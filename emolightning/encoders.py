@@ -11,6 +11,7 @@ import os
 from functools import lru_cache
 
 from .errors import ConfigError
+from .files import check_model_folder
 from .packs import FolderPack, SplitZipPack
 
 BUNDLED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -63,8 +64,11 @@ def load_encoder(name: str):
     """`AutoModel.from_pretrained` with the offline-first name resolution and a clear error."""
     from transformers import AutoModel
 
+    path = resolve_encoder(name)
+    if os.path.isdir(path):  # a damaged folder stops here, named, not in safetensors' header reader
+        check_model_folder(path, "model.init_args.encoder")
     try:
-        return AutoModel.from_pretrained(resolve_encoder(name))
+        return AutoModel.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise _load_failed(name, "weights", err) from err
 

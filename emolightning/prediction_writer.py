@@ -15,13 +15,14 @@ from __future__ import annotations
 import heapq
 import json
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .errors import DataError
-from .files import atomic_open, named_write_errors
+from .errors import DataError, StorageError
+from .files import atomic_open, remove_quietly, write_atomically
 from .stream import PredictStream
 
 # the official files are tab-separated without quoting: these characters cannot appear in a field
@@ -37,13 +38,20 @@ class PredictionFileWriter(BasePredictionWriter):
         chunk is complete, so memory stays flat however long the input. Under multi-node DDP the
         output directory must be one that every node sees.
 
+        Each part is written atomically too (files.atomic_open: a temporary file renamed to the
+        part's name once complete), so rank 0 never merges half a part. Under several processes a
+        rank whose part cannot be written (a full disk) keeps the error until the end of the epoch
+        and meets the others at the barrier there, so every rank stops instead of waiting for it.
+
         Args:
             output: Path of the file to write.
             probabilities: Also write each label's probability, in columns `p_<label>`.
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities = output, probabilities
-        self.part = None  # this rank's part file, open while predicting
+        self.part = None  # this rank's part file (its temporary file until complete), open while predicting
+        self.writing = ExitStack()  # the atomic write of the part
+        self.error: StorageError | None = None  # this rank's failed write, raised once every rank has met at the end
 
     def _beside_output(self, tag: str) -> str:
         directory, name = os.path.split(os.path.abspath(self.output))
@@ -54,9 +62,10 @@ class PredictionFileWriter(BasePredictionWriter):
         if not isinstance(self.stream, PredictStream):
             raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
         os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
-        part = self._beside_output(f"part{trainer.global_rank}")
-        with named_write_errors(part):
-            self.part = open(part, "w", encoding="utf-8", newline="\n")
+        self.part_path, self.several = self._beside_output(f"part{trainer.global_rank}"), trainer.world_size > 1
+        self.writing, self.error, self.part = ExitStack(), None, None
+        with self._kept_if_several():
+            self.part = self.writing.enter_context(atomic_open(self.part_path, "w", encoding="utf-8", newline="\n"))
         self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
         self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 
@@ -78,50 +87,76 @@ class PredictionFileWriter(BasePredictionWriter):
             rows = self.pending.get(self.next_chunk, [])
             if len(rows) < self.stream.rows_in_chunk(self.next_chunk) and not everything:
                 return
-            with named_write_errors(self.part.name):
-                for index, line in sorted(rows):
-                    self.part.write(f"{index}\t{line}\n")
+            if self.part is not None:
+                with self._kept_if_several():
+                    for index, line in sorted(rows):
+                        self.part.write(f"{index}\t{line}\n")
             self.rows += len(rows)
             self.pending.pop(self.next_chunk, None)
             self.next_chunk += 1
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
-        with named_write_errors(self.part.name):
-            self.part.close()
-        # the counts travel in a file beside the part, not through a collective: NCCL reduces only
-        # GPU tensors, and a file needs no device at all
-        with named_write_errors(f"{self.part.name}.counts"), open(f"{self.part.name}.counts", "w") as f:
-            json.dump([self.rows, self.truncated, self.unsafe], f)
+        with self._kept_if_several():
+            self.part = None
+            self.writing.close()  # fsync, then the part gets its name
+            # the counts travel in a file beside the part, not through a collective: NCCL reduces only
+            # GPU tensors, and a file needs no device at all
+            if self.error is None:
+                write_atomically(f"{self.part_path}.counts", lambda f: json.dump([self.rows, self.truncated, self.unsafe], f), "w")
         trainer.strategy.barrier("prediction parts written")
-        error = None
-        if trainer.is_global_zero:
+        error = self.error
+        if trainer.is_global_zero and error is None:
             try:
                 self.merge(trainer.world_size, pl_module.label_names)
             except Exception as exc:  # every rank must learn of it, or the others wait for the next collective until a timeout
                 error = exc
-        failed = trainer.strategy.broadcast(None if error is None else str(error), src=0)
+        failed = trainer.strategy.broadcast(None if error is None or not trainer.is_global_zero else str(error), src=0)
         self.stream = self.pending = None
+        if self.error is not None:
+            self._remove_part()
         if error is not None:
             raise error
         if failed is not None:
             raise DataError(f"Rank 0 could not write the prediction file {self.output}: {failed}")
-        self.part = None
+
+    @contextmanager
+    def _kept_if_several(self):
+        """A failed write of the part: its temporary file goes, and the StorageError is raised at once by a single process,
+        kept until the barrier at the end of the epoch under several (a rank that stopped early would leave the others waiting there)."""
+        try:
+            try:
+                yield
+            except OSError as err:  # from writing the part: the atomic write removes its temporary file and names the fault
+                self.part = None
+                if not self.writing.__exit__(type(err), err, err.__traceback__):
+                    raise
+        except StorageError as err:
+            if not self.several:
+                raise
+            self.part, self.error = None, self.error or err
+
+    def _remove_part(self) -> None:
+        for path in (self.part_path, f"{self.part_path}.counts"):
+            remove_quietly(path)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if self.part is not None:  # a failed run leaves no part file behind
-            self.part.close()
-            for path in (self.part.name, f"{self.part.name}.counts"):
-                if os.path.exists(path):
-                    os.remove(path)
-            self.part = None
+        # a failed run leaves no part file behind: the temporary one goes with the atomic write, a complete one here
+        self.part = None
+        try:
+            self.writing.__exit__(type(exception), exception, exception.__traceback__)
+        except Exception:  # the run stops with `exception` already; this is cleanup only
+            pass
+        if getattr(self, "part_path", None):
+            self._remove_part()
 
     def merge(self, world_size: int, label_names: list[str]) -> None:
         parts = [self._beside_output(f"part{rank}") for rank in range(world_size)]
         counts = [f"{part}.counts" for part in parts]
         if missing := [p for p in parts + counts if not os.path.exists(p)]:
             raise DataError(
-                f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: on several nodes, --output must be on a filesystem that every node shares."
+                f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: a rank that could not write its part says so in its "
+                "own message; otherwise, on several nodes, --output must be on a filesystem that every node shares."
             )
         rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
         header = [*self.stream.columns, *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 
 import lightning as L
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from .ensemble import EnsembleClassifier
+from .errors import DataError
 from .files import write_atomically
 from .model import EmotionClassifier
 
@@ -105,15 +107,27 @@ def save_val_probs(path: str, probs: torch.Tensor, target: torch.Tensor, thresho
             epoch=np.array(epoch),
             step=np.array(step),
         ),
+        needed=probs.numel() * 5 + thresholds.numel() * 4,  # uncompressed: float32 probabilities, uint8 labels
     )
 
 
 def load_val_probs(path: str) -> dict:
     """`val_probs.npz` as a dict: probs (N, L), target (N, L), thresholds (L,), label_names, epoch, step."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    out["label_names"] = [str(n) for n in out["label_names"]]
-    out["epoch"], out["step"] = int(out["epoch"]), int(out["step"])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+        out["label_names"] = [str(n) for n in out["label_names"]]
+        out["epoch"], out["step"] = int(out["epoch"]), int(out["step"])
+        missing = [k for k in ("probs", "target", "thresholds") if k not in out]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # cut short, empty, another file, or fields missing
+        what = f"it lacks {err}" if isinstance(err, KeyError) else f"it is not a complete .npz archive ({type(err).__name__}: {str(err)[:120]})"
+        raise DataError(
+            f"The validation outputs '{path}' cannot be read: {what}. They are written by `emolightning fit` at each new best epoch and "
+            "cannot be rebuilt without training again; nothing was changed. Copy the file again from the original run if there is one, "
+            "or move it out of the checkpoints folder (the report then leaves out the F1-against-threshold figure and the tuned per-label F1)."
+        ) from None
     return out
 
 

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from .errors import ConfigError, DataError
+from .files import atomic_open, write_atomically
 from .metrics import official_scores
 from .record import TEST_SCORES_FILE, VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
 from .tracking import CSVLogger, TensorBoardLogger, WandbLogger, log_report_to_wandb
@@ -83,17 +84,42 @@ def _number(text: str):
     return value if math.isfinite(value) else None
 
 
+def damaged_record(path: Path, what: str) -> DataError:
+    """The one-paragraph error for a run record (metrics.csv, config.yaml, hparams.yaml, test_scores.json) that cannot be read."""
+    return DataError(
+        f"The run record '{path}' cannot be read: {what}. It was cut short or damaged (a job killed while writing it, a disk that filled, "
+        "an interrupted copy); nothing was changed. Copy it again from the original run if there is one, or move it out of the run "
+        "folder (the report then leaves out what it holds) and run `emolightning report` again."
+    )
+
+
 def read_metrics(path: Path) -> list[dict]:
     """metrics.csv of Lightning's CSVLogger: one dict per row, only the cells that hold a number."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: v for k, v in ((k, _number(v or "")) for k, v in row.items() if k) if v is not None} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: v for k, v in ((k, _number(v or "")) for k, v in row.items() if k) if v is not None} for row in csv.DictReader(f)]
+    except (csv.Error, ValueError) as err:  # binary bytes (UnicodeDecodeError), a cell that is not a number
+        raise damaged_record(path, f"it is not a CSV file of numbers ({type(err).__name__}: {str(err)[:120]!r})") from None
 
 
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise damaged_record(path, f"it is not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    if not isinstance(data, dict):
+        raise damaged_record(path, f"it holds a {type(data).__name__}, not the mapping of options a run saves")
+    return data
+
+
+def read_test_scores(path: Path) -> dict:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["scores"])
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged_record(path, f"it is not the JSON of test scores `emolightning test` writes ({type(err).__name__})") from None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -174,7 +200,7 @@ def test_rows(path: Path, ckpt_dir: Path) -> list[dict]:
     """Test metrics of the run: test_scores.json beside its checkpoints (record.TestScores), its own metrics.csv,
     or, from older code, `emolightning test` runs (siblings) of its checkpoints."""
     if (ckpt_dir / TEST_SCORES_FILE).is_file():
-        return [json.loads((ckpt_dir / TEST_SCORES_FILE).read_text(encoding="utf-8"))["scores"]]
+        return [read_test_scores(ckpt_dir / TEST_SCORES_FILE)]
     own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
     if own:
         return own
@@ -284,8 +310,12 @@ def markdown(runs: list[Run]) -> str:
     )
 
 
+def write_text(path: Path, text: str) -> None:
+    write_atomically(str(path), lambda f: f.write(text), "w", needed=len(text.encode()), encoding="utf-8")
+
+
 def write_csv(runs: list[Run], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(str(path), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([k for k, _ in COLUMNS])
         writer.writerows([["" if run.row[k] is None else run.row[k] for k, _ in COLUMNS] for run in runs])
@@ -319,21 +349,22 @@ def write_report(run_dirs: list[str | Path], output: str | Path, figures: bool =
     set_labels(runs)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "report.md").write_text(markdown(runs), encoding="utf-8")
+    # each file atomically: a full disk or a read-only folder stops with the path, and the previous report stays whole
+    write_text(output / "report.md", markdown(runs))
     write_csv(runs, output / "report.csv")
     drawn = []
     if figures:
         from .figures import draw_all
 
         drawn = draw_all(runs, output)
-        (output / "report.html").write_text(html_page(runs, drawn, output), encoding="utf-8")
+        write_text(output / "report.html", html_page(runs, drawn, output))
     sidecar = {
         "runs": [{"label": r.label, "path": str(r.path), "not_recorded": r.missing} for r in runs],
         "table": {"markdown": "report.md", "csv": "report.csv"},
         "html": "report.html" if figures else None,
         "figures": drawn,
     }
-    (output / "report.json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
+    write_text(output / "report.json", json.dumps(sidecar, indent=2))
     return runs, sidecar
 
 

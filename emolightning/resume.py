@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from .compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .files import write_atomically
 
 # where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
@@ -77,9 +77,42 @@ def checkpoint_bytes(checkpoint: dict) -> int:
 
 
 def use_atomic_checkpoint_io(trainer) -> None:
-    """Give the trainer's strategy `AtomicCheckpointIO` unless it was configured with another CheckpointIO."""
+    """Give the trainer's strategy `AtomicCheckpointIO` unless it was configured with another CheckpointIO, and have every
+    rank stop when a checkpoint save fails (`stop_every_rank_on_a_failed_save`)."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    stop_every_rank_on_a_failed_save(trainer.strategy)
+
+
+def stop_every_rank_on_a_failed_save(strategy) -> None:
+    """After each checkpoint save, rank 0 tells every rank whether it failed; then each raises the same StorageError.
+
+    Lightning writes a checkpoint on rank 0 alone (`Strategy.save_checkpoint`, through the checkpoint
+    IO) and the other ranks wait for it in a barrier. A save that fails (a full disk, a read-only
+    folder) used to stop rank 0 only: the others crashed with gloo's "Connection closed by peer"
+    traceback or, under NCCL, waited for the collective's timeout (30 minutes by default). One
+    broadcast of a short message per save, on every rank, makes them all stop at once, with the
+    one paragraph rank 0 has. `save_checkpoint` is a public method that every rank calls (via
+    `Trainer.save_checkpoint`), so wrapping the strategy's own keeps any strategy's saving as it is.
+    """
+    save = strategy.save_checkpoint
+
+    def save_checkpoint(checkpoint, filepath, storage_options=None) -> None:
+        if strategy.world_size <= 1:  # known only once the processes are started
+            return save(checkpoint, filepath, storage_options=storage_options)
+        error = None
+        try:
+            save(checkpoint, filepath, storage_options=storage_options)
+        except Exception as err:  # a bug keeps its traceback on rank 0; the other ranks still stop, named
+            error = err
+        failed = strategy.broadcast(None if error is None else (isinstance(error, StorageError), str(error)), src=0)
+        if error is not None:
+            raise error
+        if failed is not None:
+            storage, message = failed
+            raise StorageError(message) if storage else RuntimeError(f"Rank 0 could not save the checkpoint {filepath}: {message}")
+
+    strategy.save_checkpoint = save_checkpoint
 
 
 class LastCheckpoint(ModelCheckpoint):

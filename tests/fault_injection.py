@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -108,3 +109,26 @@ class RecordTeacher(Callback):
             {"rows": self.rows, "seen": self.seen, "cache": None if pl_module._teacher_logits is None else pl_module._teacher_logits.cpu()},
             self.path.format(rank=trainer.global_rank),
         )
+
+
+class FullDiskOnRankZero(Callback):
+    def __init__(self, file: str):
+        """On rank 0 only, make every save of a file whose name contains `file` meet a full disk (ENOSPC from fsync, as a
+        filling disk gives it), as on a cluster where rank 0 writes the checkpoints to a disk that the others do not.
+
+        Args:
+            file: Part of the file name whose saves fail, e.g. `last.ckpt`.
+        """
+        self.file = file
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        real, name = os.fsync, self.file
+
+        def fsync(fd):
+            if name in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd)
+
+        os.fsync = fsync

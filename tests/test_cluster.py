@@ -51,7 +51,9 @@ class Trainer:
 def rank_predicts(tmp_path: Path, rank: int, world_size: int, rows: list[tuple[str, str]], from_rank_zero=None, write_part: bool = True):
     """One rank's PredictionFileWriter over `rows` (batches of 2, one chunk), with predictions made up here."""
     stream = PredictStream(lambda: iter([(i, t, None) for i, t in rows]), len(rows), "unused", 64, 2, 8, rank, world_size)
-    writer, strategy = PredictionFileWriter(str(tmp_path / "pred.txt")), NcclLikeStrategy(rank, from_rank_zero)
+    # write_part=False: as if the rank ran on another node, whose disk (here another folder) rank 0 cannot see
+    folder = tmp_path if write_part else tmp_path / "other-node"
+    writer, strategy = PredictionFileWriter(str(folder / "pred.txt")), NcclLikeStrategy(rank, from_rank_zero)
     trainer, module = Trainer(rank, world_size, strategy, stream), type("Module", (), {"label_names": LABELS})()
     writer.on_predict_epoch_start(trainer, module)
     for b in range(rank, stream.num_batches, world_size):
@@ -59,10 +61,6 @@ def rank_predicts(tmp_path: Path, rank: int, world_size: int, rows: list[tuple[s
         preds = torch.tensor([[k % 2] * len(LABELS) for k in members], dtype=torch.uint8)
         batch = {"chunk": 0, "ids": [rows[k][0] for k in members], "texts": [rows[k][1] for k in members], "truncated": 0}
         writer.write_on_batch_end(trainer, module, {"preds": preds, "probs": preds.float(), "index": torch.tensor(members)}, None, batch, b, 0)
-    if not write_part:  # as if the rank ran on another node whose disk rank 0 cannot see
-        writer.part.close()
-        os.remove(writer.part.name)
-        writer.part = open(tmp_path / "elsewhere.tmp", "w")
     return writer, trainer, module
 
 
@@ -90,6 +88,35 @@ def test_predict_end_uses_no_tensor_collective_and_a_merge_failure_reaches_every
         one[0].on_predict_epoch_end(one[1], one[2])
     assert zero[1].strategy.calls == one[1].strategy.calls == [("barrier", "prediction parts written"), ("broadcast", 0)]
     assert not (tmp_path / "pred.txt").exists()
+
+
+def test_a_rank_whose_part_meets_a_full_disk_reaches_the_barrier_and_every_rank_stops(tmp_path, monkeypatch):
+    import errno
+
+    from emolightning import files
+    from emolightning.errors import StorageError
+
+    rows = [(f"id{k}", f"text {k}") for k in range(7)]
+    (tmp_path / "pred.txt").write_text("previous\n")
+    part = str(tmp_path / ".pred.txt.part1.tmp")
+    real = os.fsync
+
+    def fsync(fd):  # rank 1's part, complete but for its fsync, meets a full disk
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == os.path.basename(files.temporary_name(part)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    # rank 1 ends first, as it would in the barrier's wait (what rank 0 broadcasts after it does not change its own error)
+    one = rank_predicts(tmp_path, 1, 2, rows, from_rank_zero="Rank 0 cannot see the prediction part file(s)")
+    with pytest.raises(StorageError, match=f"Could not write '{part}': the disk is full"):  # its own paragraph, after the barrier
+        one[0].on_predict_epoch_end(one[1], one[2])
+    zero = rank_predicts(tmp_path, 0, 2, rows)
+    with pytest.raises(DataError, match="cannot see the prediction part file.*could not write its part") as raised:
+        zero[0].on_predict_epoch_end(zero[1], zero[2])
+    zero[0].on_exception(zero[1], zero[2], raised.value)  # what Lightning calls next
+    assert zero[1].strategy.calls == one[1].strategy.calls == [("barrier", "prediction parts written"), ("broadcast", 0)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.txt"] and (tmp_path / "pred.txt").read_text() == "previous\n"
 
 
 def test_hub_label_names_are_read_by_local_rank_zero_only_and_shared(tmp_path, monkeypatch):

@@ -265,6 +265,36 @@ def test_bad_input_is_one_paragraph_naming_the_file_and_the_fix(members, tiny_en
     assert "predicts the labels" in err and "data.label_columns" in err
 
 
+DAMAGED = {
+    "member cut short": ("member", lambda data: data[: len(data) // 2], "the member checkpoint 'a.ckpt'", "not a zip archive"),
+    "member empty": ("member", lambda data: b"", "the member checkpoint 'a.ckpt'", "empty (0 bytes)"),
+    "manifest cut short": ("manifest", lambda data: data[: len(data) // 2], "e.json, line", "not valid JSON"),
+    "manifest empty": ("manifest", lambda data: b"", "e.json, line 1", "not valid JSON"),
+    "manifest without thresholds": (
+        "manifest",
+        lambda data: data.replace(b'"thresholds"', b'"thresholdz"'),
+        "not a complete ensemble manifest",
+        "'thresholds'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_manifest_or_member_is_named_before_any_member_loads(members, tiny_encoder, ec_dir, tmp_path, capsys, case):
+    which, damage, names, words = DAMAGED[case]
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    shutil.copy(members["a"], folder / "a.ckpt")
+    manifest = ens.Manifest(str(folder / "e.json"), [ens.Member(str(folder / "a.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5)
+    ens.write_manifest(manifest)
+    damaged = folder / ("a.ckpt" if which == "member" else "e.json")
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    err = error_of(["predict", *tiny_args(tiny_encoder, ec_dir, tmp_path), "--ckpt_path", manifest.path, "--output", str(tmp_path / "p.txt")], capsys)
+    assert names in err and words in err and ("rebuild" in err.lower() or "Build it" in err), err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not (tmp_path / "p.txt").exists()  # nothing altered
+
+
 # ---- an ensemble teacher -----------------------------------------------------------------
 def test_ensemble_teacher_soft_targets_and_cache_are_the_averaged_output(members, tiny_encoder, ec_dir, tmp_path):
     from emolightning import EmotionDataModule, EmotionDistiller

@@ -11,6 +11,7 @@ import errno
 import glob
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +19,10 @@ import torch
 from emolightning import files
 from emolightning.cli import main
 from emolightning.errors import ConfigError, StorageError
-from emolightning.files import check_checkpoint, write_atomically
+from emolightning.files import check_checkpoint, check_model_folder, write_atomically
 from emolightning.resume import AtomicCheckpointIO
 
-from helpers import predict_args, tiny_args
+from helpers import DDP, callback_option, emolightning, env_with_tests_on_path, predict_args, tiny_args
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:
@@ -140,6 +141,33 @@ def test_predict_into_a_read_only_folder_keeps_the_previous_file(trained_run, tm
     assert output.read_text() == "previous predictions\n" and os.listdir(output.parent) == ["pred.txt"]
 
 
+def full_disk_for(final: str, real=os.fsync):
+    """os.fsync, except that the fsync of the temporary file of `final` (files.temporary_name) meets a full disk."""
+    temporary = os.path.basename(files.temporary_name(final))
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == temporary:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    return fsync
+
+
+@pytest.mark.parametrize("suffix", ["", ".counts"])
+def test_a_prediction_part_on_a_full_disk_is_not_left_half_written(trained_run, tmp_path, capsys, monkeypatch, suffix):
+    """Rank 0's part file of the predictions (its rows; `.counts`: how many), which the merge reads, meets a full disk."""
+    output = tmp_path / "out" / "pred.txt"
+    output.parent.mkdir()
+    output.write_text("previous predictions\n")
+    part = str(output.parent / ".pred.txt.part0.tmp") + suffix
+    monkeypatch.setattr(files.os, "fsync", full_disk_for(part))
+    code, err = run_main(predict_args(trained_run, tmp_path, "--output", str(output)), capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{part}'" in line and "the disk is full" in line
+    assert output.read_text() == "previous predictions\n" and os.listdir(output.parent) == ["pred.txt"]  # no part, half or whole
+
+
 def test_fit_on_a_full_disk_stops_and_keeps_the_epoch_before(tiny_encoder, ec_dir, tmp_path, capsys, monkeypatch):
     saves = []
     real = files.os.fsync
@@ -181,3 +209,230 @@ def test_a_damaged_token_cache_is_rebuilt(tiny_encoder, ec_dir, tmp_path):
     dm.prepare_data()
     assert any(open(path, "rb").read() == data for path, data in good.items())  # rewritten whole
     shutil.rmtree(cache)
+
+
+@pytest.mark.slow  # two processes: ~45 s on 2 shared cores
+def test_under_ddp_every_rank_stops_when_rank_zeros_checkpoint_save_fails(tiny_encoder, ec_dir, tmp_path):
+    """Rank 0 alone writes checkpoints: when its save of last.ckpt meets a full disk, rank 1 learns of it and stops too."""
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0"]
+    args = tiny_args(tiny_encoder, ec_dir, tmp_path, *DDP, *short)
+    proc = emolightning("fit", *args, callback_option("FullDiskOnRankZero", file="last.ckpt"), check=False, env=env_with_tests_on_path())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # one paragraph from each rank: rank 1 writes into the same stderr, at the same moment (the lines may interleave)
+    messages = proc.stderr.split("emolightning: error: ")[1:]
+    assert len(messages) == 2, proc.stderr[-3000:]
+    for message in messages:
+        assert "last.ckpt'" in message and "the disk is full" in message and "MB free" in message, message
+    (best,) = glob.glob(str(tmp_path / "run" / "**" / "best-*.ckpt"), recursive=True)
+    check_checkpoint(best)  # the save before the failed one, whole
+    assert not glob.glob(str(tmp_path / "run" / "**" / "last.ckpt"), recursive=True)
+    assert not glob.glob(str(tmp_path / "run" / "**" / ".*.tmp"), recursive=True)
+
+
+FOLDER_DAMAGE = {
+    "weights cut short": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]), "model.safetensors is cut short"),
+    "weights empty": (lambda d: (d / "model.safetensors").write_bytes(b""), "too short for a safetensors file"),
+    "weights missing": (lambda d: (d / "model.safetensors").unlink(), "holds no weights"),
+    "config missing": (lambda d: (d / "config.json").unlink(), "no config.json"),
+    "config cut short": (lambda d: (d / "config.json").write_text('{"model_type": "be'), "config.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLDER_DAMAGE))
+def test_a_damaged_model_folder_is_named_by_the_encoder_and_the_teacher_loaders(tiny_encoder, tmp_path, case):
+    """A model folder (an export, a save_pretrained copy) read as the encoder or a distillation teacher; nothing in it is altered."""
+    from emolightning.distill import Teacher
+    from emolightning.encoders import load_encoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_encoder, folder)
+    damage, words = FOLDER_DAMAGE[case]
+    damage(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for load, option in ((load_encoder, "model.init_args.encoder"), (Teacher, "model.init_args.teacher")):
+        with pytest.raises(ConfigError) as caught:
+            load(str(folder))
+        assert f"'{folder}' (option {option})" in str(caught.value) and words in str(caught.value), str(caught.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_damaged_teacher_checkpoint_is_named(trained_run, tmp_path):
+    from emolightning.distill import Teacher
+
+    path, words = damaged_checkpoints(trained_run["ckpt"], tmp_path)["truncated"]
+    with pytest.raises(ConfigError, match=f"'{path}' \\(option model.init_args.teacher\\).*{words}"):
+        Teacher(str(path))
+
+
+def copied_run(trained_run, tmp_path) -> Path:
+    """A copy of conftest's trained run (config, metrics, checkpoints, val_probs.npz), without its report."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["config"].parent, run, ignore=shutil.ignore_patterns("report"))
+    return run
+
+
+RECORD_DAMAGE = {  # file in the run -> (new content, what the message says)
+    "metrics.csv": (b"epoch,step\n0,\x00\x00\x00", "not a CSV file of numbers"),
+    "config.yaml": (b"model:\n  init_args: {encoder: [\n", "not valid YAML"),
+    "hparams.yaml": (b"- just\n- a list\n", "holds a list"),
+    "checkpoints/test_scores.json": (b'{"checkpoint": "best-0-2.ckpt", "sco', "not the JSON of test scores"),
+    "checkpoints/val_probs.npz": (None, "not a complete .npz archive"),  # None: the file cut in half
+}
+
+
+@pytest.mark.parametrize("record", sorted(RECORD_DAMAGE))
+def test_report_of_a_damaged_run_record_names_it_and_alters_nothing(trained_run, tmp_path, capsys, record):
+    run = copied_run(trained_run, tmp_path)
+    content, words = RECORD_DAMAGE[record]
+    path = run / record
+    path.write_bytes(content if content is not None else path.read_bytes()[: path.stat().st_size // 2])
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_main(["report", str(run), "--output", str(tmp_path / "out")], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{path}' cannot be read" in line and words in line, line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("errnum, reason", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
+def test_a_report_that_cannot_be_written_keeps_the_previous_one(trained_run, tmp_path, capsys, monkeypatch, errnum, reason):
+    run, out = copied_run(trained_run, tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("the previous report\n")
+    target = str(out / "report.md")
+    monkeypatch.setattr(files.os, "replace", failing(os.replace, errnum, lambda src, dst: str(dst) == target))
+    code, err = run_main(["report", str(run), "--output", str(out)], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{target}'" in line and reason in line and "MB" in line, line
+    assert (out / "report.md").read_text() == "the previous report\n" and os.listdir(out) == ["report.md"]
+
+
+def failing_mkdir(errnum: int, prefix: str, real=os.mkdir):
+    def mkdir(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(prefix):
+            raise OSError(errnum, os.strerror(errnum))
+        return real(path, *args, **kwargs)
+
+    return mkdir
+
+
+@pytest.mark.parametrize("fault", ["full disk", "read-only"])
+def test_an_export_that_cannot_be_written_keeps_the_previous_export(trained_run, tmp_path, capsys, monkeypatch, fault):
+    out = tmp_path / "export"
+    main(["export", "--ckpt_path", str(trained_run["ckpt"]), "--output", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    if fault == "full disk":  # the weights meet it
+        monkeypatch.setattr(files.os, "fsync", failing(os.fsync, errno.ENOSPC, lambda fd: os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors")))
+    else:
+        monkeypatch.setattr(files.os, "mkdir", failing_mkdir(errno.EROFS, ".export.partial-"))
+    code, err = run_main(["export", "--ckpt_path", str(trained_run["ckpt"]), "--output", str(out), "--overwrite"], capsys)
+    assert code == 2, err[-2000:]
+    line = one_paragraph(err)
+    assert f"'{out}'" in line and ("the disk is full" if fault == "full disk" else "read-only") in line and "MB" in line, line
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and sorted(os.listdir(tmp_path)) == ["export"]
+    check_model_folder(str(out), "--output")  # still loads
+
+
+def manifest_writer(trained_run, folder: Path):
+    from emolightning import ensemble as ens
+
+    labels = torch.load(trained_run["ckpt"], weights_only=True, mmap=True)["hyper_parameters"]["label_names"]
+    path = str(folder / "ensemble.json")
+
+    def write(threshold: float) -> None:
+        ens.write_manifest(ens.Manifest(path, [ens.Member(str(trained_run["ckpt"]), 1.0, "tiny", 64)], labels, [threshold] * len(labels), "global", 0.5))
+
+    return path, write, lambda: ens.read_manifest(path).thresholds[0]
+
+
+def val_probs_writer(trained_run, folder: Path):
+    from emolightning.record import load_val_probs, save_val_probs
+
+    path = str(folder / "val_probs.npz")
+
+    def write(threshold: float) -> None:
+        save_val_probs(path, torch.rand(41, 11), torch.zeros(41, 11), torch.full((11,), threshold), [f"l{i}" for i in range(11)], 0, 2)
+
+    return path, write, lambda: float(load_val_probs(path)["thresholds"][0])
+
+
+WRITERS = {"manifest": manifest_writer, "val_probs": val_probs_writer}
+FAULTS = {"full disk": (errno.ENOSPC, "the disk is full"), "read-only": (errno.EROFS, "read-only")}
+
+
+def inject(monkeypatch, fault: str, final: str) -> None:
+    """A full disk when the temporary file of `final` is flushed (fsync), or a read-only folder when it is renamed into place."""
+    if fault == "full disk":
+        monkeypatch.setattr(files.os, "fsync", full_disk_for(final))
+    else:
+        monkeypatch.setattr(files.os, "replace", failing(os.replace, errno.EROFS, lambda src, dst: str(dst) == final))
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_file_that_cannot_be_written_leaves_the_previous_one_loadable(trained_run, tmp_path, monkeypatch, writer, fault):
+    path, write, read_back = WRITERS[writer](trained_run, tmp_path)
+    write(0.25)
+    inject(monkeypatch, fault, path)
+    with pytest.raises(StorageError) as caught:
+        write(0.75)
+    message = str(caught.value)
+    assert f"'{path}'" in message and FAULTS[fault][1] in message and "MB free" in message and "\n" not in message, message
+    monkeypatch.undo()
+    assert read_back() == 0.25 and os.listdir(tmp_path) == [os.path.basename(path)]  # the previous file, whole; no temporary file
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_token_cache_that_cannot_be_written_is_absent_not_half(tiny_encoder, ec_dir, tmp_path, monkeypatch, fault):
+    from emolightning.data import EmotionDataModule
+
+    cache = tmp_path / "cache"
+    dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(cache))
+    final = dm._cache_path("train", dm.split_source("train"))
+    inject(monkeypatch, fault, final)
+    with pytest.raises(StorageError) as caught:
+        dm.prepare_data()
+    assert f"'{final}'" in str(caught.value) and FAULTS[fault][1] in str(caught.value) and "MB free" in str(caught.value)
+    assert os.listdir(cache) == []
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short"])
+def test_a_damaged_onnx_file_is_named(tmp_path, damage):
+    pytest.importorskip("onnxruntime")
+    from emolightning.inference import export_onnx, onnx_session
+
+    class Sums(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids, attention_mask):
+            return (input_ids * attention_mask).float().unsqueeze(-1) * self.scale
+
+    path = export_onnx(Sums(), str(tmp_path / "model.onnx"), "out")
+    onnx_session(path)  # the whole file loads
+    data = open(path, "rb").read()
+    open(path, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=f"The ONNX file '{path}' cannot be loaded .*cut short"):
+        onnx_session(path)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("name", ["last.ckpt", "best-1-4.ckpt"])
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_loadable(trained_run, tmp_path, monkeypatch, name, fault):
+    """What `fit` saves through AtomicCheckpointIO (last.ckpt rewritten under its name, a best checkpoint beside the earlier one)."""
+    previous = tmp_path / "last.ckpt"
+    shutil.copy(trained_run["ckpt"], previous)
+    checkpoint = torch.load(trained_run["ckpt"], weights_only=True, map_location="cpu")
+    path = str(tmp_path / name)
+    inject(monkeypatch, fault, path)
+    with pytest.raises(StorageError) as caught:
+        AtomicCheckpointIO().save_checkpoint({**checkpoint, "epoch": 1}, path)
+    message = str(caught.value)
+    assert f"'{path}'" in message and FAULTS[fault][1] in message and "MB free" in message, message
+    monkeypatch.undo()
+    check_checkpoint(str(previous))
+    assert previous.read_bytes() == trained_run["ckpt"].read_bytes() and os.listdir(tmp_path) == ["last.ckpt"]

@@ -46,6 +46,23 @@ def test_a_second_call_reuses_the_cache(tmp_path, monkeypatch):
     assert pack.locate([str(tmp_path / "site")], cache_dir=str(tmp_path / "cache")) == first
 
 
+@pytest.mark.parametrize("damage", ["cut short", "deleted", "unlisted"])
+def test_a_damaged_unpacked_folder_is_unpacked_again_not_trusted(tmp_path, damage):
+    pack, site, cache = split_pack(tmp_path), [str(tmp_path / "site")], str(tmp_path / "cache")
+    folder = pack.locate(site, cache_dir=cache)
+    weights = tmp_path / "cache" / NAME / "weights.bin"
+    if damage == "cut short":  # as by a disk that filled, or a copy of the cache interrupted
+        weights.write_bytes(FILES["tiny-pack/weights.bin"][:1000])
+    elif damage == "deleted":  # as by a scratch-space cleanup
+        weights.unlink()
+    else:  # a folder without the list of its files: unpacked by hand, or by an older version
+        (tmp_path / "cache" / NAME / packs.CONTENTS).unlink()
+    with pytest.warns(UserWarning, match=f"'{folder}' is damaged"):
+        assert pack.locate(site, cache_dir=cache) == folder
+    assert weights.read_bytes() == FILES["tiny-pack/weights.bin"] and os.listdir(tmp_path / "cache") == [NAME]
+    assert packs.unpacked_problem(folder) is None
+
+
 def test_a_missing_part_names_the_pip_command(tmp_path):
     pack = split_pack(tmp_path)
     os.remove(tmp_path / "site" / "tiny-pack-part_002" / "input" / f"{NAME}.zip.002")
