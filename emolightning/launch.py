@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
         close = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
         hint = f" Did you mean `emolightning {close[0]}`?" if close else ""
-        print(f"emolightning: {args[0]!r} is not a command; the commands are {', '.join(SUBCOMMANDS)}.{hint} `emolightning --help` describes them.", file=sys.stderr)
+        print(
+            f"emolightning: {args[0]!r} is not a command; the commands are {', '.join(SUBCOMMANDS)}.{hint} `emolightning --help` describes them.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     from .cli import main as cli_main
 
