@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from emolightning.batching import TokenizedSplit
+from emolightning.best_checkpoint import BestCheckpoint
 from emolightning.cli import EmotionCLI, run_cli
 from emolightning.data import EmotionDataModule
 from emolightning.tracking import LABEL_TABLE_COLUMNS, LabelTable, SaveConfigToLogger
@@ -38,8 +39,8 @@ def test_wandb_config_keeps_the_cli_callbacks(tiny_encoder, ec_dir, tmp_path, mo
         monkeypatch, "--config", "configs/quickstart.yaml", "--config", "configs/logger/wandb.yaml", *tiny_options(tiny_encoder, ec_dir, tmp_path)
     )
     kinds = [type(cb) for cb in cli.trainer.callbacks]
-    # trainer_defaults' LearningRateMonitor, the `checkpoint` ModelCheckpoint, the config's LabelTable, the config saver
-    for kind in (LearningRateMonitor, ModelCheckpoint, LabelTable, SaveConfigToLogger):
+    # trainer_defaults' LearningRateMonitor, the `checkpoint` BestCheckpoint, the config's LabelTable, the config saver
+    for kind in (LearningRateMonitor, BestCheckpoint, LabelTable, SaveConfigToLogger):
         assert kinds.count(kind) == 1, kinds
     assert cli.trainer.checkpoint_callback.monitor == "val/jaccard"
     logger = cli.trainer.logger
@@ -65,7 +66,7 @@ def test_a_callbacks_config_before_wandb_keeps_its_callbacks(tiny_encoder, ec_di
         *tiny_options(tiny_encoder, ec_dir, tmp_path),
     )
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
-    for name in ("EarlyStopping", "LabelTable", "LearningRateMonitor", "ModelCheckpoint"):
+    for name in ("EarlyStopping", "LabelTable", "LearningRateMonitor", "BestCheckpoint"):
         assert name in names, names
 
 
