@@ -188,6 +188,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_exact_resume_restores_each_ranks_own_random_state(tmp_path):
     import torch.multiprocessing as mp
 

@@ -133,6 +133,7 @@ def assert_each_dev_text_scored_once(proc: subprocess.CompletedProcess) -> None:
     assert "n=42" not in printed
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_two_processes_train_what_one_process_trains(single, ddp):
     (single_root, single_proc), (ddp_root, ddp_proc) = single, ddp
     assert "Starting with 2 processes" in output(ddp_proc)
@@ -142,6 +143,7 @@ def test_two_processes_train_what_one_process_trains(single, ddp):
     assert_same_training(single_root, ddp_root)
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_only_local_rank_zero_tokenises(ddp):
     root, proc = ddp
     lines = [line for line in output(proc).splitlines() if "tokenising the " in line]
@@ -151,6 +153,7 @@ def test_only_local_rank_zero_tokenises(ddp):
     assert len(cache) == 2 and all(name.endswith(".pt") for name in cache), cache  # no stray .tmp files
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_torchrun_matches_one_process(single, no_dropout_encoder, ec_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "emolightning", "fit"]
@@ -186,6 +189,7 @@ def read_predictions(path: Path) -> tuple[list[list[str]], torch.Tensor]:
     return [r[:13] for r in rows], torch.tensor([[float(v) for v in r[13:]] for r in rows])
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_two_processes_predict_what_one_process_predicts(single, ec_dir, tmp_path):
     """Streamed predict under DDP: each rank writes its share, rank 0 merges them back into input order."""
     run = run_dir(single[0])
@@ -229,6 +233,7 @@ RECIPES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encoder, ec_dir, tmp_path):
     """The recipes' poolings, losses, pos_weight auto, layer-wise lr decay, EMA and R-Drop under real DDP: one process's numbers."""

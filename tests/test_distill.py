@@ -236,6 +236,7 @@ def test_cached_teacher_logits_need_no_host_sync(tiny_encoder, teacher_ckpt):
     assert logits.shape == (3, len(LABELS)) and logits.device.type == "meta" and hidden is None
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
     """Real DDP (2 gloo processes, 2 epochs): each rank runs the teacher on its half of the training split before the
     first step, the halves are gathered, and no step runs the teacher again, although the sampler deals each rank rows

@@ -81,6 +81,7 @@ def test_hub_split_names_come_from_its_classlabel_feature(tiny_encoder, cache_di
     assert data.splits["validation"].labels.int().tolist() == [multi_hot(ids) for _, _, ids in ROWS]
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_goemotions_config_trains_and_predicts_one_column_per_label(tiny_encoder, tmp_path):
     from helpers import emolightning
 

@@ -47,6 +47,7 @@ def test_mpnet_batches_carry_its_specials_pad_id_and_max_length(tiny_mpnet, ec_d
     assert padded > 0
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_tiny_mpnet_fits_predicts_and_exports(tiny_mpnet, ec_dir, tmp_path):
     emolightning(
         "fit", *tiny_args(tiny_mpnet, ec_dir, tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
@@ -83,6 +84,7 @@ def test_tiny_mpnet_fits_predicts_and_exports(tiny_mpnet, ec_dir, tmp_path):
     assert abs(torch.from_numpy(session.run(None, feed)[0]) - logits).max() <= 1e-4
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 def test_mpnet_teacher_distils_into_a_bert_tokenised_student(tiny_mpnet, tiny_encoder, ec_dir, tmp_path):
     common = ["--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1"]
     emolightning("fit", *tiny_args(tiny_mpnet, ec_dir, tmp_path / "teacher", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"))

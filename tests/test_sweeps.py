@@ -180,6 +180,7 @@ def check_sweep_run(name: str, values: dict, argv: list[str], proc: subprocess.C
         assert node == pytest.approx(value), key
 
 
+@pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
 @pytest.mark.parametrize("name", SWEEPS)  # every sweep file, in CI: ~20 s each on 2 cores
 def test_sweep_command_runs(name, tiny_encoder, ec_dir, tmp_path, request, monkeypatch):
     sweep = load_sweep(name)
