@@ -153,7 +153,7 @@ def main() -> None:
                         "--threads",
                         str(args.threads),
                     ]
-                    result, rss = run_measured(cmd, env={**os.environ, "PYTHONPATH": tree, "WANDB_MODE": "disabled"})
+                    result, rss, _ = run_measured(cmd, env={**os.environ, "PYTHONPATH": tree, "WANDB_MODE": "disabled"})
                     result["peak_rss_mb"] = round(rss)
                     results.setdefault((size, tree), []).append(result)
                     print(f"{size} texts, repeat {r}, {tree}: {json.dumps(result)}", flush=True)
