@@ -93,16 +93,30 @@ def cache_dir(tmp_path) -> str:
 def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
     """One `emolightning fit` of the tiny BERT (1 epoch, 2 steps), shared by the predict and export tests.
 
-    Returns its root dir, saved config.yaml and best checkpoint.
+    Returns its root dir, saved config.yaml, best checkpoint and the full last.ckpt (kept, as a resume needs it).
     """
     from helpers import emolightning, tiny_args
 
     root = tmp_path_factory.mktemp("trained")
     emolightning(
-        "fit", *tiny_args(tiny_encoder, ec_dir, root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
+        "fit",
+        *tiny_args(
+            tiny_encoder,
+            ec_dir,
+            root,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--model.init_args.lr",
+            "1e-3",
+            "--last_checkpoint.keep_after_fit",
+            "true",
+        ),
     )
     run = next((root / "run" / "lightning_logs").glob("version_*"))
-    return {"root": root, "config": run / "config.yaml", "ckpt": next((run / "checkpoints").glob("best-*.ckpt"))}
+    checkpoints = run / "checkpoints"
+    return {"root": root, "config": run / "config.yaml", "ckpt": next(checkpoints.glob("best-*.ckpt")), "last": checkpoints / "last.ckpt"}
 
 
 @pytest.fixture

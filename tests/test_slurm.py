@@ -160,7 +160,7 @@ def test_requeue_signal_then_requeued_job_resumes_exactly_from_its_own_last_ckpt
 def test_a_new_slurm_job_refuses_another_jobs_hpc_checkpoint(trained_run, tmp_path):
     root = tmp_path / "shared"
     root.mkdir()
-    shutil.copy(trained_run["ckpt"], root / "hpc_ckpt_1.ckpt")  # left by an old job with Lightning's auto-requeue
+    shutil.copy(trained_run["last"], root / "hpc_ckpt_1.ckpt")  # left by an old job with Lightning's auto-requeue: a full checkpoint
     env = {**slurm_env("3003", 1), "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
     common = ["fit", "--config", str(trained_run["config"]), "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--trainer.logger", "false"]
     proc = emolightning(*common, env=env, check=False)
