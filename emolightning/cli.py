@@ -114,8 +114,8 @@ class EmotionCLI(LightningCLIWithHooks):
             config["trainer"]["precision"] = resolve_auto(config["trainer"].get("accelerator") or "auto")
             rank_zero_info(f"trainer.precision auto: {config['trainer']['precision']} on this machine (`--trainer.precision 32-true` for full fp32)")
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
-        wandb_save_dir_default(self.config.get(str(self.subcommand), self.config))
-        local_logger_defaults(self.config.get(str(self.subcommand), self.config))  # save_dir "" of configs/logger/tensorboard.yaml
+        wandb_save_dir_default(config)
+        local_logger_defaults(config)  # save_dir "" of configs/logger/tensorboard.yaml
 
     def instantiate_classes(self) -> None:
         ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None

@@ -1,5 +1,7 @@
 """The names of emolightning's commands: importable without lightning, so the entry point can answer at once."""
 
+import difflib
+
 # commands without a Trainer: `emolightning NAME ...` runs emolightning/NAME.py's main(argv); listed in --help
 PLAIN_COMMANDS = {
     "score": "Official metrics of a prediction file: emolightning score PRED GOLD [--json].",
@@ -8,3 +10,9 @@ PLAIN_COMMANDS = {
     "ensemble": "An ensemble manifest for validate/test/predict --ckpt_path: emolightning ensemble CKPT [CKPT ...] --data_dir DIR --out ENSEMBLE.json.",
 }
 SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
+
+
+def closest_command(name: str) -> str | None:
+    """The command `name` was probably meant to be (None when none is close)."""
+    match = difflib.get_close_matches(name, SUBCOMMANDS, n=1, cutoff=0.6)
+    return match[0] if match else None

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 
-from .commands import SUBCOMMANDS
+from .commands import SUBCOMMANDS, closest_command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,8 +16,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"emolightning {__version__}")
         return
     if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
-        close = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
-        hint = f" Did you mean `emolightning {close[0]}`?" if close else ""
+        close = closest_command(args[0])
+        hint = f" Did you mean `emolightning {close}`?" if close else ""
         print(
             f"emolightning: {args[0]!r} is not a command; the commands are {', '.join(SUBCOMMANDS)}.{hint} `emolightning --help` describes them.",
             file=sys.stderr,

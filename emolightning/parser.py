@@ -21,7 +21,7 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from .commands import PLAIN_COMMANDS, SUBCOMMANDS
+from .commands import PLAIN_COMMANDS, closest_command
 from .compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
 
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
@@ -101,8 +101,8 @@ def closest(unknown: str, keys: list[str]) -> str | None:
 def suggestion(message: str, parser) -> str:
     """' Did you mean ...?' lines for the unknown keys or subcommand in `message` ('' when none)."""
     if m := re.search(r"invalid choice: '([^']+)'", message):
-        match = difflib.get_close_matches(m.group(1), SUBCOMMANDS, n=1, cutoff=0.6)
-        return f"\nDid you mean `emolightning {match[0]}`?" if match else ""
+        match = closest_command(m.group(1))
+        return f"\nDid you mean `emolightning {match}`?" if match else ""
     unknown = unknown_keys(message)
     if not unknown:
         return ""
