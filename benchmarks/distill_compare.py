@@ -23,9 +23,9 @@ import time
 import torch
 
 from emolightning import EmotionClassifier, EmotionDataModule
-from emolightning.batching import pad
-from emolightning.encoders import layer_list
+from emolightning.data.batching import pad
 from emolightning.metrics import official_scores
+from emolightning.models.encoders import layer_list
 
 
 def sync(device: torch.device) -> None:

@@ -43,7 +43,7 @@ predict_ddp() {
         --trainer.default_root_dir "$OUT/predict" --output "$OUT/predict/pred.txt" --data.predict_chunk_batches 2 || return 1
     python - "$OUT/predict/pred.txt" <<'PY'
 import sys
-from emolightning.tables import find_split_file, resolve_data_dir
+from emolightning.data.tables import find_split_file, resolve_data_dir
 lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
 gold = open(find_split_file(resolve_data_dir("builtin:demo"), "test"), encoding="utf-8").read().splitlines()
 assert len(lines) == len(gold) and [l.split("\t")[0] for l in lines[1:]] == [g.split("\t")[0] for g in gold[1:]], (len(lines), len(gold))
@@ -54,10 +54,10 @@ check predict-ddp-nccl predict_ddp
 
 check nan-guard-16-mixed python - <<'PY'
 import lightning as L, torch
-from emolightning.data import EmotionDataModule
+from emolightning.data.datamodule import EmotionDataModule
 from emolightning.errors import TrainingError
-from emolightning.nan_guard import FiniteLossGuard, MAX_SKIPPED_STEPS
-from emolightning.model import EmotionClassifier
+from emolightning.training.nan_guard import FiniteLossGuard, MAX_SKIPPED_STEPS
+from emolightning.models.classifier import EmotionClassifier
 ENC = "sentence-transformers/all-MiniLM-L6-v2"
 
 def fit(steps, broken):

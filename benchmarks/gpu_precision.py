@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from emolightning.model import EmotionClassifier  # noqa: E402
+from emolightning.models.classifier import EmotionClassifier  # noqa: E402
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")

@@ -1,6 +1,6 @@
 """Prediction memory: peak RSS and speed of `emolightning predict` as the input grows.
 
-`predict` streams its input (emolightning/stream.py): memory should stay flat from a few thousand
+`predict` streams its input (emolightning/data/stream.py): memory should stay flat from a few thousand
 texts to 100k. Each run is a fresh process through the real CLI (timed: model load, the checking
 pass, tokenisation, prediction, writing; imports excluded), peak RSS from wait4. `--trees` puts
 other checkouts side by side (e.g. a `git worktree` of the commit before streaming), alternating
@@ -33,7 +33,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from emolightning.cli import run_cli  # from PYTHONPATH: the tree under test
+    from emolightning.cli.main import run_cli  # from PYTHONPATH: the tree under test
 
     start = time.perf_counter()
     run_cli(
@@ -73,8 +73,8 @@ def write_texts(dev_file: str, size: int, path: str) -> None:
 
 
 def padding_overhead(args, tokenizer: str, batch_size: int = 64, max_length: int = 128) -> None:
-    from emolightning.encoders import load_tokenizer
-    from emolightning.tables import find_split_file, read_table
+    from emolightning.data.tables import find_split_file, read_table
+    from emolightning.models.encoders import load_tokenizer
 
     for split in ("validation", "train"):
         texts = read_table(find_split_file(args.data_dir, split)).texts
@@ -116,7 +116,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     from train_speed import run_measured
 
-    from emolightning.tables import find_split_file
+    from emolightning.data.tables import find_split_file
 
     if args.padding:
         import yaml

@@ -38,7 +38,7 @@ def emolightning_worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from emolightning.cli import run_cli
+    from emolightning.cli.main import run_cli
 
     start = time.perf_counter()
     run_cli(
@@ -152,8 +152,8 @@ def main() -> None:
         args.pipeline_batch_size = args.pipeline_batch_size[0]
         return pipeline_worker(args)
 
-    from emolightning.export import export_checkpoint
-    from emolightning.tables import find_split_file, read_table
+    from emolightning.data.tables import find_split_file, read_table
+    from emolightning.inference.export import export_checkpoint
 
     with tempfile.TemporaryDirectory() as work:
         dev = read_table(find_split_file(args.data_dir, "validation"))

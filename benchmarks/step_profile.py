@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
-from emolightning.batching import pad  # noqa: E402
+from emolightning.data.batching import pad  # noqa: E402
 
 
 def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, steps: int, pad_to: int | None, grouped: bool):

@@ -105,7 +105,7 @@ def main() -> None:
 
         sys.path.insert(0, str(REPO))
         from emolightning import EmotionClassifier
-        from emolightning.tables import read_table
+        from emolightning.data.tables import read_table
 
         texts = read_table(gold).texts
         tok = AutoTokenizer.from_pretrained(export)

@@ -53,8 +53,8 @@ def emolightning_worker(args) -> None:
     import yaml
 
     from emolightning import EmotionClassifier, EmotionDataModule
-    from emolightning.tables import find_split_file
-    from emolightning.trainer import EmotionTrainer  # Lightning's Trainer, plus precision `auto`
+    from emolightning.data.tables import find_split_file
+    from emolightning.training.trainer import EmotionTrainer  # Lightning's Trainer, plus precision `auto`
 
     init = yaml.safe_load(open(REPO / args.config))["model"]["init_args"]
     if args.lr:

@@ -18,10 +18,10 @@ __all__ = [
 # where each public name lives: imported on first use (PEP 562), so `emolightning --version` and the
 # plain commands do not pay for lightning and transformers before they need them
 _HOMES = {
-    "EmotionClassifier": "model",
-    "EmotionDataModule": "data",
-    "EmotionDistiller": "distill",
-    "EnsembleClassifier": "ensemble",
+    "EmotionClassifier": "models.classifier",
+    "EmotionDataModule": "data.datamodule",
+    "EmotionDistiller": "models.distill",
+    "EnsembleClassifier": "inference.ensemble",
     "EmotionScores": "metrics",
     "f1_scores": "metrics",
     "jaccard_samples": "metrics",

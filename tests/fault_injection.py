@@ -71,7 +71,7 @@ class SignalBatchScriptAtStep(Callback):
     def __init__(self, step: int):
         """On rank 0, send SIGUSR1 to the batch script (as SLURM's `--signal=B:USR1@...` would) after optimizer step `step`, in a run not resumed.
 
-        The fake srun of tests/test_slurm.py puts the batch script's pid in SBATCH_PID.
+        The fake srun of tests/training/test_slurm.py puts the batch script's pid in SBATCH_PID.
 
         Args:
             step: Global step after which the signal is sent.

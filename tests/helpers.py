@@ -72,7 +72,7 @@ def predict_args(trained_run: dict, root: Path, *extra: str) -> list[str]:
 
 def print_config(*configs: str, capsys) -> str:
     """`emolightning fit --config ... --print_config`, in-process (parsing only, nothing loaded)."""
-    from emolightning.cli import run_cli
+    from emolightning.cli.main import run_cli
 
     args = ["fit"] + [x for c in configs for x in ("--config", str(REPO / c))] + ["--print_config"]
     with pytest.raises(SystemExit) as done:

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from emolightning import files
-from emolightning.cli import main
+from emolightning.cli.main import main
 from emolightning.errors import ConfigError, StorageError
 from emolightning.files import check_checkpoint, check_model_folder, write_atomically
-from emolightning.resume import AtomicCheckpointIO
+from emolightning.training.resume import AtomicCheckpointIO
 
 from helpers import DDP, callback_option, emolightning, env_with_tests_on_path, predict_args, tiny_args
 
@@ -194,7 +194,7 @@ def test_fit_on_a_full_disk_stops_and_keeps_the_epoch_before(tiny_encoder, ec_di
 
 
 def test_a_damaged_token_cache_is_rebuilt(tiny_encoder, ec_dir, tmp_path):
-    from emolightning.data import EmotionDataModule
+    from emolightning.data.datamodule import EmotionDataModule
 
     cache = tmp_path / "cache"
     dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(cache))
@@ -242,8 +242,8 @@ FOLDER_DAMAGE = {
 @pytest.mark.parametrize("case", sorted(FOLDER_DAMAGE))
 def test_a_damaged_model_folder_is_named_by_the_encoder_and_the_teacher_loaders(tiny_encoder, tmp_path, case):
     """A model folder (an export, a save_pretrained copy) read as the encoder or a distillation teacher; nothing in it is altered."""
-    from emolightning.distill import Teacher
-    from emolightning.encoders import load_encoder
+    from emolightning.models.distill import Teacher
+    from emolightning.models.encoders import load_encoder
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_encoder, folder)
@@ -258,7 +258,7 @@ def test_a_damaged_model_folder_is_named_by_the_encoder_and_the_teacher_loaders(
 
 
 def test_a_damaged_teacher_checkpoint_is_named(trained_run, tmp_path):
-    from emolightning.distill import Teacher
+    from emolightning.models.distill import Teacher
 
     path, words = damaged_checkpoints(trained_run["ckpt"], tmp_path)["truncated"]
     with pytest.raises(ConfigError, match=f"'{path}' \\(option model.init_args.teacher\\).*{words}"):
@@ -337,7 +337,7 @@ def test_an_export_that_cannot_be_written_keeps_the_previous_export(trained_run,
 
 
 def manifest_writer(trained_run, folder: Path):
-    from emolightning import ensemble as ens
+    from emolightning.inference import ensemble as ens
 
     labels = torch.load(trained_run["ckpt"], weights_only=True, mmap=True)["hyper_parameters"]["label_names"]
     path = str(folder / "ensemble.json")
@@ -349,7 +349,7 @@ def manifest_writer(trained_run, folder: Path):
 
 
 def val_probs_writer(trained_run, folder: Path):
-    from emolightning.record import load_val_probs, save_val_probs
+    from emolightning.training.record import load_val_probs, save_val_probs
 
     path = str(folder / "val_probs.npz")
 
@@ -387,7 +387,7 @@ def test_a_file_that_cannot_be_written_leaves_the_previous_one_loadable(trained_
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_token_cache_that_cannot_be_written_is_absent_not_half(tiny_encoder, ec_dir, tmp_path, monkeypatch, fault):
-    from emolightning.data import EmotionDataModule
+    from emolightning.data.datamodule import EmotionDataModule
 
     cache = tmp_path / "cache"
     dm = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(cache))
@@ -402,7 +402,7 @@ def test_a_token_cache_that_cannot_be_written_is_absent_not_half(tiny_encoder, e
 @pytest.mark.parametrize("damage", ["empty", "cut short"])
 def test_a_damaged_onnx_file_is_named(tmp_path, damage):
     pytest.importorskip("onnxruntime")
-    from emolightning.inference import export_onnx, onnx_session
+    from emolightning.inference.backends import export_onnx, onnx_session
 
     class Sums(torch.nn.Module):
         def __init__(self):

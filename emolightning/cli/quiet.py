@@ -1,0 +1,165 @@
+"""What the libraries print that a user of emolightning cannot act on, kept off the terminal.
+
+Silenced: Lightning's tensorboardX notice and litlogger tip, the TPU/HPU lines, its note that it
+loads the train loader to count steps, torch's LeafSpec deprecation warning, transformers'
+"Loading weights" bars, the tokenizer's warning that a text is "longer than the specified maximum
+sequence length" (emolightning truncates such texts itself and counts them in one log line), the
+FLOPs column and "Total FLOPs: 0" of the model summary (no example input is given, so it is always
+0) and `v_num` on the progress bar (the run's folder is printed at the end of `fit`) and, in test/predict, notes about the checkpoint callback's folder
+and batch indices that concern Lightning's internals. Everything
+else stays. `--verbose` on the command line, or EMOLIGHTNING_VERBOSE=1, keeps it all.
+
+Two fixes apply with `--verbose` too, since they change what is shown, not what is hidden: the
+progress bar's rate is a real one (Lightning's reads 0.00it/s until rich has two updates, so all
+through a one-batch test or predict), and an epoch of fewer batches than `trainer.log_every_n_steps`
+logs every epoch (Lightning would log nothing from a short run, and warn about it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+from lightning.pytorch.callbacks import Callback, ModelSummary, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
+from ..compat import summary_depth
+
+try:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+except ImportError:  # no rich: Lightning shows its TQDM bar instead, and ProcessingRate is never used
+    ProgressColumn = object
+
+WARNINGS = [
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The dirpath has changed from",  # test/predict log nowhere (cli.py), so the checkpoint callback's folder differs
+    r"Couldn't infer the batch indices fetched from your dataloader",  # predict's stream yields whole batches
+]
+INFO_LINES = re.compile(
+    r"💡 Tip: |(TPU|HPU) available: |Loading `train_dataloader` to estimate number of stepping batches|Trainer already configured with model summary callbacks"
+)
+TOKENIZER_LINES = re.compile(r"longer than the specified maximum sequence length")
+_silenced = False
+
+
+def verbose_requested(args: list[str]) -> tuple[bool, list[str]]:
+    """(verbose?, `args` without `--verbose`): the flag may stand anywhere on the command line."""
+    if "--verbose" in args:
+        os.environ["EMOLIGHTNING_VERBOSE"] = "1"  # DDP workers re-run the command without the flag
+    return os.environ.get("EMOLIGHTNING_VERBOSE", "") not in ("", "0"), [a for a in args if a != "--verbose"]
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, pattern: re.Pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(str(record.getMessage()))
+
+
+def silence_libraries() -> None:
+    """Install the filters (once per process; a forked DataLoader worker inherits them)."""
+    global _silenced
+    _silenced = True
+    for message in WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch.trainer.connectors.callback_connector"):
+        logging.getLogger(name).addFilter(_DropLines(INFO_LINES))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.get_logger("transformers.tokenization_utils_base").addFilter(_DropLines(TOKENIZER_LINES))
+
+
+class CompactModelSummary(ModelSummary):
+    """Lightning's model summary without the FLOPs column and total, which are 0 without an example input."""
+
+    @staticmethod
+    def summarize(
+        summary_data, total_parameters: int, trainable_parameters: int, model_size: float, total_training_modes, total_flops: int = 0, **kwargs
+    ) -> None:
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        rows = [[name for name, _ in columns]] + [[str(values[i]) for _, values in columns] for i in range(len(columns[0][1]))]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        count = get_human_readable_count
+        lines.append(
+            f"{count(trainable_parameters).strip()} trainable params, {count(total_parameters - trainable_parameters).strip()} non-trainable, {model_size:.1f} MB"
+        )
+        rank_zero_info("\n".join(lines))
+
+
+def tidy_trainer(trainer) -> None:
+    """A real rate on a rich progress bar, a logging interval no longer than an epoch, and (unless verbose) the compact model
+    summary and no `v_num` on the progress bar."""
+    if isinstance(trainer.progress_bar_callback, RichProgressBar):
+        real_rate(trainer.progress_bar_callback)
+    trainer.callbacks.append(LoggingInterval())
+    if not _silenced:
+        return
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback).__name__ in ("ModelSummary", "RichModelSummary"):
+            trainer.callbacks[i] = CompactModelSummary(max_depth=summary_depth(callback))
+    bar = trainer.progress_bar_callback
+    if bar is not None:
+        standard = bar.get_metrics
+
+        def get_metrics(trainer, pl_module):
+            metrics = standard(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+
+        bar.get_metrics = get_metrics
+
+
+class ProcessingRate(ProgressColumn):
+    """Batches a second: rich's estimate, or, while rich has too few updates for one, the mean since the bar began
+    (in place of Lightning's `0.00it/s`); nothing before the first batch."""
+
+    def __init__(self, style):
+        self.style = style
+        super().__init__()
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None and task.completed and task.elapsed:
+            speed = task.completed / task.elapsed
+        return Text("" if speed is None else f"{speed:.2f}it/s", style=self.style)
+
+
+def real_rate(bar: RichProgressBar) -> None:
+    """Replace the rate column of `bar` (through its public `configure_columns`) by `ProcessingRate`."""
+    standard = bar.configure_columns
+
+    def configure_columns(trainer) -> list:
+        columns = standard(trainer)
+        return [ProcessingRate(bar.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c for c in columns]
+
+    bar.configure_columns = configure_columns
+
+
+def epoch_batches(loader_batches: int, limit: int | float) -> int:
+    """The batches a training epoch runs: `trainer.limit_train_batches` (a count, or a fraction) applied to the loader's, as Lightning does."""
+    return min(loader_batches, limit) if isinstance(limit, int) else int(loader_batches * limit)
+
+
+class LoggingInterval(Callback):
+    """Cuts `trainer.log_every_n_steps` to the batches of an epoch when an epoch has fewer, so that every epoch logs its training
+    metrics: a 1-epoch run of 3 batches at the default 50 would log none (and Lightning warns that it does not)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or trainer.datamodule is None or trainer.fast_dev_run:
+            return
+        try:  # the datamodule is set up (Lightning calls its setup first); under DDP the loader's length is this process's
+            batches = epoch_batches(len(trainer.datamodule.train_dataloader()), trainer.limit_train_batches)
+        except TypeError:  # a loader without a length: Lightning does not warn either
+            return
+        if 0 < batches < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = batches

@@ -1,0 +1,1 @@
+"""From files to batches: the raw formats, checked tables, token batches and the LightningDataModule."""

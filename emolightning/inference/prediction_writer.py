@@ -1,0 +1,187 @@
+"""`emolightning predict`: a prediction file in the official SemEval-2018 E-c submission format.
+
+    emolightning predict --config run/config.yaml --ckpt_path run/checkpoints/best-*.ckpt --output pred.txt
+
+The file is tab-separated: `ID, Tweet, <one 0/1 column per label>`, one row per input text in the
+input's order, with IDs and texts as the data module read them (row numbers for a plain .txt with
+one text per line). Labels are decided at the checkpoint's tuned thresholds (`predict_step`);
+`--probabilities true` adds a `p_<label>` column per label. The input is streamed (stream.py):
+batches arrive length-sorted within each chunk, so each row is put back in place by its `index`
+and written once its chunk is complete.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ..data.stream import PredictStream
+from ..errors import DataError, StorageError
+from ..files import atomic_open, remove_quietly, write_atomically
+
+# the official files are tab-separated without quoting: these characters cannot appear in a field
+UNSAFE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+
+
+class PredictionFileWriter(BasePredictionWriter):
+    def __init__(self, output: str, probabilities: bool = False):
+        """Writes `predict_step` outputs as an official E-c file, as they come (stream.py).
+
+        Each rank writes its rows, in input order, to a part file beside `output`; at the end rank 0
+        merges the parts into `output` (replaced atomically). Rows wait in memory only until their
+        chunk is complete, so memory stays flat however long the input. Under multi-node DDP the
+        output directory must be one that every node sees.
+
+        Each part is written atomically too (files.atomic_open: a temporary file renamed to the
+        part's name once complete), so rank 0 never merges half a part. Under several processes a
+        rank whose part cannot be written (a full disk) keeps the error until the end of the epoch
+        and meets the others at the barrier there, so every rank stops instead of waiting for it.
+
+        Args:
+            output: Path of the file to write.
+            probabilities: Also write each label's probability, in columns `p_<label>`.
+        """
+        super().__init__(write_interval="batch")
+        self.output, self.probabilities = output, probabilities
+        self.part = None  # this rank's part file (its temporary file until complete), open while predicting
+        self.writing = ExitStack()  # the atomic write of the part
+        self.error: StorageError | None = None  # this rank's failed write, raised once every rank has met at the end
+
+    def _beside_output(self, tag: str) -> str:
+        directory, name = os.path.split(os.path.abspath(self.output))
+        return os.path.join(directory, f".{name}.{tag}.tmp")
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self.stream = trainer.predict_dataloaders.dataset
+        if not isinstance(self.stream, PredictStream):
+            raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
+        os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
+        self.part_path, self.several = self._beside_output(f"part{trainer.global_rank}"), trainer.world_size > 1
+        self.writing, self.error, self.part = ExitStack(), None, None
+        with self._kept_if_several():
+            self.part = self.writing.enter_context(atomic_open(self.part_path, "w", encoding="utf-8", newline="\n"))
+        self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
+        self.next_chunk = self.rows = self.truncated = self.unsafe = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        preds = prediction["preds"].cpu().tolist()
+        probs = prediction["probs"].float().cpu().tolist() if self.probabilities else None
+        rows = self.pending.setdefault(batch["chunk"], [])
+        for k, (index, row_id, text) in enumerate(zip(prediction["index"].tolist(), batch["ids"], batch["texts"])):
+            safe = text.translate(UNSAFE)
+            self.unsafe += safe != text
+            fields = [row_id.translate(UNSAFE), safe, *map(str, preds[k])] + ([f"{p:.6f}" for p in probs[k]] if probs else [])
+            rows.append((index, "\t".join(fields)))
+        self.truncated += batch["truncated"]
+        self._flush()
+
+    def _flush(self, everything: bool = False) -> None:
+        """Write out, in input order, every chunk whose rows (on this rank) have all arrived."""
+        while self.next_chunk < self.stream.num_chunks:
+            rows = self.pending.get(self.next_chunk, [])
+            if len(rows) < self.stream.rows_in_chunk(self.next_chunk) and not everything:
+                return
+            if self.part is not None:
+                with self._kept_if_several():
+                    for index, line in sorted(rows):
+                        self.part.write(f"{index}\t{line}\n")
+            self.rows += len(rows)
+            self.pending.pop(self.next_chunk, None)
+            self.next_chunk += 1
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
+        with self._kept_if_several():
+            self.part = None
+            self.writing.close()  # fsync, then the part gets its name
+            # the counts travel in a file beside the part, not through a collective: NCCL reduces only
+            # GPU tensors, and a file needs no device at all
+            if self.error is None:
+                write_atomically(f"{self.part_path}.counts", lambda f: json.dump([self.rows, self.truncated, self.unsafe], f), "w")
+        trainer.strategy.barrier("prediction parts written")
+        error = self.error
+        if trainer.is_global_zero and error is None:
+            try:
+                self.merge(trainer.world_size, pl_module.label_names)
+            except Exception as exc:  # every rank must learn of it, or the others wait for the next collective until a timeout
+                error = exc
+        failed = trainer.strategy.broadcast(None if error is None or not trainer.is_global_zero else str(error), src=0)
+        self.stream = self.pending = None
+        if self.error is not None:
+            self._remove_part()
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise DataError(f"Rank 0 could not write the prediction file {self.output}: {failed}")
+
+    @contextmanager
+    def _kept_if_several(self):
+        """A failed write of the part: its temporary file goes, and the StorageError is raised at once by a single process,
+        kept until the barrier at the end of the epoch under several (a rank that stopped early would leave the others waiting there)."""
+        try:
+            try:
+                yield
+            except OSError as err:  # from writing the part: the atomic write removes its temporary file and names the fault
+                self.part = None
+                if not self.writing.__exit__(type(err), err, err.__traceback__):
+                    raise
+        except StorageError as err:
+            if not self.several:
+                raise
+            self.part, self.error = None, self.error or err
+
+    def _remove_part(self) -> None:
+        for path in (self.part_path, f"{self.part_path}.counts"):
+            remove_quietly(path)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a failed run leaves no part file behind: the temporary one goes with the atomic write, a complete one here
+        self.part = None
+        try:
+            self.writing.__exit__(type(exception), exception, exception.__traceback__)
+        except Exception:  # the run stops with `exception` already; this is cleanup only
+            pass
+        if getattr(self, "part_path", None):
+            self._remove_part()
+
+    def merge(self, world_size: int, label_names: list[str]) -> None:
+        parts = [self._beside_output(f"part{rank}") for rank in range(world_size)]
+        counts = [f"{part}.counts" for part in parts]
+        if missing := [p for p in parts + counts if not os.path.exists(p)]:
+            raise DataError(
+                f"Rank 0 cannot see the prediction part file(s) {missing} that other ranks wrote: a rank that could not write its part says so in its "
+                "own message; otherwise, on several nodes, --output must be on a filesystem that every node shares."
+            )
+        rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
+        header = [*self.stream.columns, *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
+        files = [open(p, encoding="utf-8", newline="\n") for p in parts]
+        try:
+            # atomic: a reader never sees half a prediction file, and a full disk leaves the old one
+            with atomic_open(self.output, "w", needed=sum(os.path.getsize(p) for p in parts), encoding="utf-8", newline="\n") as out:
+                out.write("\t".join(header) + "\n")
+                # each part is in input order: a k-way merge keeps that, one line per part in memory
+                numbered = [((int(index), row) for index, _, row in (line.partition("\t") for line in f)) for f in files]
+                for _, row in heapq.merge(*numbered, key=lambda pair: pair[0]):
+                    out.write(row)
+        finally:
+            for f in files:
+                f.close()
+        for p in parts + counts:
+            os.remove(p)
+        if rows < self.stream.num_rows:
+            rank_zero_warn(
+                f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only."
+            )
+        if truncated:
+            rank_zero_info(f"{truncated} of {rows} texts are longer than max_length={self.stream.max_length} tokens and were truncated.")
+        if unsafe:
+            rank_zero_warn(
+                f"{unsafe} texts hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead."
+            )
+        rank_zero_info(f"Wrote {rows} predictions ({len(label_names)} labels) to {self.output}")

@@ -1,0 +1,1 @@
+"""The networks and what trains them: encoders, heads, losses, the classifier and the distiller."""

@@ -1,0 +1,142 @@
+"""Every `emolightning ...` command in README.md and docs/*.md parses as written: its subcommand and option
+names exist, its values have the right types and the repository files it names (`--config`) exist.
+
+Parse only: Lightning's subcommands run with `--print_config`, the plain ones (score, export, ...) stop right
+after argparse has read their arguments. Paths a user supplies (`path/to/...`, run folders) are not checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from emolightning.cli.main import main
+from emolightning.cli.parser import PLAIN_COMMANDS
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=(\S+)\s*$")
+# a config written by a run (RUN/config.yaml): parse against a shipped config with a model instead
+RUN_CONFIG = re.compile(r"(^|/)(runs|lightning_logs|version_\d+)/|^\$|RUN")
+STAND_IN_CONFIG = "configs/quickstart.yaml"
+
+
+def code_lines(text: str) -> list[str]:
+    """The logical lines of every fenced block, `\\` continuations joined, comments dropped."""
+    lines = []
+    for block in FENCE.findall(text):
+        joined = re.sub(r"\\\n", " ", block)
+        lines += [line.split(" #")[0].strip() for line in joined.splitlines() if not line.lstrip().startswith("#")]
+    return [line for line in lines if line]
+
+
+def commands(text: str) -> list[list[str]]:
+    """The `emolightning` commands of a page as argument lists (without `emolightning`), shell variables expanded."""
+    found, variables = [], {}
+    for line in code_lines(text):
+        if match := ASSIGNMENT.match(line):
+            variables[match[1]] = match[2]
+            continue
+        for segment in re.split(r"&&|;|\|", line):
+            # a loop variable (`for seed in 1 2 3`) stands for a number
+            segment = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: variables.get(m[1], "1"), segment)
+            segment = segment.replace("[", " ").replace("]", " ")  # `[--json]`: an optional option is still an option
+            try:
+                words = shlex.split(segment)
+            except ValueError:
+                continue
+            if "emolightning" in words and words.index("emolightning") + 1 < len(words):
+                args = words[words.index("emolightning") + 1 :]
+                if args[0] in ("fit", "validate", "test", "predict", *PLAIN_COMMANDS):
+                    found.append([w for w in args if w not in ("...", "…")])
+    return found
+
+
+def with_stand_ins(args: list[str]) -> list[str]:
+    """A run's own config becomes a shipped one; a shipped config must exist."""
+    out = list(args)
+    for i, word in enumerate(out[:-1]):
+        if word == "--config":
+            if RUN_CONFIG.search(out[i + 1]):
+                out[i + 1] = STAND_IN_CONFIG
+            else:
+                assert (REPO / out[i + 1]).is_file(), f"--config {out[i + 1]} does not exist in the repository"
+                out[i + 1] = str(REPO / out[i + 1])
+    return out
+
+
+class Parsed(Exception):
+    pass
+
+
+def parse_code(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """The exit status of parsing `emolightning ARGS` (0: parsed), and what it printed on stderr."""
+    capsys.readouterr()
+    if args[0] in PLAIN_COMMANDS:
+        original = argparse.ArgumentParser.parse_args
+
+        def parse_then_stop(self, *a, **k):
+            original(self, *a, **k)
+            raise Parsed
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        try:
+            main(args)
+        except Parsed:
+            return 0, ""
+        except SystemExit as done:
+            return done.code, capsys.readouterr().err
+        finally:
+            monkeypatch.undo()
+        return 1, "ran past its argument parsing"
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--print_config"])
+    return done.value.code, capsys.readouterr().err
+
+
+ALL = [(page.relative_to(REPO).as_posix(), args) for page in PAGES for args in commands(page.read_text())]
+
+
+def test_the_pages_hold_commands():
+    pages = {page for page, _ in ALL}
+    assert len(ALL) >= 20 and "README.md" in pages and len(pages) >= 5, pages
+
+
+def test_extraction_joins_continuations_splits_chains_and_expands_variables():
+    text = "```bash\nRUN=runs/x\npip install x && emolightning fit --config a.yaml \\\n   --data.batch_size 4  # note\n"
+    text += "emolightning score $RUN/pred.txt gold.txt [--json]\n```\n"
+    assert commands(text) == [["fit", "--config", "a.yaml", "--data.batch_size", "4"], ["score", "runs/x/pred.txt", "gold.txt", "--json"]]
+
+
+def test_every_documented_command_parses(capsys, monkeypatch):
+    failures = []
+    for page, args in ALL:
+        try:
+            code, err = parse_code(with_stand_ins(args), capsys, monkeypatch)
+        except AssertionError as missing:
+            code, err = 1, str(missing)
+        if code != 0:
+            failures.append(f"{page}: emolightning {shlex.join(args)}\n    {err.strip()[-400:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--config", "configs/quickstart.yaml", "--data.made_up_option", "1"],
+        ["predict", "--config", "configs/quickstart.yaml", "--made_up_flag", "true"],
+        ["score", "pred.txt", "gold.txt", "--made-up"],
+        ["fit", "--config", "configs/no_such_config.yaml"],
+    ],
+)
+def test_a_made_up_option_or_missing_config_is_caught(args, capsys, monkeypatch):
+    try:
+        code, _ = parse_code(with_stand_ins(args), capsys, monkeypatch)
+    except AssertionError:
+        code = 1
+    assert code != 0
