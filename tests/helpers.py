@@ -55,7 +55,11 @@ def tiny_args(tiny_encoder: str, data_dir: str, root: Path, *extra: str) -> list
 
 
 def predict_args(trained_run: dict, root: Path, *extra: str) -> list[str]:
-    """`predict` with the model and config of conftest's `trained_run`, its Trainer files in root/root, no progress bar."""
+    """`predict` with the model and config of conftest's `trained_run`, its Trainer files in root/root, no progress bar.
+
+    The fp32 model on the torch backend unless `extra` says otherwise: the tests compare with fp32 probabilities, and on a CPU
+    with native bf16 the defaults (`precision: auto` recorded in the run's config, `--backend auto`) would run in bf16.
+    """
     return [
         "predict",
         "--config",
@@ -66,6 +70,10 @@ def predict_args(trained_run: dict, root: Path, *extra: str) -> list[str]:
         str(root / "root"),
         "--trainer.enable_progress_bar",
         "false",
+        "--trainer.precision",
+        "32-true",
+        "--backend",
+        "torch",
         *extra,
     ]
 

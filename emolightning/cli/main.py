@@ -189,7 +189,15 @@ class EmotionCLI(LightningCLIWithHooks):
             )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
         self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
-        if config.get("backend") in (None, "auto"):
+        if isinstance(self.model, EnsembleClassifier):
+            # the members are built chunk by chunk inside the ensemble, so there is no one encoder to swap
+            if config.get("backend") not in (None, "auto", "torch"):
+                raise ConfigError(
+                    f"`--backend {config['backend']}` swaps one model's encoder, but --ckpt_path is an ensemble manifest whose members run on "
+                    "PyTorch. Leave --backend at auto (or torch) for an ensemble, or predict with one member's checkpoint."
+                )
+            config["backend"] = "torch"
+        elif config.get("backend") in (None, "auto"):
             device = self.trainer.strategy.root_device.type
             config["backend"] = resolve_backend(device, cpu_flags() if device == "cpu" else set())
             rank_zero_info(f"predict --backend auto: {config['backend']} on this machine (`--backend torch --trainer.precision 32-true` for the fp32 model)")

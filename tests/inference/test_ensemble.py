@@ -198,6 +198,8 @@ def test_two_member_ensemble_predicts_in_input_order_through_the_cli(members, ti
         str(pred),
         "--probabilities",
         "true",
+        "--trainer.precision",
+        "32-true",  # compared with fp32 below; `auto` is bf16 on CPUs with native bf16
     ]
     emolightning("predict", *tiny_args(tiny_encoder, ec_dir, tmp_path, "--ckpt_path", str(out), *args))
     lines = [line.split("\t") for line in pred.read_text(encoding="utf-8").splitlines()]
@@ -216,6 +218,21 @@ def test_two_member_ensemble_predicts_in_input_order_through_the_cli(members, ti
     emolightning("test", *tiny_args(tiny_encoder, ec_dir, tmp_path, "--ckpt_path", str(out)))
     saved = json.loads((out.parent / "test_scores.json").read_text())
     assert saved["checkpoint"] == "ensemble.json" and 0 <= saved["scores"]["test/tuned/jaccard"] <= 1
+
+
+def test_an_ensemble_predicts_on_a_cpu_with_native_bf16_and_refuses_an_encoder_backend(members, tiny_encoder, ec_dir, tmp_path, monkeypatch, capsys):
+    from emolightning.cli import main as cli
+
+    out = tmp_path / "ensemble.json"
+    cli.main(["ensemble", members["a"], members["b"], "--data_dir", ec_dir, "--out", str(out), "--threshold_strategy", "global", "--device", "cpu"])
+    source = write_official(tmp_path / "input.txt", make_rows(5, 3, "q"), unlabelled=True)
+    args = ["--ckpt_path", str(out), "--data.predict_file", str(source), "--output", str(tmp_path / "pred.txt")]
+    # `--backend auto` resolves to bf16 on such a CPU, which swaps one model's encoder: an ensemble has none and runs on torch
+    monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512_bf16"})
+    cli.main(["predict", *tiny_args(tiny_encoder, ec_dir, tmp_path, *args)])
+    assert len((tmp_path / "pred.txt").read_text(encoding="utf-8").splitlines()) == 6
+    err = error_of(["predict", *tiny_args(tiny_encoder, ec_dir, tmp_path, *args, "--backend", "bf16")], capsys)
+    assert "`--backend bf16`" in err and "ensemble manifest" in err and "Leave --backend at auto" in err
 
 
 def error_of(argv: list[str], capsys) -> str:
