@@ -30,7 +30,8 @@ from ..files import write_atomically
 from ..hardware import pad_multiple
 from ..models.encoders import load_tokenizer
 from ..training.resume import ResumableDataLoader
-from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit
+from .encoding import encode, longest_first
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
 
@@ -261,16 +262,13 @@ class EmotionDataModule(L.LightningDataModule):
         table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
         log.info(self._rank_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}"))
-        tokenizer = load_tokenizer(self.hparams.tokenizer)
-        encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
         limit = self.hparams.max_length
-        truncated = sum(len(ids) > limit for ids in encoded)
-        ids = truncate(encoded, limit)
+        ids, lengths = encode(load_tokenizer(self.hparams.tokenizer), table.texts, limit)
         labels = None if table.labels is None else torch.from_numpy(table.labels.astype(np.float32))
+        truncated = sum(length > limit for length in lengths)
         data = {"input_ids": ids, "labels": labels, "ids": table.ids, "texts": table.texts, "truncated": truncated, "source": table.source}
         if split == "train" and self.hparams.teacher_tokenizer:  # only training runs the teacher
-            teacher = load_tokenizer(self.hparams.teacher_tokenizer)
-            data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
+            data["teacher_input_ids"] = encode(load_tokenizer(self.hparams.teacher_tokenizer), table.texts, limit)[0]
         return data
 
     def _tokenized(self, split: str, build: bool) -> dict:
@@ -386,9 +384,13 @@ class EmotionDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.splits[split]
-        # longest first: similar lengths share a batch, and an out-of-memory shows at once
-        order = sorted(range(len(dataset)), key=lambda i: -len(dataset.input_ids[i]))
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size,
+            sampler=longest_first(dataset.lengths),
+            collate_fn=self._collate(),
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
