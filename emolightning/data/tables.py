@@ -422,16 +422,22 @@ def table_from_hub(
     return Table(ids, texts, labels, list(label_columns), source)
 
 
+def label_difference(found: list[str], expected: list[str]) -> str | None:
+    """None when `found` holds the labels of `expected` (in any order), else `; missing: [...]; extra: [...]`, for an error message."""
+    if sorted(found) == sorted(expected):
+        return None
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    return f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}"
+
+
 def aligned_labels(table: Table, label_names: list[str]) -> Table:
     """`table` with its label columns in the order of `label_names` (the training split's); refuses other labels."""
     if table.labels is None or table.label_names == label_names:
         return table
-    if sorted(table.label_names) != sorted(label_names):
-        missing = [n for n in label_names if n not in table.label_names]
-        extra = [n for n in table.label_names if n not in label_names]
+    if (difference := label_difference(table.label_names, label_names)) is not None:
         raise DataError(
-            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}"
-            f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}. "
+            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}{difference}. "
             "Every split needs the same label columns (in any order); fix the header, or list the labels to use with `data.label_columns`."
         )
     order = [table.label_names.index(name) for name in label_names]
