@@ -9,7 +9,6 @@ A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from .batching import Collator, LengthGroupedSampler, TokenizedSplit
 from .encoding import encode, longest_first
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
+from .token_cache import read_cache, write_cache
 
 CACHE_VERSION = 1
 HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
@@ -251,7 +251,7 @@ class EmotionDataModule(L.LightningDataModule):
         key.update(f"{CACHE_VERSION}|{self.hparams.tokenizer}|{self.hparams.max_length}|{self.hparams.text_column}|{self.label_names}".encode())
         if split == "train" and self.hparams.teacher_tokenizer:
             key.update(f"|teacher={self.hparams.teacher_tokenizer}".encode())
-        return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
+        return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.npz")
 
     def _rank_message(self, message: str) -> str:
         """`message` with Lightning's `[rank: N]` prefix when several processes print it; as is on one."""
@@ -276,18 +276,14 @@ class EmotionDataModule(L.LightningDataModule):
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
             try:
-                return torch.load(path, weights_only=False)
+                return read_cache(path)
             except Exception as err:  # cut short (a killed copy, a full disk elsewhere) or not a cache file: rebuilt, never trusted
                 warnings.warn(f"The token cache '{path}' is damaged ({type(err).__name__}); tokenising the {split} split again and rewriting it.", stacklevel=2)
                 build = True
         data = self._tokenize(split)
         if build and path:
             os.makedirs(self.cache_dir, exist_ok=True)
-            # multi-node: each node's rank 0 may write into one shared cache dir; the temporary name
-            # holds the host name too, since containers often give every node the same pid
-            serialized = io.BytesIO()  # first in memory: a full disk's message can say how much the file needs
-            torch.save(data, serialized)
-            write_atomically(path, lambda f: f.write(serialized.getbuffer()), needed=serialized.tell())  # a reader never sees half a cache file
+            write_cache(path, data)  # atomically: each node's rank 0 may write into one shared cache dir
         return data
 
     def prepare_data(self) -> None:
