@@ -219,6 +219,8 @@ class EmotionDataModule(L.LightningDataModule):
         The names are needed when the model is built, before `prepare_data`: under torchrun or SLURM
         every rank builds one, and 16 ranks downloading the data at once (or offline compute nodes
         trying to) is what this avoids. The other ranks of the node wait for the file.
+        No framework primitive fits: the CLI builds the model from these names before the Trainer
+        exists, so there is neither `prepare_data` nor a process group to barrier or broadcast on yet.
         """
         key = hashlib.sha1(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}/{self.hparams.text_column}/{self.hparams.id_column}".encode())
         path = os.path.join(self.cache_dir, f"labels-{key.hexdigest()[:16]}.json")
