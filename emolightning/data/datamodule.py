@@ -1,8 +1,8 @@
 """The LightningDataModule for SemEval-2018 E-c and other multi-label emotion sets.
 
-A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk by
-`prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
-`Collator`, which pads each batch only to its own longest text (batching.py).
+A batch flows: table (tables.py) -> token ids, tokenised once (encoding.py) and cached on disk
+(token_cache.py) by `prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped
+sampler -> `Collator`, which pads each batch only to its own longest text (batching.py).
 `predict` input is not cached: it is streamed, a chunk at a time (stream.py), whatever its length.
 """
 
