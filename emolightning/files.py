@@ -1,10 +1,11 @@
 """Files emolightning writes and reads back: complete or absent, and a named one-paragraph error when the disk says no.
 
-`write_atomically` is the one way emolightning writes a file: into a temporary file in the final
+`write_atomically` (or `atomic_open`) is the one way emolightning writes a file: into a temporary file in the final
 file's own folder, fsync, then `os.replace` (a rename within one folder is atomic, so a reader sees
 the old file or the new one, never a part). A full disk, a read-only folder or a missing permission
 removes the temporary file, leaves the previous file as it was, and becomes a `StorageError` that
-names the path and the bytes it needed. `check_checkpoint` reads a .ckpt before anything else does,
+names the path and the bytes it needed. A folder is built in `folder_beside` its target and renamed
+into place. `check_checkpoint` reads a .ckpt before anything else does,
 so a truncated, foreign or empty file stops with its name instead of torch's zip reader's traceback.
 """
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
+import tempfile
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -84,6 +87,22 @@ def write_atomically(path: str, write: Callable, mode: str = "wb", needed: int |
     """`write(f)` into a temporary file that then becomes `path` (see `atomic_open`)."""
     with atomic_open(path, mode, needed, **open_args) as f:
         write(f)
+
+
+@contextmanager
+def folder_beside(target: str, tag: str = "partial"):
+    """A new hidden folder beside `target`, removed with whatever is left in it when the block ends.
+
+    On the target's own file system, so what is built in it can be renamed into place atomically
+    (`os.replace`), as `atomic_open` does for one file; unique per process (`tempfile.mkdtemp`).
+    """
+    parent, name = os.path.split(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{name}.{tag}-", dir=parent)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def remove_quietly(path: str) -> None:

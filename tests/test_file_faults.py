@@ -72,6 +72,15 @@ def test_an_error_that_is_not_the_disks_keeps_its_traceback(tmp_path):
     assert not isinstance(caught.value, StorageError) and os.listdir(tmp_path) == []
 
 
+def test_a_folder_built_beside_its_target_is_gone_after_a_failure(tmp_path):
+    target = tmp_path / "deep" / "model"
+    with pytest.raises(RuntimeError), files.folder_beside(str(target)) as work:
+        assert os.path.dirname(work) == str(target.parent) and os.path.basename(work).startswith(".model.partial-")
+        (Path(work) / "weights.bin").write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+    assert os.listdir(target.parent) == []
+
+
 def test_a_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()

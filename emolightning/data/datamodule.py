@@ -1,15 +1,14 @@
 """The LightningDataModule for SemEval-2018 E-c and other multi-label emotion sets.
 
-A batch flows: table (tables.py) -> token ids, tokenised once and cached on disk by
-`prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped sampler ->
-`Collator`, which pads each batch only to its own longest text (batching.py).
+A batch flows: table (tables.py) -> token ids, tokenised once (encoding.py) and cached on disk
+(token_cache.py) by `prepare_data` (rank 0 only; the other ranks load the cache) -> length-grouped
+sampler -> `Collator`, which pads each batch only to its own longest text (batching.py).
 `predict` input is not cached: it is streamed, a chunk at a time (stream.py), whatever its length.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,9 +29,11 @@ from ..files import write_atomically
 from ..hardware import pad_multiple
 from ..models.encoders import load_tokenizer
 from ..training.resume import ResumableDataLoader
-from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit
+from .encoding import encode, longest_first
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
+from .token_cache import read_cache, write_cache
 
 CACHE_VERSION = 1
 HUB_LABELS_WAIT_S = 1800  # as long as NCCL's default timeout: local rank 0 may be downloading the data set
@@ -218,6 +219,8 @@ class EmotionDataModule(L.LightningDataModule):
         The names are needed when the model is built, before `prepare_data`: under torchrun or SLURM
         every rank builds one, and 16 ranks downloading the data at once (or offline compute nodes
         trying to) is what this avoids. The other ranks of the node wait for the file.
+        No framework primitive fits: the CLI builds the model from these names before the Trainer
+        exists, so there is neither `prepare_data` nor a process group to barrier or broadcast on yet.
         """
         key = hashlib.sha1(f"{self.hparams.hub_dataset}/{self.hparams.hub_config}/{source}/{self.hparams.text_column}/{self.hparams.id_column}".encode())
         path = os.path.join(self.cache_dir, f"labels-{key.hexdigest()[:16]}.json")
@@ -250,7 +253,7 @@ class EmotionDataModule(L.LightningDataModule):
         key.update(f"{CACHE_VERSION}|{self.hparams.tokenizer}|{self.hparams.max_length}|{self.hparams.text_column}|{self.label_names}".encode())
         if split == "train" and self.hparams.teacher_tokenizer:
             key.update(f"|teacher={self.hparams.teacher_tokenizer}".encode())
-        return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.pt")
+        return os.path.join(self.cache_dir, f"{split}-{key.hexdigest()[:16]}.npz")
 
     def _rank_message(self, message: str) -> str:
         """`message` with Lightning's `[rank: N]` prefix when several processes print it; as is on one."""
@@ -261,16 +264,13 @@ class EmotionDataModule(L.LightningDataModule):
         table = aligned_labels(self.load_table(split), self.label_names)
         # printed by every rank (not rank 0 only): under DDP only local rank 0 should ever tokenise
         log.info(self._rank_message(f"tokenising the {split} split: {len(table.texts)} texts from {table.source}"))
-        tokenizer = load_tokenizer(self.hparams.tokenizer)
-        encoded = tokenizer(table.texts, truncation=False, add_special_tokens=True)["input_ids"]
         limit = self.hparams.max_length
-        truncated = sum(len(ids) > limit for ids in encoded)
-        ids = truncate(encoded, limit)
+        ids, lengths = encode(load_tokenizer(self.hparams.tokenizer), table.texts, limit)
         labels = None if table.labels is None else torch.from_numpy(table.labels.astype(np.float32))
+        truncated = sum(length > limit for length in lengths)
         data = {"input_ids": ids, "labels": labels, "ids": table.ids, "texts": table.texts, "truncated": truncated, "source": table.source}
         if split == "train" and self.hparams.teacher_tokenizer:  # only training runs the teacher
-            teacher = load_tokenizer(self.hparams.teacher_tokenizer)
-            data["teacher_input_ids"] = truncate(teacher(table.texts, truncation=False, add_special_tokens=True)["input_ids"], limit)
+            data["teacher_input_ids"] = encode(load_tokenizer(self.hparams.teacher_tokenizer), table.texts, limit)[0]
         return data
 
     def _tokenized(self, split: str, build: bool) -> dict:
@@ -278,18 +278,14 @@ class EmotionDataModule(L.LightningDataModule):
         path = self._cache_path(split, source) if source else None
         if path and os.path.exists(path):
             try:
-                return torch.load(path, weights_only=False)
+                return read_cache(path)
             except Exception as err:  # cut short (a killed copy, a full disk elsewhere) or not a cache file: rebuilt, never trusted
                 warnings.warn(f"The token cache '{path}' is damaged ({type(err).__name__}); tokenising the {split} split again and rewriting it.", stacklevel=2)
                 build = True
         data = self._tokenize(split)
         if build and path:
             os.makedirs(self.cache_dir, exist_ok=True)
-            # multi-node: each node's rank 0 may write into one shared cache dir; the temporary name
-            # holds the host name too, since containers often give every node the same pid
-            serialized = io.BytesIO()  # first in memory: a full disk's message can say how much the file needs
-            torch.save(data, serialized)
-            write_atomically(path, lambda f: f.write(serialized.getbuffer()), needed=serialized.tell())  # a reader never sees half a cache file
+            write_cache(path, data)  # atomically: each node's rank 0 may write into one shared cache dir
         return data
 
     def prepare_data(self) -> None:
@@ -386,9 +382,13 @@ class EmotionDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.splits[split]
-        # longest first: similar lengths share a batch, and an out-of-memory shows at once
-        order = sorted(range(len(dataset)), key=lambda i: -len(dataset.input_ids[i]))
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size,
+            sampler=longest_first(dataset.lengths),
+            collate_fn=self._collate(),
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")

@@ -4,7 +4,7 @@
 .csv (the stdlib `csv` module on the open file, so quoted cells may hold commas, quotes and line
 breaks), .txt/.tsv (tab-separated without quoting, as the official E-c files and IANA's TSV: a
 field holds no tab or line break; a quote is part of a tweet), .jsonl (one object per line),
-.json (an array of objects, or JSON Lines) and .parquet. `line` is the physical line of the file
+.json (an array of objects, streamed by ijson, or JSON Lines) and .parquet. `line` is the physical line of the file
 where the row starts (counting LF, CR and CRLF line ends, as editors do), or the row number in a
 Parquet file. `plain_lines(path)` reads a file with one text per line. Nothing here changes a
 text; tables.py does (and counts it).
@@ -19,17 +19,14 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import ijson
+
 from ..errors import DataError
 
 BAD_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
 MISSING = object()  # a JSON object without that key
 Rows = Iterator[tuple[int, dict]]
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))  # a 131,072-character text is no error
-
-
-def breaks(text: str) -> int:
-    """How many line ends (LF, CR or CRLF) `text` holds."""
-    return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
 def clip(value, limit: int = 80) -> str:
@@ -135,53 +132,88 @@ def _object(path: str, line: int, value) -> dict:
     return value
 
 
+def _json_events(path: str, multiple_values: bool = False) -> Iterator[tuple[int, str, object, int]]:
+    """(physical line, ijson event, value, depth) of the file's JSON, parsed by ijson a line at a time.
+
+    Fed one physical line at a time, the parser emits each event while reading the line that holds
+    it, so an event (and an error) knows its line without the file ever being held whole. `depth`
+    is the nesting level the event happens at (0: the top-level value itself).
+    """
+    events = ijson.sendable_list()
+    parser = ijson.basic_parse_coro(events, use_float=True, multiple_values=multiple_values)
+    number, depth = 0, 0
+    try:
+        for number, line in enumerate(physical_lines(path), start=1):
+            parser.send(line.encode("utf-8", "surrogatepass"))
+            for event, value in events:
+                depth -= event in ("end_map", "end_array")
+                yield number, event, value, depth
+                depth += event in ("start_map", "start_array")
+            del events[:]
+        parser.close()
+    except ijson.JSONError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "after array element" in reason:
+            raise DataError(
+                f"{path}, line {number}: expected ',' or ']' after an object of the array. Fix the JSON (e.g. load and re-save it with pandas)."
+            ) from None
+        if "integer overflow" in reason:  # valid JSON that the C parser refuses: say what to change
+            raise DataError(f"{path}, line {number}: a whole number beyond 64 bits. Write such values (e.g. IDs) as strings.") from None
+        raise DataError(
+            f"{path}, line {max(number, 1)}: not valid JSON ({reason}). A .json file must hold an array of objects, or one object per line."
+        ) from None
+    for event, value in events:  # what only the end of the file completes
+        yield number, event, value, depth
+
+
+def _starts_an_array(path: str) -> bool:
+    """Whether the file's first character other than whitespace is `[` (read up to that line only)."""
+    return next((line.lstrip()[:1] == "[" for line in physical_lines(path) if line.strip()), False)
+
+
+def _whole_table(path: str) -> bool:
+    """Whether the file's first JSON value is one object whose values are all objects: pandas' default `to_json`, a table by columns."""
+    found = False
+    try:
+        for _, event, _, depth in _json_events(path, multiple_values=True):
+            if depth == 0:  # the first value's start or end
+                if event not in ("start_map", "end_map"):
+                    return False
+                if event == "end_map":
+                    return found
+            elif depth == 1 and event not in ("map_key", "end_map", "end_array"):  # a value of the top-level object
+                if event != "start_map":
+                    return False
+                found = True
+    except DataError:
+        return False
+    return False
+
+
 def _json_file(path: str) -> Rows:
-    """An array of objects (`df.to_json(orient="records")`), or JSON Lines in a .json file."""
-    text = "".join(physical_lines(path))
-    start = len(text) - len(text.lstrip())
-    if text[start : start + 1] != "[":
-        first = next((line for line in text.splitlines() if line.strip()), "")
-        try:
-            whole = json.loads(first)
-        except json.JSONDecodeError:
-            try:
-                whole = json.loads(text)
-            except json.JSONDecodeError:
-                whole = None
-        if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
+    """An array of objects (`df.to_json(orient="records")`), or JSON Lines in a .json file; streamed, one row in memory at a time."""
+    if not _starts_an_array(path):
+        if _whole_table(path):
             raise DataError(
                 f"{path}: one JSON object holding the whole table (pandas' default `to_json`), not one object per row. "
                 "Write it with `df.to_json(path, orient='records')` (an array of objects) or `lines=True` (JSON Lines)."
             )
         yield from _json_lines(path)
         return
-    decoder, index, line = json.JSONDecoder(), start + 1, 1 + breaks(text[:start])
-
-    def skip(i: int) -> int:
-        nonlocal line
-        while i < len(text) and text[i] in " \t\r\n":
-            line += text[i] == "\n" or (text[i] == "\r" and text[i + 1 : i + 2] != "\n")
-            i += 1
-        return i
-
-    index = skip(index)
-    if text[index : index + 1] == "]":
-        return
-    while True:
-        try:
-            value, end = decoder.raw_decode(text, index)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path}, line {err.lineno}: not valid JSON ({err.msg}). A .json file must hold an array of objects, or one object per line."
-            ) from None
-        yield line, _object(path, line, value)
-        line += breaks(text[index:end])
-        index = skip(end)
-        if text[index : index + 1] == "]":
-            return
-        if text[index : index + 1] != ",":
-            raise DataError(f"{path}, line {line}: expected ',' or ']' after an object of the array. Fix the JSON (e.g. load and re-save it with pandas).")
-        index = skip(index + 1)
+    builder, start = None, 0
+    events = _json_events(path)
+    for number, event, value, depth in events:
+        if depth == 0:
+            if event == "end_array":  # whatever follows the array is not read
+                events.close()
+                return
+            continue
+        if builder is None:  # an element of the array begins on this line
+            builder, start = ijson.ObjectBuilder(), number
+        builder.event(event, value)
+        if depth == 1 and event not in ("start_map", "start_array", "map_key"):  # the element is complete
+            yield start, _object(path, start, builder.value)
+            builder = None
 
 
 def _json_header(path: str, rows: Rows) -> tuple[list[str], Rows]:

@@ -1,11 +1,10 @@
 """Prediction input, streamed: a file of any length in bounded memory.
 
 `emolightning predict` reads its file a chunk at a time (`chunk_batches` eval batches, 8,192
-texts by default), tokenises the chunk, sorts it by length (similar lengths share a batch, so
-little compute goes to padding) and yields ready-made batches. The chunk size trades memory for
-padding: on tweets, batches of 64 cut from sorted chunks of 2,048 / 8,192 texts hold 4.5% / 1.2%
-more tokens than the texts themselves (whole-file sorting of 20k tweets: 0.4%), and predicting
-100k tweets peaked at 818 / 881 MB RSS (benchmarks/predict_memory.py; 1,660 MB before streaming). Only one chunk per DataLoader
+texts by default), tokenises the chunk, sorts it by length and cuts it into batches
+(encoding.TextBatches: similar lengths share a batch, so little compute goes to padding) and
+yields them. The chunk size trades memory for padding: a larger chunk holds more texts at once
+and pads less (BENCHMARKS.md, benchmarks/predict_memory.py). Only one chunk per DataLoader
 worker is ever held; `PredictionFileWriter` (prediction_writer.py) puts each chunk's rows back in input order
 and writes them out before the next chunks arrive.
 
@@ -26,7 +25,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..models.encoders import load_tokenizer
-from .batching import pad, truncate
+from .encoding import TextBatches
 from .tables import Record
 
 
@@ -80,21 +79,18 @@ class PredictStream(IterableDataset):
             rows = list(itertools.islice(records, chunk_rows))  # every worker reads every row; each tokenises its own chunks
             if chunk % num_workers != worker_id:
                 continue
-            texts = [text for _, text, _ in rows]
-            # ids only: the masks come from padding, and the tokenizer's would be two more lists per text
-            encoded = tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))  # longest first: an out-of-memory shows at once
-            for k in range(0, len(rows), self.batch_size):
-                if (chunk * self.chunk_batches + k // self.batch_size) % self.world_size != self.rank:
+            batches = TextBatches([text for _, text, _ in rows], tokenizer, self.max_length, self.batch_size, self.pad_to_multiple_of)
+            for k in range(len(batches)):
+                if (chunk * self.chunk_batches + k) % self.world_size != self.rank:
                     continue
-                members = order[k : k + self.batch_size]
-                input_ids, attention_mask = pad(truncate([encoded[i] for i in members], self.max_length), tokenizer.pad_token_id, self.pad_to_multiple_of)
+                batch = batches[k]
+                members = batch["rows"]
                 yield {
-                    "input_ids": input_ids,
-                    "attention_mask": attention_mask,
+                    "input_ids": batch["input_ids"],
+                    "attention_mask": batch["attention_mask"],
                     "index": torch.tensor([chunk * chunk_rows + i for i in members]),
                     "ids": [rows[i][0] for i in members],
                     "texts": [rows[i][1] for i in members],
                     "chunk": chunk,
-                    "truncated": sum(len(encoded[i]) > self.max_length for i in members),
+                    "truncated": batch["truncated"],
                 }

@@ -266,13 +266,19 @@ def _note(path: str, count: int, logged: set | None) -> None:
 def plain_texts(path: str, note_spaces: bool = True, logged: set | None = None) -> Iterator[Record]:
     """A .txt with one text per line and no header: every line is a row, blank ones included, and its ID
     is its line number, so no ID ever shifts. A blank line is predicted as an empty text."""
-    count = changed = 0
-    for count, line in plain_lines(path):
-        text = spaced(line)
-        changed += text != line
-        yield str(count), text, None
+    rows = ((str(number), line, None) for number, line in plain_lines(path))
+    return _spaced_rows(path, rows, f"{path} holds no text: write one text per line.", note_spaces, logged)
+
+
+def _spaced_rows(path: str, records: Iterator[Record], empty: str, note_spaces: bool, logged: set | None) -> Iterator[Record]:
+    """`records` with each text's tabs and line breaks made spaces (counted, and noted once the file is read); `empty` is the error for no row."""
+    changed = count = 0
+    for row_id, text, values in records:
+        fixed = spaced(text)
+        changed, count = changed + (fixed != text), count + 1
+        yield row_id, fixed, values
     if not count:
-        raise DataError(f"{path} holds no text: write one text per line.")
+        raise DataError(empty)
     if note_spaces:
         _note(path, changed, logged)
 
@@ -288,9 +294,16 @@ def _records(
     note_spaces: bool,
     logged: set | None,
 ) -> Iterator[Record]:
+    rows = _checked_rows(path, rows, text_column, id_column, label_names, labels_column, unique_ids)
+    return _spaced_rows(path, rows, f"{path} has a header but no rows.", note_spaces, logged)
+
+
+def _checked_rows(
+    path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool
+) -> Iterator[Record]:
+    """(ID, text as read, labels) of every row, each checked: a text, a unique ID, labels all 0/1 or all NONE."""
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
-    changed = number = 0
     for number, (line, row) in enumerate(rows, start=1):
         text = row[text_column]
         if text is None or text is MISSING or not str(text).strip():
@@ -317,13 +330,7 @@ def _records(
             raise DataError(
                 f"{where(path, line)}: this row is {'' if values is not None else 'un'}labelled, unlike the rows before it. A file is either fully labelled or fully unlabelled (NONE)."
             )
-        fixed = spaced(text)
-        changed += fixed != text
-        yield row_id, fixed, values
-    if not number:
-        raise DataError(f"{path} has a header but no rows.")
-    if note_spaces:
-        _note(path, changed, logged)
+        yield row_id, text, values
 
 
 def file_records(
@@ -422,16 +429,22 @@ def table_from_hub(
     return Table(ids, texts, labels, list(label_columns), source)
 
 
+def label_difference(found: list[str], expected: list[str]) -> str | None:
+    """None when `found` holds the labels of `expected` (in any order), else `; missing: [...]; extra: [...]`, for an error message."""
+    if sorted(found) == sorted(expected):
+        return None
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    return f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}"
+
+
 def aligned_labels(table: Table, label_names: list[str]) -> Table:
     """`table` with its label columns in the order of `label_names` (the training split's); refuses other labels."""
     if table.labels is None or table.label_names == label_names:
         return table
-    if sorted(table.label_names) != sorted(label_names):
-        missing = [n for n in label_names if n not in table.label_names]
-        extra = [n for n in table.label_names if n not in label_names]
+    if (difference := label_difference(table.label_names, label_names)) is not None:
         raise DataError(
-            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}"
-            f"{f'; missing: {clip(missing, 120)}' if missing else ''}{f'; extra: {clip(extra, 120)}' if extra else ''}. "
+            f"{table.source}: its labels differ from the training split's {clip(label_names, 300)}{difference}. "
             "Every split needs the same label columns (in any order); fix the header, or list the labels to use with `data.label_columns`."
         )
     order = [table.label_names.index(name) for name in label_names]

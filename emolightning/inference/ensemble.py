@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.batching import pad, truncate
+from ..data.encoding import TextBatches
 from ..errors import ConfigError, DataError
 from ..files import checkpoint_problem, write_atomically
 from ..hardware import pad_multiple
@@ -92,15 +92,10 @@ def load_member(checkpoint: str, device: torch.device | str = "cpu") -> EmotionC
 @torch.no_grad()
 def member_probs(model: EmotionClassifier, texts: list[str], max_length: int, batch_size: int = 64) -> Tensor:
     """(N, L) probabilities of `texts`, in their order, with the member's own tokenizer and max_length (longest first, each batch padded to its longest)."""
-    tokenizer = load_tokenizer(model.hparams.encoder)
-    encoded = tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    ids = truncate(encoded, max_length)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out = torch.empty(len(ids), len(model.label_names), device=model.device)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        input_ids, mask = pad([ids[i] for i in rows], tokenizer.pad_token_id, pad_multiple(model.device))
-        out[torch.tensor(rows, device=model.device)] = torch.sigmoid(model(input_ids.to(model.device), mask.to(model.device)).float())
+    out = torch.empty(len(texts), len(model.label_names), device=model.device)
+    for batch in TextBatches(texts, load_tokenizer(model.hparams.encoder), max_length, batch_size, pad_multiple(model.device)):
+        logits = model(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+        out[torch.tensor(batch["rows"], device=model.device)] = torch.sigmoid(logits.float())
     return out
 
 

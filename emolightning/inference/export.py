@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from ..errors import ConfigError
-from ..files import named_write_errors
+from ..files import folder_beside, named_write_errors
 from .backends import Logits, export_onnx, require_onnx
 
 MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
@@ -231,25 +230,21 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     # the files are written into a hidden folder beside `out`, then each is renamed into it: a full disk or a
     # read-only folder stops with a StorageError naming `out` and leaves no half file (and an earlier export's files whole)
     needed = sum(t.numel() * 4 for t in weights.values()) * (2 if format == "onnx" else 1)
-    with named_write_errors(str(out), needed=needed):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
-            model.save_pretrained(work)
-            shutil.copyfile(MODELING_FILE, work / MODELING_FILE.name)
-            tokenizer.save_pretrained(work)
-            (work / "thresholds.json").write_text(json.dumps(dict(zip(hparams["label_names"], thresholds)), indent=2) + "\n")
-            if format == "onnx":
-                export_onnx(Logits(model), str(work / "model.onnx"), "logits")
-            (work / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds, onnx=format == "onnx"), encoding="utf-8")
-            for file in work.iterdir():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())  # on disk before a name in `out` points at it
-            out.mkdir(exist_ok=True)
-            for file in sorted(work.iterdir()):
-                os.replace(file, out / file.name)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    with named_write_errors(str(out), needed=needed), folder_beside(str(out)) as work_folder:
+        work = Path(work_folder)
+        model.save_pretrained(work)
+        shutil.copyfile(MODELING_FILE, work / MODELING_FILE.name)
+        tokenizer.save_pretrained(work)
+        (work / "thresholds.json").write_text(json.dumps(dict(zip(hparams["label_names"], thresholds)), indent=2) + "\n")
+        if format == "onnx":
+            export_onnx(Logits(model), str(work / "model.onnx"), "logits")
+        (work / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds, onnx=format == "onnx"), encoding="utf-8")
+        for file in work.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())  # on disk before a name in `out` points at it
+        out.mkdir(exist_ok=True)
+        for file in sorted(work.iterdir()):
+            os.replace(file, out / file.name)
     return out
 
 

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from ..data.encoding import sorted_batches
 from ..errors import ConfigError
 from ..files import check_checkpoint, check_model_folder
 from ..inference.ensemble import average_logits
@@ -356,10 +357,8 @@ class EmotionDistiller(EmotionClassifier):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         mine = list(range(rank, len(dataset), world))
         share = torch.zeros(-(-len(dataset) // world), len(self.label_names), device=self.device)  # ranks' shares padded to one size
-        order = sorted(range(len(mine)), key=lambda k: -len(dataset[mine[k]]["input_ids"]))  # similar lengths share a batch
         with self.trainer.precision_plugin.forward_context():
-            for start in range(0, len(order), batch_size):
-                positions = order[start : start + batch_size]
+            for positions in sorted_batches([len(dataset[i]["input_ids"]) for i in mine], batch_size):  # similar lengths share a batch
                 batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in collate([dataset[mine[k]] for k in positions]).items()}
                 share[positions] = self.teacher(*self.teacher_inputs(batch), hidden=False)[0].float()
         shares = self.all_gather(share) if world > 1 else share[None]  # (world, share, L)

@@ -18,12 +18,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..files import folder_beside
 
 CONTENTS = ".emolightning-contents.json"  # {relative path: size in bytes} of the unpacked folder
 
@@ -107,14 +108,19 @@ def check_part_sizes(parts: list[str]) -> None:
 
 def assemble(parts: list[str], target: str) -> str:
     """Join `parts` in order into one zip and unpack its model folder to `target`, atomically."""
-    parent = os.path.dirname(target)
+    parent, building = os.path.dirname(target), ExitStack()
     try:
-        os.makedirs(parent, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
+        work = building.enter_context(folder_beside(target))
     except OSError as err:
         raise ConfigError(
             f"Cannot create the encoder cache folder '{parent}' ({err.strerror}). Set EMOLIGHTNING_CACHE to a writable folder with about 1 GB free."
         ) from err
+    with building:
+        return _assemble_in(work, parts, target)
+
+
+def _assemble_in(work: str, parts: list[str], target: str) -> str:
+    parent = os.path.dirname(target)
     try:
         joined = os.path.join(work, "pack.zip")
         with open(joined, "wb") as out:
@@ -144,8 +150,6 @@ def assemble(parts: list[str], target: str) -> str:
             f"{2 * sum(os.path.getsize(p) for p in parts) / 1e9:.1f} GB free while unpacking. Free space or set EMOLIGHTNING_CACHE "
             "to another folder, and run again."
         ) from err
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def folder_files(folder: str) -> dict[str, int]:
@@ -183,12 +187,11 @@ def unpacked_problem(folder: str) -> str | None:
 
 def discard(folder: str) -> None:
     """Remove a damaged unpacked folder: renamed aside first, so no reader finds half of it under its name."""
-    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.damaged-", dir=os.path.dirname(folder))
-    try:
-        os.replace(folder, os.path.join(aside, "old"))
-    except FileNotFoundError:  # another process has moved it already
-        pass
-    shutil.rmtree(aside, ignore_errors=True)
+    with folder_beside(folder, "damaged") as aside:
+        try:
+            os.replace(folder, os.path.join(aside, "old"))
+        except FileNotFoundError:  # another process has moved it already
+            pass
 
 
 def model_folder(root: str) -> str:

@@ -17,8 +17,8 @@ import json
 import numpy as np
 import torch
 
-from ..data.formats import read_header
-from ..data.tables import read_table
+from ..data.formats import clip, read_header
+from ..data.tables import label_difference, read_table
 from ..errors import DataError
 from ..metrics import official_scores
 
@@ -35,12 +35,9 @@ def aligned(pred_path: str, gold_path: str, text_column: str = "Tweet", id_colum
             f"The gold file {gold_path} has no labels (NONE in every label column): it is the unlabelled test file. Score against the gold labels (e.g. 2018-E-c-En-test-gold.txt)."
         )
     columns = label_columns(pred_path, text_column, id_column)
-    if sorted(columns) != sorted(gold.label_names):
-        missing = [c for c in gold.label_names if c not in columns]
-        extra = [c for c in columns if c not in gold.label_names]
+    if (difference := label_difference(columns, gold.label_names)) is not None:
         raise DataError(
-            f"The label columns of {pred_path} {columns} do not match those of {gold_path} {gold.label_names}"
-            f"{f'; missing: {missing}' if missing else ''}{f'; extra: {extra}' if extra else ''}. "
+            f"The label columns of {pred_path} {clip(columns, 300)} do not match those of {gold_path} {clip(gold.label_names, 300)}{difference}. "
             "Predict with a model trained on the gold file's labels, or fix the header."
         )
     pred = read_table(pred_path, text_column, id_column, label_columns=gold.label_names)

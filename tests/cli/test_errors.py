@@ -127,7 +127,7 @@ def test_hub_dataset_without_a_test_split_fits_and_says_what_to_do_elsewhere(tin
     # fit needs no test split, as with a data directory without its test-gold file (it stopped on KeyError: 'test')
     main(["fit", *args])
     best = next((tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt"))
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt")) == ["train", "validation"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.npz")) == ["train", "validation"]
 
     missing = "The Hub dataset 'SemEvalWorkshop/sem_eval_2018_task_1' (config 'subtask5.english'; options `data.hub_dataset`, `data.hub_config`)"
     code, err = run_main(["test", *args, "--ckpt_path", str(best)], capsys)

@@ -1,12 +1,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from emolightning.data.batching import Collator, LengthGroupedSampler
 from emolightning.data.datamodule import EmotionDataModule
 from emolightning.data.tables import read_table
+from emolightning.data.token_cache import read_cache, write_cache
 from emolightning.errors import DataError
 
 from conftest import LABELS, make_rows, write_official
@@ -196,7 +198,7 @@ def test_prepare_data_tokenises_only_the_splits_of_the_running_stage(ec_dir, tin
     data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
     data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)), world_size=1)
     data.prepare_data()
-    assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.pt")) == cached
+    assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.npz")) == cached
 
 
 def test_a_run_describes_each_file_once_however_often_it_reads_it(tmp_path, tiny_encoder, cache_dir, caplog):
@@ -223,3 +225,42 @@ def test_a_run_describes_each_file_once_however_often_it_reads_it(tmp_path, tiny
             data.setup("predict")
     notes = Counter(r.getMessage() for r in caplog.records if "held tabs or line breaks" in r.getMessage() or "text column 'text'" in r.getMessage())
     assert len(notes) == 4 and set(notes.values()) == {2}, notes
+
+
+def test_token_cache_round_trips_without_pickle(tmp_path, tiny_encoder, cache_dir):
+    rows = make_rows(6, 5, "u")
+    rows[1] = (rows[1][0], "so happy today ünïcödé 😀", rows[1][2])
+    write_official(tmp_path / "x-train.txt", rows)
+    data = dm(tiny_encoder, cache_dir, data_dir=str(tmp_path), max_length=6, teacher_tokenizer=tiny_encoder)
+    fresh = data._tokenize("train")
+    data.prepare_data()
+    path = data._cache_path("train", data.split_source("train"))
+    with np.load(path, allow_pickle=False) as npz:  # every member is a plain array: nothing to unpickle
+        assert all(npz[name].dtype != object for name in npz.files)
+    cached = data._tokenized("train", build=False)
+    assert cached.keys() == fresh.keys() and cached["texts"][1] == "so happy today ünïcödé 😀"
+    for key in ("input_ids", "teacher_input_ids"):
+        assert all(torch.equal(a, b) and a.dtype == torch.int32 for a, b in zip(cached[key], fresh[key], strict=True))
+    assert torch.equal(cached["labels"], fresh["labels"]) and cached["labels"].dtype == torch.float32
+    assert [cached[k] for k in ("ids", "texts", "truncated", "source")] == [fresh[k] for k in ("ids", "texts", "truncated", "source")]
+    assert fresh["truncated"] > 0
+    lone = dict(fresh, texts=["a lone \ud83d surrogate, as a JSON table's escape reads"] + fresh["texts"][1:], labels=None)
+    write_cache(str(tmp_path / "lone.npz"), lone)
+    assert read_cache(str(tmp_path / "lone.npz"))["texts"] == lone["texts"] and read_cache(str(tmp_path / "lone.npz"))["labels"] is None
+
+
+class RunsOnLoad:
+    ran = False
+
+    def __reduce__(self):
+        return (setattr, (RunsOnLoad, "ran", True))
+
+
+def test_a_cache_file_holding_a_pickle_is_rebuilt_never_run(ec_dir, tiny_encoder, cache_dir):
+    data = dm(tiny_encoder, cache_dir, data_dir=ec_dir)
+    path = data._cache_path("train", data.split_source("train"))
+    Path(path).parent.mkdir(parents=True)
+    torch.save({"input_ids": RunsOnLoad()}, path)  # what `torch.load(weights_only=False)` would have executed
+    with pytest.warns(UserWarning, match="damaged"):
+        data.setup("fit")
+    assert not RunsOnLoad.ran and len(data.splits["train"]) == 96

@@ -104,3 +104,37 @@ def test_error_quotes_are_truncated(tmp_path):
     with pytest.raises(DataError) as err:
         read_table(str(path))
     assert len(str(err.value)) < 700
+
+
+def test_json_array_rows_know_their_physical_line(tmp_path):
+    rows = [{"ID": "a", "Tweet": "one", "joy": 1}, {"ID": "b", "Tweet": "two", "joy": 0}, {"ID": "c", "Tweet": "three", "joy": 7}]
+    path = tmp_path / "train.json"
+    path.write_bytes(json.dumps(rows, indent=1).replace("\n", "\r\n").encode())  # 5 lines per object, CRLF line ends
+    with pytest.raises(DataError, match=r"train.json, line 12: .*'joy' holds 7"):
+        read_table(str(path))
+    path.write_text('[{"ID": "a", "Tweet": "x"}\n\n {"ID": "b", "Tweet": "y"}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json, line 3: expected ',' or '\]' after an object of the array"):
+        read_table(str(path))
+    path.write_text('[\n{"ID": 12345678901234567890, "Tweet": "x", "joy": 1}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json, line 2: a whole number beyond 64 bits.*as strings"):
+        read_table(str(path))
+
+
+def test_a_json_array_is_streamed_not_read_whole(tmp_path, monkeypatch):
+    from emolightning.data import formats
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([{"ID": str(i), "Tweet": f"text {i}", "joy": i % 2} for i in range(1000)], indent=1), encoding="utf-8")
+    read = [0]
+    lines = formats.physical_lines
+
+    def counted(name):
+        for line in lines(name):
+            read[0] += 1
+            yield line
+
+    monkeypatch.setattr(formats, "physical_lines", counted)
+    rows = formats._json_file(str(path))
+    assert next(rows) == (2, {"ID": "0", "Tweet": "text 0", "joy": 0})
+    assert read[0] < 20  # the first object's lines (and the first line, to see the array), not the file's ~5,000
+    assert sum(1 for _ in rows) == 999

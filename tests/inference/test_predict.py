@@ -139,5 +139,5 @@ def test_predict_skips_the_weight_init_and_the_labelled_splits(trained_run, tmp_
     cache = tmp_path / "cache"
     predict_in_process(trained_run, tmp_path, "--data.cache_dir", str(cache), "--output", str(tmp_path / "pred.txt"))
     assert inits == []
-    assert sorted(p.name for p in cache.glob("*.pt")) == []
+    assert sorted(p.name for p in cache.glob("*.npz")) == []
     assert len(read_rows(tmp_path / "pred.txt")[1]) > 0

@@ -82,3 +82,23 @@ def test_unlabelled_gold_file_is_refused_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err
     assert err.startswith("emolightning: error: The gold file") and "test-gold" in err
+
+
+@pytest.mark.parametrize("extra", [["d"], [f"label_{i:03d}" for i in range(60)]], ids=["one", "many"])
+def test_score_and_the_split_check_name_a_label_difference_alike(tmp_path, extra):
+    """One check (tables.label_difference) for both: the same `; missing: ...; extra: ...` (cut alike when long), then each its own advice."""
+    import numpy as np
+
+    from emolightning.data.tables import Table, aligned_labels
+
+    header = "\t".join(["ID", "Tweet", *extra, "a", "b"])
+    pred = "\n".join([header] + [f"{i}\tt" + "\t0" * (len(extra) + 2) for i in range(1, 6)]) + "\n"
+    with pytest.raises(DataError) as from_score:
+        score_files(write(tmp_path, "pred.txt", pred), write(tmp_path, "gold.txt", GOLD))
+    table = Table(["1"], ["t"], np.zeros((1, len(extra) + 2), dtype=np.uint8), [*extra, "a", "b"], "dev.txt")
+    with pytest.raises(DataError) as from_tables:
+        aligned_labels(table, ["a", "b", "c"])
+    difference = str(from_score.value).split(" ['a', 'b', 'c']", 1)[1].split(". Predict", 1)[0]
+    assert difference.startswith("; missing: ['c']; extra: [")
+    assert f"['a', 'b', 'c']{difference}. Every split needs the same label columns" in str(from_tables.value)
+    assert len(str(from_score.value)) < 1200

@@ -150,7 +150,7 @@ def test_only_local_rank_zero_tokenises(ddp):
     # fit reads the train and validation splits (data.STAGE_SPLITS): the test split is not tokenised
     assert len(lines) == 2 and all(line.startswith("[rank: 0] ") for line in lines), lines
     cache = sorted(p.name for p in (root / "cache").iterdir())
-    assert len(cache) == 2 and all(name.endswith(".pt") for name in cache), cache  # no stray .tmp files
+    assert len(cache) == 2 and all(name.endswith(".npz") for name in cache), cache  # no stray .tmp files
 
 
 @pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
