@@ -26,6 +26,7 @@ from ..inference.manifest import is_manifest, read_manifest
 from ..inference.prediction_writer import PredictionFileWriter
 from ..models.checkpoints import check_checkpoint, label_names
 from ..models.classifier import EmotionClassifier
+from ..models.distill import resumed_distiller
 from ..models.encoders import skipped_weight_init
 from ..training.best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
 from ..training.nan_guard import FiniteLossGuard
@@ -41,6 +42,8 @@ from .standalone import EVALUATING, checkpoint_arguments
 
 
 class EmotionCLI(LightningCLIWithHooks):
+    resumed_model: dict | None = None  # `fit --ckpt_path` of a distillation: the distiller's model config (before_ckpt_path)
+
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)
         from .. import __version__
@@ -164,11 +167,18 @@ class EmotionCLI(LightningCLIWithHooks):
         checkpoint = check_checkpoint(ckpt)  # a damaged or foreign file stops here, named, not in torch's zip reader
         if subcommand == "fit":
             refuse_resume_without_training_state(ckpt, checkpoint)
+            self.resumed_model = resumed_distiller(checkpoint)
         data = config.get("data")
         if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
             # the checkpoint's labels: test and predict read their own split only, never the training files
             if names := label_names(checkpoint):
                 data["label_names"] = names  # used only where no training split can be read (data.EmotionDataModule.label_names)
+
+    def after_ckpt_path(self) -> None:
+        # Lightning has put the checkpoint's hyperparameters in the config's model. A distillation's are its student's
+        # (distill.py), which test and predict run as a plain EmotionClassifier; resuming its `fit` runs the distiller.
+        if self.resumed_model is not None:
+            self.config = self.parser.parse_object({"fit": {"model": self.resumed_model}}, self.config)
 
     def before_predict(self) -> None:
         config = self.config_init["predict"]

@@ -17,9 +17,10 @@ rest, which are exactly the student's EmotionClassifier arguments. So every chec
 hyperparameters and weights, which `EmotionClassifier.load_from_checkpoint`, `test`, `predict`,
 `export`, ensembles and a later distillation read with no teacher. Beside it, the `distillation`
 entry keeps what is the distiller's alone: its arguments (a record of how the student was made) and
-the cosine loss's projection weights. Resuming needs nothing more: `fit --config distill.yaml
---ckpt_path last` builds the distiller from the config, Lightning puts the checkpoint's (student's)
-hyperparameters into it as for any model, and `on_load_checkpoint` takes the projection back.
+the cosine loss's projection weights. To resume (`fit --ckpt_path last`), the CLI builds the
+distiller that `resumed_distiller` reads from those two parts of the checkpoint it has read (Lightning
+alone would build the plain classifier its top level describes), and `on_load_checkpoint` takes the
+projection back.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ DISTILLATION_ARGUMENTS = (
 )
 # what the CLI records of the class it built: it names the distiller, not the student
 CLI_RECORDS = ("_class_path", "_instantiator")
+
+
+def resumed_distiller(checkpoint: dict) -> dict | None:
+    """The `model` config (class_path, init_args) of the distiller that wrote the checkpoint dict: its student's hyperparameters
+    and its own arguments (module docstring); None for a checkpoint that no distiller wrote."""
+    distillation = checkpoint.get("distillation")
+    if distillation is None:
+        return None
+    return {"class_path": distillation["class_path"], "init_args": {**checkpoint["hyper_parameters"], **distillation["hyper_parameters"]}}
 
 
 class Teacher(nn.Module):
@@ -425,7 +435,9 @@ class EmotionDistiller(EmotionClassifier):
             del state[key]
         # out of the state dict, so that it is the student's own (strict EmotionClassifier loading)
         projection = {k: state.pop(k) for k in [k for k in state if k.startswith("projection.")]}
-        checkpoint["distillation"] = {"hyper_parameters": dict(self.distillation), "projection": projection}
+        # the class that resumes it: the package's name for this one, a subclass's own import path
+        class_path = "emolightning.EmotionDistiller" if type(self) is EmotionDistiller else f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["distillation"] = {"class_path": class_path, "hyper_parameters": dict(self.distillation), "projection": projection}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
