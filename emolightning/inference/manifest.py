@@ -82,7 +82,7 @@ def manifest_of(path: str, data: dict) -> Manifest:
     if len(thresholds) != len(labels):
         raise ConfigError(f"{path}: {len(thresholds)} thresholds for {len(labels)} labels. Rebuild it with `emolightning ensemble`.")
     strategy, threshold = data.get("threshold_strategy", "per_label"), float(data.get("threshold", 0.5))
-    return Manifest(path, members, labels, thresholds, strategy, threshold, bool(data.get("keep_members_loaded", False)))
+    return Manifest(path, members, labels, thresholds, strategy, threshold, bool(data["keep_members_loaded"]))
 
 
 def write_manifest(manifest: Manifest, extra: dict | None = None) -> None:
