@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from emolightning.inference.ensemble import average_probabilities  # noqa: E402
 from emolightning.metrics import THRESHOLD_STRATEGIES, held_out_scores  # noqa: E402
+from emolightning.models.averaging import average_probabilities  # noqa: E402
 
 KEYS = ("jaccard", "f1_micro", "f1_macro")
 

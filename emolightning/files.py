@@ -5,8 +5,8 @@ file's own folder, fsync, then `os.replace` (a rename within one folder is atomi
 the old file or the new one, never a part). A full disk, a read-only folder or a missing permission
 removes the temporary file, leaves the previous file as it was, and becomes a `StorageError` that
 names the path and the bytes it needed. A folder is built in `folder_beside` its target and renamed
-into place. `check_checkpoint` reads a .ckpt before anything else does,
-so a truncated, foreign or empty file stops with its name instead of torch's zip reader's traceback.
+into place. A local model folder (an export, a save_pretrained copy) is
+checked the same way before anything loads it (checkpoints: models/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import tempfile
-import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -110,39 +109,6 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-
-
-def checkpoint_problem(path: str) -> str | None:
-    """What makes `path` unusable as an emolightning checkpoint, or None; reads the zip directory and the (memory-mapped) dict only."""
-    import torch
-
-    size = os.path.getsize(path)
-    if size == 0:
-        return "the file is empty (0 bytes): a copy or a save that was cut short"
-    if not zipfile.is_zipfile(path):
-        return f"it is not a PyTorch checkpoint ({size} bytes, not a zip archive: cut short by an interrupted copy or download, or another kind of file)"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # a damaged member or a pickle that is not a checkpoint's
-        return f"it could not be read ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return "it holds no `state_dict`: it is not a Lightning checkpoint"
-    hparams = ckpt.get("hyper_parameters") or {}
-    missing = [k for k in ("encoder", "label_names") if k not in hparams]
-    if missing:
-        return f"it is a checkpoint of another model (it lacks {', '.join(f'hyper_parameters.{k}' for k in missing)})"
-    return None
-
-
-def check_checkpoint(path: str, option: str = "--ckpt_path") -> None:
-    """Raise a one-paragraph ConfigError if the local file `path` cannot be an emolightning checkpoint."""
-    problem = checkpoint_problem(path)
-    if problem:
-        raise ConfigError(
-            f"The checkpoint '{path}' (option {option}) cannot be used: {problem}. Give a complete .ckpt written by `emolightning fit` "
-            "(<run>/checkpoints/best-*.ckpt, or last.ckpt / `--ckpt_path last` to resume); if it was copied or downloaded, copy it again "
-            "and compare its size with the original's."
-        )
 
 
 def safetensors_problem(path: str) -> str | None:

@@ -19,7 +19,8 @@ import torch
 from emolightning import files
 from emolightning.cli.main import main
 from emolightning.errors import ConfigError, StorageError
-from emolightning.files import check_checkpoint, check_model_folder, write_atomically
+from emolightning.files import check_model_folder, write_atomically
+from emolightning.models.checkpoints import check_checkpoint
 from emolightning.training.resume import AtomicCheckpointIO
 
 from helpers import DDP, callback_option, emolightning, env_with_tests_on_path, predict_args, tiny_args
@@ -346,7 +347,7 @@ def test_an_export_that_cannot_be_written_keeps_the_previous_export(trained_run,
 
 
 def manifest_writer(trained_run, folder: Path):
-    from emolightning.inference import ensemble as ens
+    from emolightning.inference import manifest as ens
 
     labels = torch.load(trained_run["ckpt"], weights_only=True, mmap=True)["hyper_parameters"]["label_names"]
     path = str(folder / "ensemble.json")

@@ -14,7 +14,7 @@ COMMAND_MODULES = {
     "score": "emolightning.reporting.score",
     "export": "emolightning.inference.export",
     "report": "emolightning.reporting.report",
-    "ensemble": "emolightning.inference.ensemble",
+    "ensemble": "emolightning.inference.ensemble_command",
 }
 SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
 

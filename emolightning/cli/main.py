@@ -19,13 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..compat import LightningCLIWithHooks
 from ..data.datamodule import EmotionDataModule
 from ..errors import ConfigError, EmolightningError
-from ..files import check_checkpoint
 from ..hardware import check_gpu, cpu_flags, resolve_backend
 from ..inference.backends import Backend, InferenceBackend
-from ..inference.ensemble import EnsembleClassifier, ensemble_config, is_manifest, read_manifest
+from ..inference.ensemble import EnsembleClassifier, ensemble_config
+from ..inference.manifest import is_manifest, read_manifest
 from ..inference.prediction_writer import PredictionFileWriter
+from ..models.checkpoints import check_checkpoint, label_names
 from ..models.classifier import EmotionClassifier
-from ..models.distill import distiller_config
+from ..models.distill import resumed_distiller
 from ..models.encoders import skipped_weight_init
 from ..training.best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
 from ..training.nan_guard import FiniteLossGuard
@@ -37,10 +38,12 @@ from ..training.trainer import EmotionTrainer, resolve_auto
 from .commands import COMMAND_MODULES
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
-from .standalone import EVALUATING, checkpoint_arguments, checkpoint_label_names
+from .standalone import EVALUATING, checkpoint_arguments
 
 
 class EmotionCLI(LightningCLIWithHooks):
+    resumed_model: dict | None = None  # `fit --ckpt_path` of a distillation: the distiller's model config (before_ckpt_path)
+
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)
         from .. import __version__
@@ -146,39 +149,36 @@ class EmotionCLI(LightningCLIWithHooks):
         if not subcommand:
             return
         config = self.config[subcommand]
-        if is_manifest(config.get("ckpt_path")):  # an ensemble (ensemble.py): its model, and batches of a whole chunk of texts
+        if is_manifest(config.get("ckpt_path")):  # an ensemble (inference/ensemble.py): its model, and steps of a whole chunk of texts
             if subcommand == "fit":
                 raise ConfigError(
                     f"--ckpt_path '{config.ckpt_path}' is an ensemble manifest, which `validate`, `test` and `predict` take; `fit --ckpt_path` "
                     "resumes one training checkpoint (a .ckpt or `last`). Train each member with `emolightning fit`."
                 )
-            read_manifest(config.ckpt_path)  # a missing or broken manifest stops here, named
-            data = config["data"]
-            self.config = self.parser.parse_object(
-                {subcommand: ensemble_config(config.ckpt_path, data.eval_batch_size, data.predict_chunk_batches)}, self.config
-            )
+            manifest = read_manifest(config.ckpt_path)  # a missing or broken manifest stops here, named
+            self.config = self.parser.parse_object({subcommand: ensemble_config(manifest, config["data"].eval_batch_size)}, self.config)
             self.config[subcommand].ckpt_path = None  # nothing for Lightning to load: the members are loaded by the ensemble
             return
         resolve_resume(subcommand, config)  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
         refuse_stale_hpc_checkpoint(config)
         ckpt = config.get("ckpt_path")
-        if ckpt and os.path.isfile(ckpt):  # a damaged or foreign file stops here, named, not in torch's zip reader
-            check_checkpoint(ckpt)
-            if subcommand == "fit":
-                refuse_resume_without_training_state(ckpt)
+        if not ckpt or not os.path.isfile(ckpt):
+            return
+        checkpoint = check_checkpoint(ckpt)  # a damaged or foreign file stops here, named, not in torch's zip reader
+        if subcommand == "fit":
+            refuse_resume_without_training_state(ckpt, checkpoint)
+            self.resumed_model = resumed_distiller(checkpoint)
         data = config.get("data")
         if subcommand in EVALUATING and data is not None and not data.get("label_columns") and not data.get("labels_column"):
             # the checkpoint's labels: test and predict read their own split only, never the training files
-            if names := checkpoint_label_names(ckpt):
+            if names := label_names(checkpoint):
                 data["label_names"] = names  # used only where no training split can be read (data.EmotionDataModule.label_names)
 
     def after_ckpt_path(self) -> None:
-        # Lightning has replaced the config's model by the --ckpt_path checkpoint's hyperparameters. A distilled
-        # student's (distill.py) name a plain EmotionClassifier, so test/predict need no teacher; resuming
-        # its `fit` must rebuild the distiller, from the hyperparameters the checkpoint keeps for that.
-        ckpt = self.config["fit"].get("ckpt_path") if self.config.get("subcommand") == "fit" else None
-        if ckpt and os.path.isfile(ckpt) and (model := distiller_config(ckpt)) is not None:
-            self.config = self.parser.parse_object({"fit": {"model": model}}, self.config)
+        # Lightning has put the checkpoint's hyperparameters in the config's model. A distillation's are its student's
+        # (distill.py), which test and predict run as a plain EmotionClassifier; resuming its `fit` runs the distiller.
+        if self.resumed_model is not None:
+            self.config = self.parser.parse_object({"fit": {"model": self.resumed_model}}, self.config)
 
     def before_predict(self) -> None:
         config = self.config_init["predict"]

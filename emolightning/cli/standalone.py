@@ -4,7 +4,7 @@ A checkpoint written by `fit` holds the model's hyperparameters (encoder, labels
 thresholds are weights) and the data module's. Without `--config`, `checkpoint_arguments` puts
 the model and the data module's text options in front of the user's own options, which override
 them; the data files are never taken from it, so nothing reads the training files. With or without
-a config, `checkpoint_label_names` gives the labels, so test and predict read only their own split.
+a config, the CLI gives the data the checkpoint's label names, so test and predict read only their own split.
 """
 
 from __future__ import annotations
@@ -15,21 +15,6 @@ import os
 EVALUATING = ("validate", "test", "predict")
 # the data options that belong to the model as trained; files, folders and batch sizes of training do not
 TEXT_OPTIONS = ("text_column", "id_column", "label_columns", "labels_column", "max_length")
-
-
-def checkpoint_hparams(path: str) -> tuple[dict, dict]:
-    """(model, data module) hyperparameters of a `fit` checkpoint; empty dicts for a file that holds none."""
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return dict(ckpt.get("hyper_parameters") or {}), dict(ckpt.get("datamodule_hyper_parameters") or {})
-
-
-def checkpoint_label_names(path: str | None) -> list[str] | None:
-    if not path or not os.path.isfile(path) or path.endswith(".json"):
-        return None
-    names = checkpoint_hparams(path)[0].get("label_names")
-    return list(names) if names else None
 
 
 def option_value(args: list[str], name: str) -> str | None:
@@ -50,7 +35,9 @@ def checkpoint_arguments(args: list[str]) -> list[str]:
         return args
     if any(a in ("-c", "--config") or a.startswith(("--config=", "--model")) for a in args[1:]):
         return args
-    model, data = checkpoint_hparams(ckpt)
+    from ..models.checkpoints import check_checkpoint, hyperparameters
+
+    model, data = hyperparameters(check_checkpoint(ckpt))  # a damaged file stops here, named
     model.pop("_instantiator", None)
     class_path = model.pop("_class_path", None)
     if class_path is None:

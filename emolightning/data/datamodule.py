@@ -70,6 +70,7 @@ class EmotionDataModule(L.LightningDataModule):
         teacher_tokenizer: str | None = None,
         predict_chunk_batches: int = 128,
         pad_to_multiple_of: int | None = None,
+        text_chunks: bool = False,
     ):
         """Multi-label emotion data from the official E-c files, local tables or the Hub.
 
@@ -111,6 +112,10 @@ class EmotionDataModule(L.LightningDataModule):
             pad_to_multiple_of: Pad each batch's length up to a multiple of this (1: to its longest
                 text). Default: 8 on a GPU (fewer distinct shapes, each of which costs a one-off kernel
                 selection; tensor cores want multiples of 8), 1 elsewhere.
+            text_chunks: For a model that tokenises the texts itself, such as an ensemble whose members
+                use different tokenizers (`--ckpt_path ENSEMBLE.json` sets it): each validation, test
+                and predict step gets a whole chunk (`predict_chunk_batches` x `eval_batch_size` rows)
+                whose batch also carries the raw `texts`.
         """
         super().__init__()
         # not a hyperparameter: Lightning refuses a data and a model hyperparameter of one name with two values
@@ -321,7 +326,7 @@ class EmotionDataModule(L.LightningDataModule):
                 raise DataError(
                     f"{data['source']} has no labels (NONE), so it cannot be used to {stage}. Use it with `emolightning predict`, or give the gold file."
                 )
-            texts = data["texts"] if split != "train" else None  # for an ensemble's members (ensemble.py); training batches stay lean
+            texts = data["texts"] if split != "train" and self.hparams.text_chunks else None
             self.splits[split] = TokenizedSplit(
                 data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"], texts=texts
             )
@@ -349,18 +354,22 @@ class EmotionDataModule(L.LightningDataModule):
                 file_records, *columns, unique_ids=False, labels_column=hp.labels_column, label_names=self.given_label_names, logged=self.notes_logged
             )
         log.info(self._rank_message(f"predicting {num_rows} texts from {source}, {hp.predict_chunk_batches * hp.eval_batch_size} at a time"))
+        batch_size, chunk_batches = self._eval_step_rows(), 1 if hp.text_chunks else hp.predict_chunk_batches
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # with several ranks, a short file leaves some without a batch: they just write nothing
         self.allow_zero_length_dataloader_with_multiple_devices = True
-        stream = PredictStream(
-            records, num_rows, hp.tokenizer, hp.max_length, hp.eval_batch_size, hp.predict_chunk_batches, rank, world_size, self._pad_multiple()
-        )
+        stream = PredictStream(records, num_rows, hp.tokenizer, hp.max_length, batch_size, chunk_batches, rank, world_size, self._pad_multiple())
         if not source.startswith("hub:"):
             stream.columns = output_columns(source, hp.text_column, hp.id_column, self.notes_logged)  # the prediction file keeps the input's own names
         return stream
 
     # ---- loaders ---------------------------------------------------------------------
+    def _eval_step_rows(self) -> int:
+        """Rows of a validation, test or predict step: a batch, or with `text_chunks` a whole chunk."""
+        hp = self.hparams
+        return hp.eval_batch_size * hp.predict_chunk_batches if hp.text_chunks else hp.eval_batch_size
+
     def _pad_multiple(self) -> int | None:
         if self.hparams.pad_to_multiple_of is not None:
             return self.hparams.pad_to_multiple_of
@@ -384,7 +393,7 @@ class EmotionDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         return DataLoader(
             dataset,
-            batch_size=self.hparams.eval_batch_size,
+            batch_size=self._eval_step_rows(),
             sampler=longest_first(dataset.lengths),
             collate_fn=self._collate(),
             num_workers=self.hparams.num_workers,

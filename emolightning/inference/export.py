@@ -29,6 +29,7 @@ import torch
 
 from ..errors import ConfigError
 from ..files import folder_beside, named_write_errors
+from ..models.checkpoints import classifier_checkpoint
 from .backends import Logits, export_onnx, require_onnx
 
 MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
@@ -41,29 +42,6 @@ POOLING_WORDS = {
     "label_attention": "one attention query per label",
     "label_prompt": "label names put before the text, each label read from its name's tokens",
 }
-
-
-def load_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint dict, checked to be an EmotionClassifier's."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(
-            f"The checkpoint '{ckpt_path}' (option --ckpt_path) does not exist. Point it at a .ckpt written by `emolightning fit`, e.g. <run>/checkpoints/best-*.ckpt."
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file; the reason is in the message
-        raise ConfigError(
-            f"Could not read the checkpoint '{ckpt_path}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Is it a complete .ckpt written by `emolightning fit`?"
-        ) from err
-    hparams, state = ckpt.get("hyper_parameters") or {}, ckpt.get("state_dict") or {}
-    missing = [k for k in ("encoder", "label_names", "pooling", "encoder_config") if k not in hparams]
-    if missing or "head.weight" not in state:
-        raise ConfigError(
-            f"The checkpoint '{ckpt_path}' is not an emolightning EmotionClassifier checkpoint (it lacks "
-            f"{', '.join(f'hyper_parameters.{k}' for k in missing) or 'the head weights'}). Export a checkpoint written by `emolightning fit`."
-        )
-    return ckpt
 
 
 def monitored_scores(ckpt: dict) -> list[dict]:
@@ -208,7 +186,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         )
     if format == "onnx":
         require_onnx("`emolightning export --format onnx`")  # before anything is written
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = classifier_checkpoint(ckpt_path)
     hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     thresholds = [round(float(t), 6) for t in state.get("thresholds", torch.full((len(hparams["label_names"]),), float(hparams.get("threshold", 0.5))))]
     config = hf_config(hparams, thresholds)

@@ -7,15 +7,25 @@ states of student and teacher. Validation, test, thresholds and metrics are the 
 
 The teacher is an emolightning checkpoint (.ckpt) or a Hugging Face directory/name of a fine-tuned
 AutoModelForSequenceClassification. It is frozen, always in eval mode, run under no_grad and never
-saved: the student's checkpoint is a plain EmotionClassifier checkpoint (`on_save_checkpoint`).
-With `student_layers` the student starts as in DistilBERT from the teacher itself: its embeddings,
-the chosen layers (e.g. every other one) and its head.
+saved. With `student_layers` the student starts as in DistilBERT from the teacher itself: its
+embeddings, the chosen layers (e.g. every other one) and its head.
+
+The student is saved explicitly. The distiller's arguments split in two when it is built: its own
+(DISTILLATION_ARGUMENTS: teacher, loss weights, ...) go to `distillation`, and `hparams` keeps the
+rest, which are exactly the student's EmotionClassifier arguments. So every checkpoint it writes
+(best and last alike) is at its top level the student's own EmotionClassifier checkpoint: its
+hyperparameters and weights, which `EmotionClassifier.load_from_checkpoint`, `test`, `predict`,
+`export`, ensembles and a later distillation read with no teacher. Beside it, the `distillation`
+entry keeps what is the distiller's alone: its arguments (a record of how the student was made) and
+the cosine loss's projection weights. To resume (`fit --ckpt_path last`), the CLI builds the
+distiller that `resumed_distiller` reads from those two parts of the checkpoint it has read (Lightning
+alone would build the plain classifier its top level describes), and `on_load_checkpoint` takes the
+projection back.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import re
 from typing import Literal
@@ -26,8 +36,9 @@ from torch import Tensor, nn
 
 from ..data.encoding import sorted_batches
 from ..errors import ConfigError
-from ..files import check_checkpoint, check_model_folder
-from ..inference.ensemble import average_logits
+from ..files import check_model_folder
+from .averaging import average_logits
+from .checkpoints import check_checkpoint, load_classifier
 from .classifier import EmotionClassifier
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .losses import hidden_cosine_loss, soft_target_loss
@@ -44,25 +55,29 @@ def same_tokenizer(a: str, b: str) -> bool:
     return ta.get_vocab() == tb.get_vocab() and ta(PROBE)["input_ids"] == tb(PROBE)["input_ids"]
 
 
-def student_hyperparameters(hparams: dict, encoder_config: dict) -> dict:
-    """The EmotionClassifier subset of a distiller's hyperparameters, rebuilding the student's encoder."""
-    names = inspect.signature(EmotionClassifier.__init__).parameters
-    out = {k: v for k, v in hparams.items() if k in names and k != "self"}
-    out["encoder_config"] = encoder_config
-    return out
+# EmotionDistiller's own arguments; every other one is the student's (an EmotionClassifier's)
+DISTILLATION_ARGUMENTS = (
+    "teacher",
+    "student_layers",
+    "temperature",
+    "soft_weight",
+    "hard_weight",
+    "cosine_weight",
+    "cosine_projection",
+    "soft_loss",
+    "cache_teacher_logits",
+)
+# what the CLI records of the class it built: it names the distiller, not the student
+CLI_RECORDS = ("_class_path", "_instantiator")
 
 
-def distiller_config(checkpoint_path: str) -> dict | None:
-    """The `model` config (class_path, init_args) that resumes the distiller which wrote a checkpoint; None for a plain classifier's.
-
-    The checkpoint's `hyper_parameters` are the student's (`on_save_checkpoint`), so that test and
-    predict build a plain EmotionClassifier; the distiller's own sit in its `distillation` entry.
-    """
-    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
-    if "distillation" not in checkpoint:
+def resumed_distiller(checkpoint: dict) -> dict | None:
+    """The `model` config (class_path, init_args) of the distiller that wrote the checkpoint dict: its student's hyperparameters
+    and its own arguments (module docstring); None for a checkpoint that no distiller wrote."""
+    distillation = checkpoint.get("distillation")
+    if distillation is None:
         return None
-    init_args = {**checkpoint["distillation"]["hyper_parameters"], "encoder_config": checkpoint["hyper_parameters"]["encoder_config"]}
-    return {"class_path": "emolightning.EmotionDistiller", "init_args": init_args}
+    return {"class_path": distillation["class_path"], "init_args": {**checkpoint["hyper_parameters"], **distillation["hyper_parameters"]}}
 
 
 class Teacher(nn.Module):
@@ -85,7 +100,7 @@ class Teacher(nn.Module):
                     "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
                 )
             check_checkpoint(source, "model.init_args.teacher")  # a damaged file stops here, named, not in torch's zip reader
-            classifier = EmotionClassifier.load_from_checkpoint(source, map_location="cpu")
+            classifier = load_classifier(source)
             self.classifier, self.pooling = classifier, classifier.hparams.pooling
             self.label_names: list[str] | None = classifier.label_names
             self.tokenizer = classifier.hparams.encoder
@@ -142,7 +157,7 @@ class Teacher(nn.Module):
 class TeacherEnsemble(nn.Module):
     """Several frozen teachers as one: (B, T) ids and mask -> (B, L) logits of their averaged probabilities.
 
-    The members' probabilities are averaged, as the ensemble's own predictions are (ensemble.py), and
+    The members' probabilities are averaged, as the ensemble's own predictions are (inference/ensemble.py), and
     turned back into logits (`average_logits`, in log space), so the soft-target loss (which applies
     its temperature to logits) and the logit cache take them as one teacher's. Averaging the logits
     instead would be a geometric mean of the odds, more confident than the ensemble wherever members
@@ -233,10 +248,10 @@ class EmotionDistiller(EmotionClassifier):
     ):
         """A student EmotionClassifier trained against a frozen teacher (DistilBERT-style).
 
-        Its checkpoints are plain EmotionClassifier checkpoints, without the teacher: test or
+        Its checkpoints are the student's EmotionClassifier checkpoints, without the teacher: test or
         predict with a config naming `class_path: emolightning.EmotionClassifier` (or
         `EmotionClassifier.load_from_checkpoint`), no teacher needed. Every other argument
-        (`head_lr`, `pooling`, `loss`, `pos_weight`, `encoder_layers`, ...) is EmotionClassifier's, for the
+        (`head_lr`, `encoder_layers`, ...) is EmotionClassifier's, for the
         student; the CLI shows each as a typed key (`--model.init_args.<name>`).
 
         Args:
@@ -285,6 +300,10 @@ class EmotionDistiller(EmotionClassifier):
         if copied is not None:  # the student is built with the copy's shape; its weights are loaded below
             kwargs["encoder_config"] = copied.config.to_dict()
         super().__init__(encoder, label_names, lr, **kwargs)
+        # from here on `hparams` are the student's alone: what every checkpoint holds at its top level (module docstring)
+        self.distillation = {name: self.hparams.pop(name) for name in DISTILLATION_ARGUMENTS}
+        for name in CLI_RECORDS:
+            self.hparams.pop(name, None)
         # read from hparams, not kwargs.get: jsonargparse reads this source to type **kwargs for `--help`
         if self.hparams.rdrop_weight > 0:
             raise ConfigError(
@@ -340,7 +359,7 @@ class EmotionDistiller(EmotionClassifier):
         if "teacher_input_ids" in batch:
             return batch["teacher_input_ids"], batch["teacher_attention_mask"]
         raise ConfigError(
-            f"The teacher '{self.hparams.teacher}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
+            f"The teacher '{self.distillation['teacher']}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
             f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
         )
 
@@ -376,19 +395,19 @@ class EmotionDistiller(EmotionClassifier):
     # ---- training ------------------------------------------------------------------------
     def distillation_losses(self, batch: dict) -> dict[str, Tensor]:
         """`loss` (the weighted sum) and its parts `loss_soft`, `loss_hard` and, when on, `loss_cos`."""
-        hp, mask = self.hparams, batch["attention_mask"]
+        hp, mask = self.distillation, batch["attention_mask"]
         hidden, states_mask = self.token_states(batch["input_ids"], mask)
         logits = self.classify(self.pool_states(hidden, states_mask))
         teacher_logits, teacher_hidden = self.teacher_outputs(batch)
         losses = {
-            "loss_soft": soft_target_loss(logits, teacher_logits, hp.temperature, multi_label=hp.soft_loss == "sigmoid"),
+            "loss_soft": soft_target_loss(logits, teacher_logits, hp["temperature"], multi_label=hp["soft_loss"] == "sigmoid"),
             "loss_hard": self.loss(logits, batch["labels"]),
         }
-        total = hp.soft_weight * losses["loss_soft"] + hp.hard_weight * losses["loss_hard"]
+        total = hp["soft_weight"] * losses["loss_soft"] + hp["hard_weight"] * losses["loss_hard"]
         if self.use_cosine:
             student = hidden if self.projection is None else self.projection(hidden)
             losses["loss_cos"] = hidden_cosine_loss(student, teacher_hidden, mask)
-            total = total + hp.cosine_weight * losses["loss_cos"]
+            total = total + hp["cosine_weight"] * losses["loss_cos"]
         return {"loss": total, **losses}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -407,19 +426,17 @@ class EmotionDistiller(EmotionClassifier):
             groups.append({"params": list(self.projection.parameters()), "weight_decay": 0.0, "lr": self.hparams.head_lr or self.hparams.lr})
         return groups
 
-    # ---- checkpoints: the student alone, as a plain EmotionClassifier ---------------------
+    # ---- checkpoints: the student's, plus the distiller's own part ------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
-        checkpoint["distillation"] = {
-            "hyper_parameters": {k: v for k, v in dict(self.hparams).items() if not k.startswith("_")},
-            "projection": {k: state.pop(k) for k in [k for k in state if k.startswith("projection.")]},
-        }
-        for key in [k for k in state if k.startswith("teacher.")]:
+        for key in [k for k in state if k.startswith("teacher.")]:  # rebuilt from `teacher`, never saved
             del state[key]
-        # no `_class_path`: `EmotionClassifier.load_from_checkpoint` and `emolightning test --ckpt_path` build a plain
-        # EmotionClassifier, and a resumed `emolightning fit --config distill.yaml` stays a distiller
-        checkpoint["hyper_parameters"] = student_hyperparameters(checkpoint.get("hyper_parameters", dict(self.hparams)), self.encoder.config.to_dict())
+        # out of the state dict, so that it is the student's own (strict EmotionClassifier loading)
+        projection = {k: state.pop(k) for k in [k for k in state if k.startswith("projection.")]}
+        # the class that resumes it: the package's name for this one, a subclass's own import path
+        class_path = "emolightning.EmotionDistiller" if type(self) is EmotionDistiller else f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["distillation"] = {"class_path": class_path, "hyper_parameters": dict(self.distillation), "projection": projection}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -35,6 +35,7 @@ import yaml
 from ..errors import ConfigError, DataError
 from ..files import atomic_open, write_atomically
 from ..metrics import official_scores
+from ..models.checkpoints import read_checkpoint
 from ..training.record import TEST_SCORES_FILE, VAL_PROBS_FILE, load_val_probs, monitored_checkpoint
 from ..training.tracking import CSVLogger, TensorBoardLogger, WandbLogger, log_report_to_wandb
 
@@ -190,7 +191,7 @@ def best_checkpoint(folder: Path, epoch: int | None) -> Path | None:
 def parameters(ckpt: Path) -> int | None:
     """Parameters of the checkpoint's model (its floating-point tensors, not the thresholds or loss weights)."""
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
+        state = read_checkpoint(ckpt).get("state_dict", {})
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):  # an unreadable checkpoint costs the report one cell, not the table
         return None
     return sum(t.numel() for k, t in state.items() if torch.is_floating_point(t) and k not in ("thresholds", "pos_weight")) or None

@@ -49,11 +49,9 @@ def without_training_state(checkpoint: dict) -> bool:
     return "optimizer_states" not in checkpoint
 
 
-def refuse_resume_without_training_state(path: str) -> None:
-    """`fit --ckpt_path` of a best checkpoint: a one-paragraph error naming last.ckpt, instead of Lightning's KeyError."""
-    import torch
-
-    if without_training_state(torch.load(path, map_location="cpu", weights_only=True, mmap=True)):
+def refuse_resume_without_training_state(path: str, checkpoint: dict) -> None:
+    """`fit --ckpt_path` of a best checkpoint (`checkpoint`, the dict read from `path`): a one-paragraph error naming last.ckpt, instead of Lightning's KeyError."""
+    if without_training_state(checkpoint):
         raise ConfigError(
             f"The checkpoint '{path}' (option --ckpt_path of `fit`) holds the model without the optimizer state that resuming "
             "a fit needs: it is a best checkpoint, which test, predict, export, ensembles and distillation use. Resume with "

@@ -1,4 +1,4 @@
-"""Ensembles of checkpoints (ensemble.py) and ensemble teachers (distill.py), on tiny random models.
+"""Ensembles of checkpoints (averaging.py, manifest.py, ensemble.py, ensemble_command.py) and ensemble teachers (distill.py), on tiny random models.
 
 Averages and thresholds are checked against values worked out by hand; `predict` runs through the
 real command with two members that tokenise differently.
@@ -21,7 +21,10 @@ import torch
 from emolightning import EmotionClassifier
 from emolightning.errors import ConfigError
 from emolightning.inference import ensemble as ens
+from emolightning.inference import ensemble_command as command
+from emolightning.inference import manifest as mf
 from emolightning.metrics import THRESHOLD_STRATEGIES
+from emolightning.models import averaging
 
 from conftest import LABELS, make_rows, write_official
 from helpers import emolightning, reordered_tokenizer, save_classifier, tiny_args
@@ -46,21 +49,21 @@ def members(tiny_encoder, tmp_path_factory) -> dict:
 # ---- averaging ----------------------------------------------------------------------------
 def test_averages_and_weights_by_hand():
     p1, p2 = torch.tensor([[0.5, 0.2]]), torch.tensor([[0.75, 0.6]])
-    assert torch.allclose(ens.average_probabilities([p1, p2]), torch.tensor([[0.625, 0.4]]))
-    assert torch.allclose(ens.average_probabilities([p1, p2], [3, 1]), torch.tensor([[0.5625, 0.3]]))  # 0.75 x p1 + 0.25 x p2
+    assert torch.allclose(averaging.average_probabilities([p1, p2]), torch.tensor([[0.625, 0.4]]))
+    assert torch.allclose(averaging.average_probabilities([p1, p2], [3, 1]), torch.tensor([[0.5625, 0.3]]))  # 0.75 x p1 + 0.25 x p2
     # the logits of the averaged probabilities: sigmoid(0) = 0.5 and sigmoid(log 3) = 0.75
     z1, z2 = torch.tensor([[0.0]]), torch.tensor([[math.log(3)]])
-    assert ens.average_logits([z1, z2]).item() == pytest.approx(logit(0.625), abs=1e-6)
-    assert ens.average_logits([z1, z2], [3, 1]).item() == pytest.approx(logit(0.5625), abs=1e-6)
-    assert torch.allclose(ens.average_logits([torch.tensor([[1.5, -2.0]])]), torch.tensor([[1.5, -2.0]]), atol=1e-6)  # one member: its own logits
+    assert averaging.average_logits([z1, z2]).item() == pytest.approx(logit(0.625), abs=1e-6)
+    assert averaging.average_logits([z1, z2], [3, 1]).item() == pytest.approx(logit(0.5625), abs=1e-6)
+    assert torch.allclose(averaging.average_logits([torch.tensor([[1.5, -2.0]])]), torch.tensor([[1.5, -2.0]]), atol=1e-6)  # one member: its own logits
     # saturated members stay finite: mean of sigmoid(100) and sigmoid(-100) is 0.5, logit 0; two at 100 stay at 100
-    assert ens.average_logits([torch.tensor([[100.0]]), torch.tensor([[-100.0]])]).item() == pytest.approx(0.0, abs=1e-6)
-    assert ens.average_logits([torch.tensor([[100.0]]), torch.tensor([[100.0]])]).item() == pytest.approx(100.0, abs=1e-3)
+    assert averaging.average_logits([torch.tensor([[100.0]]), torch.tensor([[-100.0]])]).item() == pytest.approx(0.0, abs=1e-6)
+    assert averaging.average_logits([torch.tensor([[100.0]]), torch.tensor([[100.0]])]).item() == pytest.approx(100.0, abs=1e-3)
     # softmax teachers: the log of the averaged distributions
     s1, s2 = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]])  # (0.5, 0.5) and (0.75, 0.25)
-    assert torch.allclose(torch.softmax(ens.average_logits([s1, s2], multi_label=False), -1), torch.tensor([[0.625, 0.375]]))
+    assert torch.allclose(torch.softmax(averaging.average_logits([s1, s2], multi_label=False), -1), torch.tensor([[0.625, 0.375]]))
     with pytest.raises(ConfigError, match="2 positive numbers"):
-        ens.average_probabilities([p1, p2], [1, 0])
+        averaging.average_probabilities([p1, p2], [1, 0])
 
 
 def gold_of(ec_dir: str) -> torch.Tensor:
@@ -79,8 +82,8 @@ def fake_members(monkeypatch, by_path: dict[str, tuple[float, float]], gold: tor
         pos, neg = by_path[model.path]
         return gold * pos + (1 - gold) * neg
 
-    monkeypatch.setattr(ens, "load_member", load)
-    monkeypatch.setattr(ens, "member_probs", probs)
+    monkeypatch.setattr(command, "load_classifier", load)
+    monkeypatch.setattr(command, "member_probs", probs)
 
 
 @pytest.mark.parametrize("weights, threshold", [(None, 0.4), ([3, 1], 0.45)])
@@ -91,7 +94,7 @@ def test_thresholds_are_tuned_on_the_averaged_dev_probabilities(members, ec_dir,
     gold = gold_of(ec_dir)
     fake_members(monkeypatch, {members["a"]: (0.5, 0.1), members["b"]: (0.34, 0.3)}, gold)
     out = tmp_path / "ensemble.json"
-    manifest, _ = ens.build([members["a"], members["b"]], str(out), weights, "per_label", data_dir=ec_dir)
+    manifest, _ = command.build([members["a"], members["b"]], str(out), weights, "per_label", data_dir=ec_dir)
     assert manifest.thresholds == pytest.approx([threshold] * len(LABELS), abs=1e-6)
     saved = json.loads(out.read_text())
     assert saved["thresholds"] == pytest.approx([threshold] * len(LABELS), abs=1e-6) and saved["threshold_strategy"] == "per_label"
@@ -104,7 +107,7 @@ def test_thresholds_are_tuned_on_the_averaged_dev_probabilities(members, ec_dir,
 def test_members_with_different_strategies_need_one_chosen(members, ec_dir, tmp_path, monkeypatch):
     fake_members(monkeypatch, {members["a"]: (0.5, 0.1), members["b"]: (0.34, 0.3)}, gold_of(ec_dir))
     with pytest.raises(ConfigError, match="--threshold_strategy"):  # a tunes per label, b one global threshold
-        ens.build([members["a"], members["b"]], str(tmp_path / "e.json"), data_dir=ec_dir)
+        command.build([members["a"], members["b"]], str(tmp_path / "e.json"), data_dir=ec_dir)
 
 
 # ---- the manifest -------------------------------------------------------------------------
@@ -114,28 +117,28 @@ def test_manifest_round_trip_with_paths_relative_to_it(members, tmp_path):
     shutil.copy(members["a"], folder / "a.ckpt")
     (folder / "runs").mkdir()
     shutil.copy(members["b"], folder / "runs" / "b.ckpt")
-    manifest = ens.Manifest(
+    manifest = mf.Manifest(
         str(folder / "ensemble.json"),
-        [ens.Member(str(folder / "a.ckpt"), 0.25, "enc-a", 64), ens.Member(str(folder / "runs" / "b.ckpt"), 0.75, "enc-b", 128)],
+        [mf.Member(str(folder / "a.ckpt"), 0.25, "enc-a", 64), mf.Member(str(folder / "runs" / "b.ckpt"), 0.75, "enc-b", 128)],
         LABELS,
         [0.5 - 0.01 * i for i in range(len(LABELS))],
         "shrunk",
         0.5,
     )
-    ens.write_manifest(manifest)
+    mf.write_manifest(manifest)
     assert [m["checkpoint"] for m in json.loads((folder / "ensemble.json").read_text())["members"]] == ["a.ckpt", "runs/b.ckpt"]
     moved = shutil.move(str(folder), str(tmp_path / "elsewhere"))  # the folder travels with its members
-    back = ens.read_manifest(str(Path(moved) / "ensemble.json"))
-    assert back.members == [ens.Member(str(Path(moved) / "a.ckpt"), 0.25, "enc-a", 64), ens.Member(str(Path(moved) / "runs" / "b.ckpt"), 0.75, "enc-b", 128)]
+    back = mf.read_manifest(str(Path(moved) / "ensemble.json"))
+    assert back.members == [mf.Member(str(Path(moved) / "a.ckpt"), 0.25, "enc-a", 64), mf.Member(str(Path(moved) / "runs" / "b.ckpt"), 0.75, "enc-b", 128)]
     assert (back.label_names, back.thresholds, back.threshold_strategy, back.threshold) == (LABELS, manifest.thresholds, "shrunk", 0.5)
 
 
 def test_members_run_one_at_a_time_unless_kept_loaded(members, tmp_path, monkeypatch):
-    manifest = ens.Manifest(
-        str(tmp_path / "e.json"), [ens.Member(members["a"], 1.0, "", 64), ens.Member(members["b"], 1.0, "", 128)], LABELS, [0.5] * len(LABELS), "per_label", 0.5
+    manifest = mf.Manifest(
+        str(tmp_path / "e.json"), [mf.Member(members["a"], 1.0, "", 64), mf.Member(members["b"], 1.0, "", 128)], LABELS, [0.5] * len(LABELS), "per_label", 0.5
     )
-    ens.write_manifest(manifest)
-    loads, alive, real_load = [], [], ens.load_member
+    mf.write_manifest(manifest)
+    loads, alive, real_load = [], [], ens.load_classifier
 
     def load(path, device="cpu"):
         gc.collect()
@@ -145,7 +148,7 @@ def test_members_run_one_at_a_time_unless_kept_loaded(members, tmp_path, monkeyp
         refs.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(ens, "load_member", load)
+    monkeypatch.setattr(ens, "load_classifier", load)
     for keep, expected_loads in ((False, 4), (True, 2)):
         loads.clear(), alive.clear()
         refs: list = []
@@ -180,7 +183,7 @@ def test_two_member_ensemble_predicts_in_input_order_through_the_cli(members, ti
     out = tmp_path / "ens" / "ensemble.json"
     main(["ensemble", members["a"], members["b"], "--data_dir", ec_dir, "--out", str(out), "--threshold_strategy", "per_label", "--device", "cpu"])
     assert "Wrote" in capsys.readouterr().out
-    manifest = ens.read_manifest(str(out))
+    manifest = mf.read_manifest(str(out))
     assert [m.encoder for m in manifest.members] == [tiny_encoder, members["other"]] and [m.max_length for m in manifest.members] == [64, 128]
 
     rows = make_rows(21, 7, "p")
@@ -268,16 +271,14 @@ def test_bad_input_is_one_paragraph_naming_the_file_and_the_fix(members, tiny_en
     assert "broken.json, line 2: not valid JSON" in error_of(["test", *common, "--ckpt_path", str(tmp_path / "broken.json")], capsys)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
-    manifest = ens.Manifest(
-        str(lonely / "e.json"), [ens.Member(str(lonely / "gone.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5
-    )
-    ens.write_manifest(manifest)
+    manifest = mf.Manifest(str(lonely / "e.json"), [mf.Member(str(lonely / "gone.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5)
+    mf.write_manifest(manifest)
     assert "member checkpoint 'gone.ckpt'" in error_of(["validate", *common, "--ckpt_path", str(lonely / "e.json")], capsys)
     err = error_of(["fit", *common, "--ckpt_path", str(lonely / "e.json")], capsys)
     assert "ensemble manifest" in err and "validate" in err
     # data whose labels are not the ensemble's
     shutil.copy(members["a"], lonely / "gone.ckpt")
-    ens.write_manifest(ens.Manifest(manifest.path, manifest.members, other_labels, manifest.thresholds, "per_label", 0.5))
+    mf.write_manifest(mf.Manifest(manifest.path, manifest.members, other_labels, manifest.thresholds, "per_label", 0.5))
     err = error_of(["validate", *common, "--ckpt_path", manifest.path], capsys)
     assert "predicts the labels" in err and "data.label_columns" in err
 
@@ -302,8 +303,8 @@ def test_a_damaged_manifest_or_member_is_named_before_any_member_loads(members, 
     folder = tmp_path / "ens"
     folder.mkdir()
     shutil.copy(members["a"], folder / "a.ckpt")
-    manifest = ens.Manifest(str(folder / "e.json"), [ens.Member(str(folder / "a.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5)
-    ens.write_manifest(manifest)
+    manifest = mf.Manifest(str(folder / "e.json"), [mf.Member(str(folder / "a.ckpt"), 1.0, tiny_encoder, 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5)
+    mf.write_manifest(manifest)
     damaged = folder / ("a.ckpt" if which == "member" else "e.json")
     damaged.write_bytes(damage(damaged.read_bytes()))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -379,7 +380,7 @@ def test_ensemble_teacher_through_the_cli(members, tiny_encoder, ec_dir, tmp_pat
             "1",
         ]
     )
-    assert cli.model.hparams.teacher == [members["a"], c] and len(cli.model.teacher.members) == 2
+    assert cli.model.distillation["teacher"] == [members["a"], c] and len(cli.model.teacher.members) == 2
     assert cli.model._teacher_logits.shape == (96, len(LABELS))
     best = next(Path(tmp_path, "run").rglob("best-*.ckpt"))
     assert not [k for k in torch.load(best, weights_only=True)["state_dict"] if k.startswith("teacher.")]  # the student alone

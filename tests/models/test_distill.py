@@ -417,3 +417,54 @@ def test_distillation_through_the_cli(tiny_encoder, ec_dir, tmp_path, capsys):
     )
     assert type(cli.model) is EmotionClassifier and len(cli.model.encoder.encoder.layer) == 1
     assert {"test/jaccard", "test/f1_micro", "test/tuned/jaccard"} <= set(cli.trainer.callback_metrics)
+
+
+@pytest.mark.slow  # three fits in subprocesses
+def test_a_killed_distillation_resumes_as_the_distiller_and_ends_where_the_uninterrupted_one_ends(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
+    """`fit --config <run>/config.yaml --ckpt_path last` of a distillation resumes the distiller (teacher, loss weights and
+    all) from the student's checkpoint: the resumed run ends with the uninterrupted run's weights and optimizer state."""
+
+    def fit(root: Path, *extra: str, check: bool = True):
+        # 96 train rows / batch 16 = 6 steps per epoch, 2 epochs; last.ckpt every 4 steps
+        return emolightning(
+            "fit",
+            *distill_args(tiny_encoder, teacher_ckpt),
+            "--data.data_dir",
+            ec_dir,
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--data.batch_size",
+            "16",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_epochs",
+            "2",
+            "--last_checkpoint.every_n_train_steps",
+            "4",
+            "--last_checkpoint.keep_after_fit",
+            "true",
+            *extra,
+            check=check,
+            env=env_with_tests_on_path(),
+        )
+
+    fit(tmp_path / "plain")
+    killed = fit(tmp_path / "broken", callback_option("KillAtStep", step=6), check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run = tmp_path / "broken" / "lightning_logs" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = emolightning("fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last", env=env_with_tests_on_path())
+    assert "distillation: teacher" in resumed.stdout + resumed.stderr  # the distiller, not a plain classifier, trained on
+
+    mine = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    theirs = torch.load(tmp_path / "plain" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert mine["global_step"] == theirs["global_step"] == 12
+    assert mine["distillation"]["hyper_parameters"] == theirs["distillation"]["hyper_parameters"]
+    assert set(mine["state_dict"]) == set(theirs["state_dict"]) and not [k for k in mine["state_dict"] if k.startswith("teacher.")]
+    assert max((mine["state_dict"][k].float() - v.float()).abs().max().item() for k, v in theirs["state_dict"].items()) <= 1e-6
+    adam_mine, adam_theirs = mine["optimizer_states"][0]["state"], theirs["optimizer_states"][0]["state"]
+    assert max((adam_mine[i]["exp_avg"] - adam_theirs[i]["exp_avg"]).abs().max().item() for i in adam_theirs) <= 1e-9
