@@ -26,6 +26,7 @@ keeps the state dict keys `head.weight`, `head.bias`, and a pooling's own weight
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -132,7 +133,7 @@ class LabelPrompt(Pooling):
 
 
 # ---- head components: what `model.init_args.head` names -----------------------------------------
-class Head:
+class Head(ABC):
     """Base of the head components: a pooling, then dropout and one linear logit per label."""
 
     name: ClassVar[str] = ""
@@ -146,9 +147,9 @@ class Head:
             raise ConfigError(f"`model.init_args.head.init_args.dropout` is {dropout}; it must be in [0, 1).")
         self.dropout = dropout
 
+    @abstractmethod
     def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
         """The pooling module for an encoder of `hidden_size` and these labels (tokenised with `tokenizer_name`)."""
-        return TokenPooling(self.name)
 
 
 class ClsPooling(Head):
@@ -156,11 +157,17 @@ class ClsPooling(Head):
 
     name = "cls"
 
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        return TokenPooling(self.name)
+
 
 class MeanPooling(Head):
     """The mean of the real (unpadded) tokens' states, (B, H), then dropout and a linear layer."""
 
     name = "mean"
+
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        return TokenPooling(self.name)
 
 
 class LabelAttentionPooling(Head):

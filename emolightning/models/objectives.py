@@ -15,6 +15,7 @@ training loss is computed from the network: it runs the batch through `forward` 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,9 +37,10 @@ def auto_pos_weight(frequencies: list[float]) -> Tensor:
     return ((1 - f) / f.clamp(min=1e-4)).sqrt()
 
 
-class Loss:
+class Loss(ABC):
     """Base of the loss components: (B, L) logits, (B, L) gold 0/1 labels, (L,) pos_weight or None -> scalar."""
 
+    @abstractmethod
     def __call__(self, logits: Tensor, labels: Tensor, pos_weight: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -121,7 +123,7 @@ class ASL(Loss):
         return asymmetric_loss(logits, labels, self.gamma_neg, self.gamma_pos, self.clip)
 
 
-class Wrapper(Loss):
+class Wrapper(Loss, ABC):
     """A loss around another one (`loss`), whose `pos_weight` it keeps."""
 
     def __init__(self, loss: Loss | None = None):
