@@ -34,22 +34,24 @@ from emolightning.metrics import THRESHOLD_STRATEGIES, held_out_scores, official
 
 BASE_CONFIG = "configs/semeval/minilm-l6-baseline.yaml"
 M = "--model.init_args."
-# name -> overrides on top of BASE_CONFIG (each a typed option of the model, see `emolightning fit --help`)
+# name -> overrides on top of BASE_CONFIG (components and typed options of the model, see `emolightning fit --help`)
+LCA = [f"{M}loss", "LabelCorrelationMix", f"{M}loss.weight", "0.2"]  # SpanEmo's label-correlation loss mixed into BCE
+EMA = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.998"]
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
-    "label_prompt": [f"{M}pooling", "label_prompt"],
-    "label_prompt_lca": [f"{M}pooling", "label_prompt", f"{M}label_correlation_weight", "0.2"],
-    "label_attention": [f"{M}pooling", "label_attention"],
-    "asl": [f"{M}loss", "asl"],
-    "focal": [f"{M}loss", "focal"],
-    "pos_weight_auto": [f"{M}pos_weight", "auto"],
-    "llrd": [f"{M}layer_lr_decay", "0.8", f"{M}lr", "1.5e-4"],
-    "ema": [f"{M}ema_decay", "0.998"],
-    "rdrop": [f"{M}rdrop_weight", "1.0"],
-    "rdrop3": [f"{M}rdrop_weight", "3.0"],
-    "label_prompt_asl": [f"{M}pooling", "label_prompt", f"{M}loss", "asl"],
-    "label_prompt_lca_asl": [f"{M}pooling", "label_prompt", f"{M}label_correlation_weight", "0.2", f"{M}loss", "asl"],
-    "label_attention_asl": [f"{M}pooling", "label_attention", f"{M}loss", "asl"],
+    "label_prompt": [f"{M}head", "LabelPromptPooling"],
+    "label_prompt_lca": [f"{M}head", "LabelPromptPooling", *LCA],
+    "label_attention": [f"{M}head", "LabelAttentionPooling"],
+    "asl": [f"{M}loss", "ASL"],
+    "focal": [f"{M}loss", "Focal"],
+    "pos_weight_auto": [f"{M}loss", "BCE", f"{M}loss.pos_weight", "auto"],
+    "llrd": [f"{M}encoder_groups", "LayerwiseLRDecay", f"{M}encoder_groups.decay", "0.8", f"{M}lr", "1.5e-4"],
+    "ema": EMA,
+    "rdrop": [f"{M}loss", "RDrop", f"{M}loss.weight", "1.0"],
+    "rdrop3": [f"{M}loss", "RDrop", f"{M}loss.weight", "3.0"],
+    "label_prompt_asl": [f"{M}head", "LabelPromptPooling", f"{M}loss", "ASL"],
+    "label_prompt_lca_asl": [f"{M}head", "LabelPromptPooling", *LCA, f"{M}loss.loss", "ASL"],
+    "label_attention_asl": [f"{M}head", "LabelAttentionPooling", f"{M}loss", "ASL"],
     "shipped": ["--config", "configs/semeval/minilm-l6.yaml"],
     # a student of the members' size distilled from an ensemble (--teachers: its members' run dirs or checkpoints)
     "distill_ensemble": ["--model.class_path", "emolightning.EmotionDistiller", f"{M}teacher", "{teachers}", f"{M}cache_teacher_logits", "true"],

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
 from emolightning.data.batching import pad  # noqa: E402
+from emolightning.models.heads import MeanPooling  # noqa: E402
 
 
 def batches(ids: list[torch.Tensor], labels: torch.Tensor, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
@@ -101,7 +102,7 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     train = dm.splits["train"]
-    model = EmotionClassifier(encoder=dm.hparams.tokenizer, label_names=dm.label_names, lr=1e-5, pooling="mean")
+    model = EmotionClassifier(encoder=dm.hparams.tokenizer, label_names=dm.label_names, lr=1e-5, head=MeanPooling())
     model.train()
     configs = [  # (name, pad_to, grouped, fused, bf16)
         ("pad to 128, for-each AdamW, fp32", 128, False, False, False),

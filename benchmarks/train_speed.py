@@ -17,6 +17,7 @@ with --epochs/--batch_size overriding; the Trainer side uses the issue's baselin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -100,7 +101,7 @@ def emolightning_worker(args) -> None:
             "train_samples_per_s": round(args.epochs * n / seconds, 3),
         }
         if args.eval:
-            model.hparams.tune_thresholds = False
+            model.threshold_settings = dataclasses.replace(model.threshold_settings, tune=False)
             # a fresh Trainer: the timed one has validation switched off (limit_val_batches=0)
             L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False).validate(model, dm, verbose=False)
             m = model.trainer.callback_metrics

@@ -29,6 +29,8 @@ PRIVATE_NAMES = [
     ("ArgumentParser()._subcommands_action", "_name_parser_map"),
     ("ArgumentParser()", "_actions"),
     ("ModelSummary()", "_max_depth"),
+    # no public API sets how many graphs torch.compile keeps per function before falling back to eager
+    ("torch._dynamo.config", "recompile_limit"),
 ]
 
 
@@ -139,3 +141,11 @@ class LightningCLIWithHooks(LightningCLI):
         self.before_ckpt_path()
         super()._parse_ckpt_path()
         self.after_ckpt_path()
+
+
+# ---- torch.compile: one graph per padded length -----------------------------------------------
+def raise_recompile_limit(n: int) -> None:
+    """Let torch.compile keep at least `n` graphs per function (one per input shape and train/eval mode) before it falls back to eager."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, n)

@@ -39,6 +39,7 @@ def owners() -> dict:
         "ArgumentParser()._subcommands_action": with_subcommands._subcommands_action,
         "ArgumentParser()": jsonargparse.ArgumentParser(),
         "ModelSummary()": ModelSummary(),
+        "torch._dynamo.config": importlib.import_module("torch._dynamo.config"),
     }
 
 

@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..metrics import THRESHOLD_STRATEGIES, choose_thresholds, official_scores
 from ..models.averaging import average_probabilities, normalized_weights
 from ..models.checkpoints import classifier_checkpoint, hyperparameters, load_classifier
+from ..models.thresholds import checkpoint_thresholds
 from .ensemble import member_probs
 from .manifest import Manifest, Member, write_manifest
 
@@ -93,7 +94,7 @@ def build(
                 f"The checkpoint '{path}' predicts the labels {list(hparams['label_names'])}, but '{checkpoints[0]}' predicts {labels}. "
                 "Ensemble members must predict the same labels in the same order: leave it out, or use members trained on the same data."
             )
-    strategies = sorted({h.get("threshold_strategy", "per_label") for h, _ in infos})
+    strategies = sorted({checkpoint_thresholds(h).strategy for h, _ in infos})
     if strategy is None and len(strategies) > 1:
         raise ConfigError(f"The members tune thresholds differently ({', '.join(strategies)}). Choose one for the ensemble with --threshold_strategy.")
     strategy = strategy or strategies[0]
@@ -114,9 +115,9 @@ def build(
     for m, w in zip(members, weights):
         m.weight = w
     averaged = average_probabilities(probs, weights)
-    first = infos[0][0]
-    fixed = float(first.get("threshold", 0.5))
-    thresholds = choose_thresholds(averaged, target, strategy, fixed, int(first.get("min_label_positives", 10)), float(first.get("threshold_shrinkage", 50.0)))
+    first = checkpoint_thresholds(infos[0][0])
+    fixed = float(first.threshold)
+    thresholds = choose_thresholds(averaged, target, strategy, fixed, int(first.min_label_positives), float(first.shrinkage))
     at_fixed, tuned = official_scores(averaged >= fixed, target, labels), official_scores(averaged >= thresholds, target, labels)
     manifest = Manifest(os.path.abspath(out), members, labels, [round(float(t), 6) for t in thresholds], strategy, fixed, keep)
     dev = {"source": table.source, "rows": len(table), "scores": {"fixed": at_fixed, "tuned_in_sample": tuned}}
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", nargs="+", type=float, help="One positive weight per member (default: equal).")
     parser.add_argument("--data_dir", help="The official E-c files (the dev split tunes the thresholds). Default: the first member's data options.")
     parser.add_argument("--val_file", help="A dev table instead of --data_dir's.")
-    parser.add_argument("--threshold_strategy", choices=THRESHOLD_STRATEGIES, help="Default: the members' own `model.threshold_strategy`.")
+    parser.add_argument("--threshold_strategy", choices=THRESHOLD_STRATEGIES, help="Default: the members' own `model.init_args.thresholds.strategy`.")
     parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available).")
     parser.add_argument(

@@ -30,6 +30,9 @@ import torch
 from ..errors import ConfigError
 from ..files import folder_beside, named_write_errors
 from ..models.checkpoints import classifier_checkpoint
+from ..models.components import component
+from ..models.heads import ClsPooling, Head
+from ..models.thresholds import checkpoint_thresholds
 from .backends import Logits, export_onnx, require_onnx
 
 MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
@@ -62,6 +65,11 @@ def monitored_scores(ckpt: dict) -> list[dict]:
     return rows
 
 
+def checkpoint_head(hparams: dict) -> Head:
+    """The head component of a checkpoint's hyperparameters."""
+    return component(hparams.get("head"), Head, ClsPooling, "model.init_args.head")
+
+
 def hf_config(hparams: dict, thresholds: list[float]):
     from transformers import AutoConfig
 
@@ -70,15 +78,16 @@ def hf_config(hparams: dict, thresholds: list[float]):
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
     config.problem_type = "multi_label_classification"
-    config.classifier_pooling = hparams["pooling"]
-    if hparams["pooling"] == "label_prompt":  # the prompt is part of the model: the export carries its ids
+    head = checkpoint_head(hparams)
+    config.classifier_pooling = head.name
+    if head.name == "label_prompt":  # the prompt is part of the model: the export carries its ids
         from ..models.encoders import load_tokenizer
         from ..models.heads import label_prompt_ids
 
         tokenizer = load_tokenizer(hparams["encoder"])
         config.label_prompt_ids, config.label_prompt_spans = label_prompt_ids(tokenizer, labels)
         config.label_prompt_sep_id = tokenizer.sep_token_id
-    config.classifier_dropout = float(hparams.get("dropout", 0.0))
+    config.classifier_dropout = float(head.dropout)
     config.thresholds = thresholds
     config.architectures = [MODEL_CLASS]
     config.auto_map = {"AutoModelForSequenceClassification": f"modeling_emolightning.{MODEL_CLASS}"}
@@ -110,6 +119,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
     hparams = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters") or {}
     labels = list(hparams["label_names"])
+    pooling = checkpoint_head(hparams).name
     lines = [
         "---",
         "library_name: transformers",
@@ -120,8 +130,8 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
         f"# Multi-label emotion classifier ({len(labels)} labels)",
         "",
         f"Exported by `emolightning export` from `{ckpt_path.name}` (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}).",
-        f"Encoder `{hparams['encoder']}`, pooling `{hparams['pooling']}` "
-        f"({POOLING_WORDS.get(hparams['pooling'], hparams['pooling'])}) -> dropout -> linear, one sigmoid per label"
+        f"Encoder `{hparams['encoder']}`, pooling `{pooling}` "
+        f"({POOLING_WORDS.get(pooling, pooling)}) -> dropout -> linear, one sigmoid per label"
         + (f"; trained on texts truncated to {data['max_length']} tokens." if data.get("max_length") else "."),
         "",
         "## Use",
@@ -165,7 +175,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
         lines += [f"| {s['metric']} | {fmt(s['checkpoint'])} | {fmt(s['best'])} |" for s in scores]
         lines += [
             "",
-            f"`val/*` metrics use the fixed threshold {hparams.get('threshold', 0.5)}; sample-averaged Jaccard is SemEval-2018 E-c's official metric.",
+            f"`val/*` metrics use the fixed threshold {checkpoint_thresholds(hparams).threshold}; sample-averaged Jaccard is SemEval-2018 E-c's official metric.",
         ]
     else:
         lines += ["The checkpoint holds no monitored validation metric."]
@@ -188,14 +198,15 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         require_onnx("`emolightning export --format onnx`")  # before anything is written
     ckpt = classifier_checkpoint(ckpt_path)
     hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
-    thresholds = [round(float(t), 6) for t in state.get("thresholds", torch.full((len(hparams["label_names"]),), float(hparams.get("threshold", 0.5))))]
+    fixed = checkpoint_thresholds(hparams).threshold
+    thresholds = [round(float(t), 6) for t in state.get("thresholds", torch.full((len(hparams["label_names"]),), float(fixed)))]
     config = hf_config(hparams, thresholds)
 
     # load the checkpoint's weights into the exported class itself: strict loading proves that
     # every tensor has its place, and save_pretrained writes the safetensors HF expects
     model = EmolightningForSequenceClassification(config)
     # (checkpoints from before emolightning dropped the unused BERT pooler still hold its weights)
-    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "label_attention.")) and not k.startswith("encoder.pooler.")}
+    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "pooling.")) and not k.startswith("encoder.pooler.")}
     result = model.load_state_dict(weights, strict=False)
     # encoders whose position_ids buffer is not persistent are the only tolerated difference
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]

@@ -12,7 +12,7 @@ first token, inside `forward`, so the tokenizer is used as usual) -> dropout -> 
 per label. This file repeats emolightning's heads.py on purpose: it must stand alone. No standard class does this: e.g.
 BertForSequenceClassification puts BERT's pooler (dense + tanh) on the first token, which
 emolightning does not, and no standard class mean-pools. The state dict keys are emolightning's
-(`encoder.*`, `head.*`), so an export is a rename-free copy of the checkpoint's weights.
+(`encoder.*`, `head.*`, `pooling.*`), so an export is a rename-free copy of the checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class EmolightningForSequenceClassification(PreTrainedModel):
         self.head = nn.Linear(config.hidden_size, config.num_labels)
         pooling = config.classifier_pooling
         if pooling == "label_attention":
-            self.label_attention = nn.Module()
-            self.label_attention.queries = nn.Parameter(torch.zeros(config.num_labels, config.hidden_size))
+            self.pooling = nn.Module()
+            self.pooling.queries = nn.Parameter(torch.zeros(config.num_labels, config.hidden_size))
         self.post_init()
 
     def prompt_average(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ class EmolightningForSequenceClassification(PreTrainedModel):
         """(B, T, H) -> (B, H) or (B, L, H), exactly as emolightning's heads.py."""
         pooling = self.config.classifier_pooling
         if pooling == "label_attention":
-            queries = self.label_attention.queries.to(hidden.dtype)
+            queries = self.pooling.queries.to(hidden.dtype)
             scores = torch.einsum("bth,lh->blt", hidden, queries) / hidden.shape[-1] ** 0.5
             scores = scores.masked_fill(~attention_mask.bool().unsqueeze(1), torch.finfo(scores.dtype).min)
             return torch.einsum("blt,bth->blh", scores.softmax(dim=-1), hidden)

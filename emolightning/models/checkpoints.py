@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError
 
 # what export (and a model card) needs of a checkpoint's hyperparameters besides its head's weights
-CLASSIFIER_KEYS = ("encoder", "label_names", "pooling", "encoder_config")
+CLASSIFIER_KEYS = ("encoder", "label_names", "head", "encoder_config")
 
 
 def read_checkpoint(path: str | Path) -> dict:

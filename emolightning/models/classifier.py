@@ -1,8 +1,9 @@
 """The LightningModule: any Hugging Face encoder with a multi-label emotion head.
 
 encoder (AutoModel) -> `encode`: a pooled text vector (CLS, mean) or one vector per label (label
-attention, label prompt; heads.py) -> `classify`: dropout -> linear -> one logit per label -> the
-training loss (BCE, focal or asymmetric, optionally plus SpanEmo's label-correlation loss; losses.py).
+attention, label prompt; the `head` component, heads.py) -> `classify`: dropout -> linear -> one logit
+per label -> the training loss (the `loss` component: BCE, focal, asymmetric, SpanEmo's label-correlation
+mix, R-Drop; objectives.py over the pure functions of losses.py).
 Metrics are the official E-c ones (metrics.py), computed on DDP-synced state; per-label thresholds
 are tuned on the validation split after each validation epoch and stored in the checkpoint, so
 test, predict and export use them.
@@ -10,45 +11,26 @@ test, predict and export use them.
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from dataclasses import asdict
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from ..compat import raise_recompile_limit
 from ..errors import ConfigError
 from ..hardware import adamw_options
 from ..metrics import EmotionScores, choose_thresholds, official_scores
-from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
-from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
-from .losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
+from .components import component, component_config
+from .encoders import keep_layers, load_encoder
+from .heads import ClsPooling, Head, label_logits
+from .objectives import BCE, Loss, auto_pos_weight
+from .optim import EncoderGroups, linear_warmup_decay
+from .preparation import PrepareFit
+from .thresholds import Thresholds, as_thresholds
 
-__all__ = ["EmotionClassifier", "linear_warmup_decay", "log_epoch_scores", "pool"]
-
-
-def no_decay(name: str) -> bool:
-    """Biases and LayerNorm weights are not decayed (BERT's recipe)."""
-    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
-
-
-def encoder_depth(name: str, num_layers: int) -> int:
-    """Depth of an encoder parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, the rest on top."""
-    if "embeddings" in name:
-        return 0
-    match = re.search(r"(?:^|\.)(?:layer|layers)\.(\d+)\.", name)
-    return int(match.group(1)) + 1 if match else num_layers + 1
-
-
-def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+__all__ = ["EmotionClassifier", "log_epoch_scores"]
 
 
 def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> None:
@@ -77,23 +59,10 @@ class EmotionClassifier(L.LightningModule):
         head_lr: float | None = None,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
-        pooling: Literal["cls", "mean", "label_attention", "label_prompt"] = "cls",
-        dropout: float = 0.1,
-        loss: Literal["bce", "focal", "asl"] = "bce",
-        focal_gamma: float = 2.0,
-        asl_gamma_neg: float = 4.0,
-        asl_gamma_pos: float = 0.0,
-        asl_clip: float = 0.05,
-        label_correlation_weight: float = 0.0,
-        rdrop_weight: float = 0.0,
-        pos_weight: list[float] | Literal["auto"] | None = None,
-        layer_lr_decay: float = 1.0,
-        ema_decay: float | None = None,
-        threshold: float = 0.5,
-        tune_thresholds: bool = True,
-        threshold_strategy: Literal["fixed", "global", "per_label", "shrunk", "balanced"] = "per_label",
-        threshold_shrinkage: float = 50.0,
-        min_label_positives: int = 10,
+        head: Head | None = None,
+        loss: Loss | None = None,
+        encoder_groups: EncoderGroups | None = None,
+        thresholds: Thresholds | None = None,
         encoder_layers: list[int] | None = None,
         encoder_config: dict | None = None,
         compile: bool = False,
@@ -102,6 +71,8 @@ class EmotionClassifier(L.LightningModule):
 
         Optimizer: AdamW, fused (one kernel for all parameters); with `trainer.gradient_clip_val`
         under `16-mixed`/`bf16-mixed` it is the foreach AdamW instead, which lets Lightning clip.
+        An exponential moving average of the weights is Lightning's `EMAWeightAveraging` callback
+        (`trainer.callbacks`), used for validation, test and the saved checkpoints.
 
         Args:
             encoder: Hub name or local directory of the encoder (BERT, DistilBERT, RoBERTa, MiniLM, ...).
@@ -110,39 +81,14 @@ class EmotionClassifier(L.LightningModule):
             head_lr: Learning rate of the classification head and label queries (default: lr).
             weight_decay: AdamW weight decay; not applied to biases and LayerNorm weights.
             warmup_ratio: Fraction of the training steps with linear warmup; linear decay after.
-            pooling: `cls` (first token), `mean` (mean over real tokens), `label_attention` (a learned
-                query per label attends over the tokens, RoBERTa-MA) or `label_prompt` (the label names
-                go in front of the text as a first segment and each label is read from its name's
-                tokens, SpanEmo; adds one token per name piece plus a separator to every input).
-            dropout: Dropout before the linear head.
-            loss: `bce`, `focal` (exponent `focal_gamma`) or `asl`, the asymmetric loss (`asl_gamma_neg`,
-                `asl_gamma_pos`, `asl_clip`), which down-weights the many easy negatives of rare labels.
-            focal_gamma: Focusing exponent of the focal loss.
-            asl_gamma_neg: Asymmetric loss: focusing exponent of negative labels.
-            asl_gamma_pos: Asymmetric loss: focusing exponent of positive labels.
-            asl_clip: Asymmetric loss: probability margin below which a negative costs nothing.
-            label_correlation_weight: Weight a of SpanEmo's label-correlation loss, mixed as
-                (1 - a) x loss + a x correlation loss (SpanEmo used 0.2); 0 turns it off.
-            rdrop_weight: R-Drop (Liang et al., 2021): every training batch runs through the network
-                twice (two dropout masks, as one batch of twice the rows) and the loss is the mean of the
-                two passes' losses plus this weight times their symmetric KL (losses.consistency_loss).
-                Doubles the training compute; 0 turns it off.
-            pos_weight: Per-label positive-class weights of the BCE/focal loss (one per label);
-                `auto`: sqrt(negatives / positives) of each label in the training split; none: 1.
-            layer_lr_decay: Layer-wise learning-rate decay: the top encoder layer trains at `lr`, each
-                layer below at this factor times the one above, the embeddings last. 1 turns it off.
-            ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.999),
-                used for validation, test and the saved checkpoints; none turns it off.
-            threshold: Decision threshold before tuning, used by `val/*` metrics.
-            tune_thresholds: After each validation epoch in fit, choose the thresholds on it (`threshold_strategy`).
-            threshold_strategy: `fixed` (`threshold` for every label), `global` (one tuned threshold),
-                `per_label` (each label its own), `shrunk` (each label's pulled toward the global one,
-                the more the fewer validation positives it has: see metrics.choose_thresholds),
-                `balanced` (as `shrunk`, each label's own cut chosen for Jaccard + macro-F1: higher
-                macro-F1, slightly lower Jaccard).
-            threshold_shrinkage: `shrunk` and `balanced`: the number of positives at which a label's own
-                threshold and the global one count equally.
-            min_label_positives: Labels with fewer validation positives keep the global threshold.
+            head: The pooling, dropout and linear layer (heads.py): `ClsPooling` (default, dropout
+                0.1), `MeanPooling`, `LabelAttentionPooling` (RoBERTa-MA) or `LabelPromptPooling` (SpanEmo).
+            loss: The training loss (objectives.py): `BCE` (default; `pos_weight`), `Focal`, `ASL`,
+                `LabelCorrelationMix` (SpanEmo's loss mixed into another) or `RDrop` (two dropout passes).
+            encoder_groups: The encoder's learning rates (optim.py): `EncoderGroups` (default, one for
+                all) or `LayerwiseLRDecay`.
+            thresholds: The decision threshold before tuning and how thresholds are tuned on the
+                validation split (thresholds.py; `--model.init_args.thresholds.strategy shrunk`).
             encoder_layers: Keep only these layers of the pretrained encoder (e.g. [0, 2, 4] for a
                 half-depth MiniLM); all layers when unset.
             encoder_config: Filled in automatically: the encoder's config, so a checkpoint can be
@@ -150,23 +96,20 @@ class EmotionClassifier(L.LightningModule):
             compile: `fit` runs the encoder through torch.compile (static shapes; validation and test
                 too, predict not). Each new (batch, length) shape compiles once, in train and in eval
                 mode, so pad lengths to buckets: `--data.pad_to_multiple_of 16` leaves 8 lengths up to
-                128 tokens. Off by default: on 2 CPU cores a MiniLM shape took ~70 s to compile and a
-                compiled step was at most 10-20% faster, which a few epochs do not pay back; on a GPU,
-                measure first (benchmarks/train_speed.py).
+                128 tokens. Off by default: compiling takes long on a CPU and a few epochs may not pay
+                it back; measure first (benchmarks/train_speed.py).
         """
         super().__init__()
         self.save_hyperparameters()
+        head = component(head, Head, ClsPooling, "model.init_args.head")
+        self.criterion = component(loss, Loss, BCE, "model.init_args.loss")
+        self.encoder_groups = component(encoder_groups, EncoderGroups, EncoderGroups, "model.init_args.encoder_groups")
+        self.threshold_settings = as_thresholds(thresholds)
+        # the components as plain data: a checkpoint loads with weights_only=True, with or without the CLI
+        self.hparams.head, self.hparams.loss = component_config(head), component_config(self.criterion)
+        self.hparams.encoder_groups = component_config(self.encoder_groups)
+        self.hparams.thresholds = asdict(self.threshold_settings)
         num_labels = len(label_names)
-        if isinstance(pos_weight, list) and len(pos_weight) != num_labels:
-            raise ConfigError(f"`model.pos_weight` has {len(pos_weight)} values for {num_labels} labels {label_names}. Give one weight per label, or `auto`.")
-        if not 0 < layer_lr_decay <= 1:
-            raise ConfigError(f"`model.layer_lr_decay` is {layer_lr_decay}; it must be in (0, 1] (1 turns it off).")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ConfigError(f"`model.ema_decay` is {ema_decay}; it must be in (0, 1), e.g. 0.999, or unset.")
-        if rdrop_weight < 0:
-            raise ConfigError(f"`model.rdrop_weight` is {rdrop_weight}; it must be >= 0 (0 turns R-Drop off).")
-        if not 0 <= label_correlation_weight <= 1:
-            raise ConfigError(f"`model.label_correlation_weight` is {label_correlation_weight}; it must be in [0, 1].")
         if encoder_config is None:
             self.encoder = load_encoder(encoder)
             if encoder_layers is not None:
@@ -179,23 +122,19 @@ class EmotionClassifier(L.LightningModule):
 
             config = AutoConfig.for_model(**encoder_config)
             self.encoder = AutoModel.from_config(config)
-        # BERT/RoBERTa's own pooler (tanh layer over [CLS]) is never used: `pool` reads the hidden
+        # BERT/RoBERTa's own pooler (tanh layer over [CLS]) is never used: the head reads the hidden
         # states. Left in, its weights get no gradient and DDP stops with "parameters that were
         # not used in producing the loss".
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
-        self.label_attention = LabelAttention(num_labels, hidden) if pooling == "label_attention" else None
-        self.label_prompt = None
-        if pooling == "label_prompt":
-            tokenizer = load_tokenizer(encoder)
-            prompt, spans = label_prompt_ids(tokenizer, list(label_names))
-            self.label_prompt = LabelPrompt(prompt, spans, tokenizer.sep_token_id)
-        self.dropout = nn.Dropout(dropout)
+        self.pooling_name = head.name
+        self.pooling = head.build(hidden, list(label_names), encoder)
+        self.dropout = nn.Dropout(head.dropout)
         self.head = nn.Linear(hidden, num_labels)
-        self.register_buffer("thresholds", torch.full((num_labels,), float(threshold)))
-        initial = torch.ones(num_labels) if pos_weight == "auto" else None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
-        self.register_buffer("pos_weight", initial)  # `auto`: filled from the training split in setup
+        self.register_buffer("thresholds", torch.full((num_labels,), float(self.threshold_settings.threshold)))
+        # `auto`: ones until `set_label_frequencies` fills it before fit; a checkpoint keeps the weights it trained with
+        self.register_buffer("pos_weight", self.criterion.initial_pos_weight(list(label_names)))
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
         # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
         self.last_val_outputs: tuple[Tensor, Tensor] | None = None
@@ -210,17 +149,12 @@ class EmotionClassifier(L.LightningModule):
 
         T' = T, except with the label prompt, which this inserts after the first token.
         """
-        if self.label_prompt is not None:
-            input_ids, attention_mask = self.label_prompt.extend(input_ids, attention_mask)
+        input_ids, attention_mask = self.pooling.extend(input_ids, attention_mask)
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask
 
     def pool_states(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, T', H) states -> (B, H) for `cls`/`mean` pooling, (B, L, H) for the per-label poolings."""
-        if self.label_attention is not None:
-            return self.label_attention(hidden, attention_mask)
-        if self.label_prompt is not None:
-            return self.label_prompt.read(hidden)
-        return pool(hidden, attention_mask, self.hparams.pooling)
+        return self.pooling(hidden, attention_mask)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, T) ids and mask -> the pooled vector (B, H) or per-label vectors (B, L, H)."""
@@ -238,58 +172,35 @@ class EmotionClassifier(L.LightningModule):
         return self.classify(self.encode(input_ids, attention_mask))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The training loss of (B, L) logits against (B, L) gold labels (`model.loss`, `label_correlation_weight`)."""
-        hp = self.hparams
-        if hp.loss == "focal":
-            main = focal_loss(logits, labels, hp.focal_gamma, pos_weight=self.pos_weight)
-        elif hp.loss == "asl":
-            main = asymmetric_loss(logits, labels, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip)
-        else:
-            main = hard_label_loss(logits, labels, self.pos_weight)
-        if hp.label_correlation_weight > 0:
-            weight = hp.label_correlation_weight
-            return (1 - weight) * main + weight * label_correlation_loss(logits, labels)
-        return main
+        """The loss (`model.init_args.loss`) of (B, L) logits against (B, L) gold labels."""
+        return self.criterion(logits, labels, self.pos_weight)
+
+    def set_label_frequencies(self, frequencies: list[float]) -> None:
+        """Fill `pos_weight` from the training split's label frequencies, in `label_names` order, when the loss asks for it (`pos_weight: auto`)."""
+        if not self.criterion.needs_label_frequencies:
+            return
+        weights = auto_pos_weight(frequencies)
+        self.pos_weight.copy_(weights.to(self.pos_weight.device))
+        rank_zero_info("pos_weight auto: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.label_names, weights.tolist())))
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.compile:
             self.compile_encoder()
-        if stage == "fit" and self.hparams.pos_weight == "auto":
-            frequencies = torch.tensor(self.trainer.datamodule.train_label_frequencies())
-            # sqrt of the full negatives/positives ratio: the full ratio (19 for a 5% label) makes a
-            # rare label's positives outweigh all its negatives and floods it with false positives
-            weights = ((1 - frequencies) / frequencies.clamp(min=1e-4)).sqrt()
-            self.pos_weight.copy_(weights.to(self.pos_weight.device))
-            rank_zero_info("pos_weight auto: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.label_names, weights.tolist())))
 
     def compile_encoder(self) -> None:
         """torch.compile the encoder in place (`model.compile`): its parameter names, so its checkpoints, stay as they are."""
         # one graph per (shape, train/eval mode): torch's default of 8 recompiles would fall back to
         # eager after 4 length buckets; 64 covers every bucket of 16 up to 512 tokens in both modes
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        raise_recompile_limit(64)
         self.encoder.compile(dynamic=False)
-        trainer = self._trainer
-        datamodule = trainer.datamodule if trainer is not None else None
-        multiple = datamodule.hparams.get("pad_to_multiple_of") if datamodule is not None else None
-        if datamodule is not None and not multiple and trainer.strategy.root_device.type == "cpu":
-            rank_zero_warn(
-                "model.compile is on but batches are padded to their longest text (data.pad_to_multiple_of unset): every new length compiles "
-                "the encoder again (about a minute each on a CPU). Set `--data.pad_to_multiple_of 16`."
-            )
 
     def configure_callbacks(self):
-        if self.hparams.ema_decay is None:
-            return []
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+        # what only the data module knows (label frequencies, padding), handed over once both are set up
+        return [PrepareFit()] if self.criterion.needs_label_frequencies or self.hparams.compile else []
 
     # ---- steps ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        if self.hparams.rdrop_weight > 0:  # both passes as one batch: each copy of a row draws its own dropout mask
-            first, second = self(ids.repeat(2, 1), mask.repeat(2, 1)).chunk(2)
-            loss = (self.loss(first, labels) + self.loss(second, labels)) / 2 + self.hparams.rdrop_weight * consistency_loss(first, second)
-        else:
-            loss = self.loss(self(ids, mask), labels)
+        loss = self.criterion.training_loss(self, batch["input_ids"], batch["attention_mask"], batch["labels"], self.pos_weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
@@ -315,13 +226,13 @@ class EmotionClassifier(L.LightningModule):
         metric.reset()
         if self.trainer.sanity_checking:
             return
-        if stage == "val" and self.hparams.tune_thresholds and self.trainer.state.fn == "fit":
-            hp = self.hparams
-            chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
+        settings = self.threshold_settings
+        if stage == "val" and settings.tune and self.trainer.state.fn == "fit":
+            chosen = choose_thresholds(probs.cpu(), target.cpu(), settings.strategy, settings.threshold, settings.min_label_positives, settings.shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
         if stage == "val":
             self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
-        log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds)
+        log_epoch_scores(self, stage, probs, target, settings.threshold, self.thresholds)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -343,31 +254,18 @@ class EmotionClassifier(L.LightningModule):
             )
 
     def param_groups(self) -> list[dict]:
-        """AdamW parameter groups: encoder (per layer with `layer_lr_decay`), then head; decay split by `no_decay`.
+        """AdamW parameter groups: the encoder's (`encoder_groups`), then the head's; decay split by `no_decay`.
 
         Subclasses append their own trainable modules here; `configure_optimizers` builds the
         optimizer and the schedule over whatever this returns.
         """
         hp = self.hparams
-        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
-        num_layers = len(layer_list(self.encoder))
-
-        def depth(name: str) -> int:  # without decay, one depth: the two groups of BERT's recipe
-            return encoder_depth(name, num_layers) if hp.layer_lr_decay < 1 else num_layers
-
-        groups = []
-        for level in sorted({depth(n) for n, _ in named}):
-            lr = hp.lr * hp.layer_lr_decay ** max(0, num_layers - level)  # the top layer (depth num_layers) at lr
-            at_depth = [(n, p) for n, p in named if depth(n) == level]
-            for decayed in (True, False):
-                params = [p for n, p in at_depth if no_decay(n) != decayed]
-                if params:
-                    groups.append({"params": params, "weight_decay": hp.weight_decay if decayed else 0.0, "lr": lr})
+        groups = self.encoder_groups.groups(self.encoder, hp.lr, hp.weight_decay)
         head_lr = hp.head_lr or hp.lr
         groups.append({"params": [self.head.weight], "weight_decay": hp.weight_decay, "lr": head_lr})
         groups.append({"params": [self.head.bias], "weight_decay": 0.0, "lr": head_lr})
-        if self.label_attention is not None:
-            groups.append({"params": list(self.label_attention.parameters()), "weight_decay": 0.0, "lr": head_lr})
+        if pooling := list(self.pooling.parameters()):  # label attention's queries
+            groups.append({"params": pooling, "weight_decay": 0.0, "lr": head_lr})
         return groups
 
     def configure_optimizers(self):
@@ -379,10 +277,6 @@ class EmotionClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # checkpoints from before the unused pooler was dropped still hold its weights
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("encoder.pooler.")]:
-            del state[key]
         saved = checkpoint.get("hyper_parameters", {}).get("label_names")
         if saved is not None and list(saved) != self.label_names:
             raise ConfigError(

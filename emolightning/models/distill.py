@@ -42,6 +42,7 @@ from .checkpoints import check_checkpoint, load_classifier
 from .classifier import EmotionClassifier
 from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .losses import hidden_cosine_loss, soft_target_loss
+from .objectives import RDrop
 
 # text whose tokenisation tells two tokenizers apart beyond their vocabularies (casing, accents, emoji)
 PROBE = "Hello World! I'm SO happy :) #blessed @user https://t.co/x 😀 café naïve"
@@ -101,7 +102,7 @@ class Teacher(nn.Module):
                 )
             check_checkpoint(source, "model.init_args.teacher")  # a damaged file stops here, named, not in torch's zip reader
             classifier = load_classifier(source)
-            self.classifier, self.pooling = classifier, classifier.hparams.pooling
+            self.classifier, self.pooling = classifier, classifier.pooling_name
             self.label_names: list[str] | None = classifier.label_names
             self.tokenizer = classifier.hparams.encoder
         else:
@@ -224,7 +225,7 @@ def load_copied_student(student: EmotionClassifier, copied: nn.Module, teacher: 
     student.hparams.encoder_config = student.encoder.config.to_dict()
     if teacher.model is None:
         student.head.load_state_dict(teacher.head.state_dict())
-        pooling = student.hparams.pooling
+        pooling = student.pooling_name
         if teacher.pooling != pooling:
             rank_zero_warn(f"The student copies the teacher's head, but pools with `{pooling}` where the teacher used `{teacher.pooling}`.")
 
@@ -251,7 +252,7 @@ class EmotionDistiller(EmotionClassifier):
         Its checkpoints are the student's EmotionClassifier checkpoints, without the teacher: test or
         predict with a config naming `class_path: emolightning.EmotionClassifier` (or
         `EmotionClassifier.load_from_checkpoint`), no teacher needed. Every other argument
-        (`head_lr`, `encoder_layers`, ...) is EmotionClassifier's, for the
+        (`head_lr`, `head`, `loss`, `thresholds`, `encoder_layers`, ...) is EmotionClassifier's, for the
         student; the CLI shows each as a typed key (`--model.init_args.<name>`).
 
         Args:
@@ -304,11 +305,10 @@ class EmotionDistiller(EmotionClassifier):
         self.distillation = {name: self.hparams.pop(name) for name in DISTILLATION_ARGUMENTS}
         for name in CLI_RECORDS:
             self.hparams.pop(name, None)
-        # read from hparams, not kwargs.get: jsonargparse reads this source to type **kwargs for `--help`
-        if self.hparams.rdrop_weight > 0:
+        if isinstance(self.criterion, RDrop):
             raise ConfigError(
-                "`model.init_args.rdrop_weight` is an option of EmotionClassifier's training step; a distillation's student trains on the "
-                "teacher's soft targets instead, so R-Drop has no effect there. Leave it at 0 for EmotionDistiller."
+                "`model.init_args.loss` RDrop acts in EmotionClassifier's training step; a distillation's student trains on the "
+                "teacher's soft targets instead, so R-Drop has no effect there. Give EmotionDistiller its inner loss (e.g. BCE) instead."
             )
         self.same_tokenizer = same_tokenizer(encoder, frozen.tokenizer)
         if copied is not None:

@@ -1,6 +1,7 @@
 """From an encoder's token states to one vector per text, or one vector per (text, label).
 
-Four poolings, chosen by `model.pooling`:
+Four poolings, each a head component chosen by `model.init_args.head.class_path`
+(`ClsPooling`, the default, `MeanPooling`, `LabelAttentionPooling`, `LabelPromptPooling`):
 
 - `cls`: the first token's state, (B, H).
 - `mean`: the mean over real (unpadded) tokens, (B, H).
@@ -15,16 +16,23 @@ Four poolings, chosen by `model.pooling`:
 A (B, H) vector gets the usual linear head; a (B, L, H) one is scored by the same weights read
 per label (`label_logits`): label j's logit is w_j . v_j + b_j, so every pooling keeps a head of
 shape (L, H) and checkpoints stay interchangeable in shape.
+
+A head component is configuration only (its typed `__init__` arguments are what `--help` shows);
+`build(hidden_size, label_names, tokenizer_name)` makes the pooling module once the encoder is
+known. EmotionClassifier owns the dropout and the (L, H) linear layer around it, so every head
+keeps the state dict keys `head.weight`, `head.bias`, and a pooling's own weights sit under `pooling.`.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-POOLINGS = ("cls", "mean", "label_attention", "label_prompt")
+from ..errors import ConfigError
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
@@ -35,12 +43,31 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+class Pooling(nn.Module):
+    """A pooling module: `extend` makes the encoder's input from `[CLS] text [SEP]` (unchanged but for the
+    label prompt), `forward` pools the (B, T', H) states and their (B, T') mask to (B, H) or (B, L, H)."""
+
+    def extend(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return input_ids, attention_mask
+
+
+class TokenPooling(Pooling):
+    """`cls` or `mean` (`pool`): no weights of its own."""
+
+    def __init__(self, pooling: str):
+        super().__init__()
+        self.pooling = pooling
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return pool(hidden, attention_mask, self.pooling)
+
+
 def label_logits(vectors: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """(B, L, H) per-label vectors, (L, H) weights, (L,) biases -> (B, L) logits, w_j . v_j + b_j."""
     return (vectors * weight).sum(dim=-1) + bias
 
 
-class LabelAttention(nn.Module):
+class LabelAttention(Pooling):
     """One learned query per label, scaled dot-product attention over the real tokens.
 
     (B, T, H) states and (B, T) mask -> (B, L, H): label j's vector is sum_t a_jt h_t with
@@ -75,7 +102,7 @@ def label_prompt_ids(tokenizer, label_names: list[str]) -> tuple[list[int], list
     return ids, spans
 
 
-class LabelPrompt(nn.Module):
+class LabelPrompt(Pooling):
     """Puts the label-name segment after the first token and reads one vector per label back.
 
     `extend`: (B, T) ids and mask of `[CLS] text [SEP]` -> (B, T + P + 1) ids and mask of
@@ -100,3 +127,74 @@ class LabelPrompt(nn.Module):
     def read(self, hidden: Tensor) -> Tensor:
         names = hidden[:, 1 : 1 + self.average.shape[1]]
         return torch.einsum("lp,bph->blh", self.average.to(hidden.dtype), names)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.read(hidden)
+
+
+# ---- head components: what `model.init_args.head` names -----------------------------------------
+class Head(ABC):
+    """Base of the head components: a pooling, then dropout and one linear logit per label."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, dropout: float = 0.1):
+        """
+        Args:
+            dropout: Dropout before the linear head.
+        """
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"`model.init_args.head.init_args.dropout` is {dropout}; it must be in [0, 1).")
+        self.dropout = dropout
+
+    @abstractmethod
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        """The pooling module for an encoder of `hidden_size` and these labels (tokenised with `tokenizer_name`)."""
+
+
+class ClsPooling(Head):
+    """The first token's state, (B, H), then dropout and a linear layer: the default head."""
+
+    name = "cls"
+
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        return TokenPooling(self.name)
+
+
+class MeanPooling(Head):
+    """The mean of the real (unpadded) tokens' states, (B, H), then dropout and a linear layer."""
+
+    name = "mean"
+
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        return TokenPooling(self.name)
+
+
+class LabelAttentionPooling(Head):
+    """One learned query per label attends over the tokens (RoBERTa-MA, Ameer et al. 2023), (B, L, H).
+
+    Each label's vector is scored by its own row of the linear layer. The queries train at `head_lr`,
+    without weight decay.
+    """
+
+    name = "label_attention"
+
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        return LabelAttention(len(label_names), hidden_size)
+
+
+class LabelPromptPooling(Head):
+    """The label names go in front of the text as a first segment and each label is read from its name's tokens (SpanEmo).
+
+    Adds one token per name piece plus a separator to every input; the model inserts them, so the
+    data, prediction and export see the ordinary `[CLS] text [SEP]` ids.
+    """
+
+    name = "label_prompt"
+
+    def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
+        from .encoders import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_name)
+        prompt, spans = label_prompt_ids(tokenizer, list(label_names))
+        return LabelPrompt(prompt, spans, tokenizer.sep_token_id)

@@ -25,6 +25,8 @@ from emolightning.inference import ensemble_command as command
 from emolightning.inference import manifest as mf
 from emolightning.metrics import THRESHOLD_STRATEGIES
 from emolightning.models import averaging
+from emolightning.models.heads import ClsPooling, MeanPooling
+from emolightning.models.thresholds import Thresholds
 
 from conftest import LABELS, make_rows, write_official
 from helpers import emolightning, reordered_tokenizer, save_classifier, tiny_args
@@ -40,9 +42,9 @@ def members(tiny_encoder, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("members")
     other = reordered_tokenizer(tiny_encoder, root / "other-tokenizer")
     torch.manual_seed(1)
-    a = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean"), root / "a.ckpt", {"max_length": 64})
+    a = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=MeanPooling()), root / "a.ckpt", {"max_length": 64})
     torch.manual_seed(2)
-    b = save_classifier(EmotionClassifier(other, LABELS, lr=1e-3, pooling="cls", threshold_strategy="global"), root / "b.ckpt")
+    b = save_classifier(EmotionClassifier(other, LABELS, lr=1e-3, head=ClsPooling(), thresholds=Thresholds(strategy="global")), root / "b.ckpt")
     return {"root": root, "a": a, "b": b, "other": other}
 
 
@@ -320,9 +322,9 @@ def test_ensemble_teacher_soft_targets_and_cache_are_the_averaged_output(members
     from emolightning.models.losses import soft_target_loss
 
     torch.manual_seed(3)
-    c = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="cls"), tmp_path / "c.ckpt")
+    c = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=ClsPooling()), tmp_path / "c.ckpt")
     teachers = [members["a"], c]  # one tokenizer; b tokenises differently, which a batch's one teacher tokenisation cannot serve
-    student = EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=teachers, pooling="mean", cache_teacher_logits=True, cosine_weight=0.1)
+    student = EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=teachers, head=MeanPooling(), cache_teacher_logits=True, cosine_weight=0.1)
     assert not student.use_cosine and student.cache_logits  # no single hidden state to align with
     with pytest.raises(ConfigError, match="tokenise differently"):
         EmotionDistiller(tiny_encoder, LABELS, lr=1e-3, teacher=[members["a"], members["b"]])
@@ -361,7 +363,7 @@ def test_ensemble_teacher_through_the_cli(members, tiny_encoder, ec_dir, tmp_pat
     from emolightning.cli.main import run_cli
 
     torch.manual_seed(4)
-    c = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="cls"), tmp_path / "c.ckpt")
+    c = save_classifier(EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=ClsPooling()), tmp_path / "c.ckpt")
     cli = run_cli(
         [
             "fit",

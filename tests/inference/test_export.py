@@ -14,8 +14,11 @@ import torch
 from emolightning.errors import ConfigError
 from emolightning.inference.export import export_checkpoint
 from emolightning.models.classifier import EmotionClassifier
+from emolightning.models.heads import ClsPooling, LabelAttentionPooling, LabelPromptPooling
 
 from conftest import LABELS
+
+HEADS = {"label_attention": LabelAttentionPooling, "label_prompt": LabelPromptPooling}
 
 TEXTS = ["so delighted today", "furious and scared at work with my friend this morning", "adore", "the news was gross so very gross"]
 
@@ -73,7 +76,7 @@ def save_minimal_checkpoint(model: EmotionClassifier, path) -> None:
 def cls_checkpoint(tiny_encoder, tmp_path_factory):
     """A `pooling: cls` model with 3 labels and hand-set thresholds, saved as a minimal checkpoint (no callbacks)."""
     torch.manual_seed(0)
-    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, pooling="cls")
+    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, head=ClsPooling())
     model.thresholds.copy_(torch.tensor([0.3, 0.55, 0.7]))
     path = tmp_path_factory.mktemp("cls") / "cls.ckpt"
     save_minimal_checkpoint(model, path)
@@ -143,11 +146,11 @@ def test_export_errors_are_one_paragraph(trained_run, tmp_path, capsys):
 def test_per_label_poolings_export_with_the_same_logits(pooling, tiny_encoder, tmp_path):
     """The exported class repeats the label-attention and label-prompt heads: same logits, no emolightning."""
     torch.manual_seed(0)
-    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, pooling=pooling)
+    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, head=HEADS[pooling]())
     with torch.no_grad():
         model.head.weight.normal_()
-        if model.label_attention is not None:
-            model.label_attention.queries.normal_()
+        if pooling == "label_attention":
+            model.pooling.queries.normal_()
     path = tmp_path / f"{pooling}.ckpt"
     save_minimal_checkpoint(model, path)
     directory = export_checkpoint(path, tmp_path / "export")

@@ -11,6 +11,7 @@ from test_predict import HEADER, assert_labels, expected, predict_in_process, re
 from emolightning.errors import ConfigError
 from emolightning.inference.export import export_checkpoint
 from emolightning.models.classifier import EmotionClassifier
+from emolightning.models.heads import LabelAttentionPooling, MeanPooling
 
 from conftest import LABELS, make_rows, write_official
 from helpers import predict_args
@@ -105,7 +106,7 @@ def test_onnx_export_round_trip_gives_the_checkpoint_logits(tiny_encoder, tmp_pa
     from emolightning.models.encoders import load_tokenizer
 
     torch.manual_seed(0)
-    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, pooling="label_attention").eval()
+    model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, head=LabelAttentionPooling()).eval()
     model.thresholds.copy_(torch.tensor([0.3, 0.55, 0.7]))
     ckpt = tmp_path / "la.ckpt"
     save_minimal_checkpoint(model, ckpt)
@@ -128,8 +129,8 @@ def test_onnx_export_round_trip_gives_the_checkpoint_logits(tiny_encoder, tmp_pa
 def test_compiled_encoder_gives_the_eager_logits_loss_and_gradients(tiny_encoder):
     """`model.compile`: torch.compile of the encoder computes what the eager one does (one shape, eval mode: no dropout)."""
     torch.manual_seed(0)
-    eager = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, pooling="mean").eval()
-    compiled = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, pooling="mean", compile=True).eval()
+    eager = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, head=MeanPooling()).eval()
+    compiled = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS, lr=1e-3, head=MeanPooling(), compile=True).eval()
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_encoder()
     ids = torch.randint(5, 40, (4, 16))

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from emolightning.errors import ConfigError
-from emolightning.models.classifier import EmotionClassifier, linear_warmup_decay, no_decay, pool
+from emolightning.models.classifier import EmotionClassifier
+from emolightning.models.heads import pool
+from emolightning.models.optim import linear_warmup_decay, no_decay
 
 from conftest import LABELS
 

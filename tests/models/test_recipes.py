@@ -11,11 +11,15 @@ import pytest
 import torch
 
 from emolightning.errors import ConfigError
-from emolightning.models.classifier import EmotionClassifier, encoder_depth
-from emolightning.models.heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids
+from emolightning.models.classifier import EmotionClassifier
+from emolightning.models.heads import LabelAttention, LabelAttentionPooling, LabelPrompt, LabelPromptPooling, MeanPooling, label_logits, label_prompt_ids
 from emolightning.models.losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
+from emolightning.models.objectives import BCE, LabelCorrelationMix, RDrop
+from emolightning.models.optim import LayerwiseLRDecay, encoder_depth
 
 from conftest import LABELS
+
+HEADS = {"label_attention": LabelAttentionPooling, "label_prompt": LabelPromptPooling}
 
 
 def sigmoid(x: float) -> float:
@@ -83,7 +87,7 @@ def test_consistency_loss_is_the_mean_symmetric_bernoulli_kl_by_hand():
 
 def test_rdrop_training_step_averages_two_dropout_passes_plus_their_consistency(tiny_encoder):
     torch.manual_seed(0)
-    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean", dropout=0.5, rdrop_weight=2.0).train()
+    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=MeanPooling(dropout=0.5), loss=RDrop(weight=2.0)).train()
     batch = {"input_ids": torch.randint(5, 40, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
     batch["labels"] = (torch.rand(3, len(LABELS)) > 0.6).float()
     model.log = lambda *args, **kwargs: None  # no trainer to log to
@@ -96,7 +100,7 @@ def test_rdrop_training_step_averages_two_dropout_passes_plus_their_consistency(
     assert loss.item() == pytest.approx((bce + 2.0 * consistency_loss(first, second)).item(), rel=1e-6)
     assert consistency_loss(first, second).item() > 1e-4
     model.eval()  # no dropout: both passes agree, and the loss is the plain one
-    plain = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling="mean", dropout=0.5).eval()
+    plain = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=MeanPooling(dropout=0.5)).eval()
     plain.load_state_dict(model.state_dict())
     plain.log = model.log
     assert model.training_step(batch, 0).item() == pytest.approx(plain.training_step(batch, 0).item(), rel=1e-6)
@@ -154,7 +158,7 @@ def test_label_prompt_goes_after_cls_and_reads_each_name(piece_tokenizer):
 
 @pytest.mark.parametrize("pooling", ["label_attention", "label_prompt"])
 def test_per_label_poolings_give_one_logit_per_label(tiny_encoder, pooling):
-    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pooling=pooling).eval()
+    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, head=HEADS[pooling]()).eval()
     ids, mask = torch.tensor([[2, 7, 8, 3], [2, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     assert model.encode(ids, mask).shape == (2, len(LABELS), 32)
     logits = model(ids, mask)
@@ -173,7 +177,7 @@ def test_encoder_depth_of_bert_parameter_names():
 
 
 def test_layer_wise_lr_decay_groups(tiny_encoder):
-    model = EmotionClassifier(tiny_encoder, LABELS, lr=1.0, head_lr=5.0, layer_lr_decay=0.5)
+    model = EmotionClassifier(tiny_encoder, LABELS, lr=1.0, head_lr=5.0, encoder_groups=LayerwiseLRDecay(0.5))
     groups = model.param_groups()
     lr_of = {}
     for group in groups:
@@ -197,25 +201,34 @@ def test_without_decay_the_encoder_keeps_two_groups(tiny_encoder):
 
 def test_pos_weight_auto_from_training_frequencies(tiny_encoder):
     class Data:
+        hparams = {"pad_to_multiple_of": None}
+
         def train_label_frequencies(self):
             return [0.5, 0.2] + [0.1] * (len(LABELS) - 2)
 
     class Trainer:
         datamodule = Data()
 
-    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, pos_weight="auto")
-    model.trainer = Trainer()
-    model.setup("fit")
+    model = EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, loss=BCE(pos_weight="auto"))
+    (prepare,) = model.configure_callbacks()  # the callback hands the data's frequencies to the model before fit
+    prepare.setup(Trainer(), model, "fit")
     assert model.pos_weight[:3].tolist() == pytest.approx([1.0, 2.0, 3.0])  # sqrt((1 - f) / f)
 
 
 @pytest.mark.parametrize(
-    ("option", "value"),
-    [("layer_lr_decay", 0.0), ("layer_lr_decay", 1.5), ("ema_decay", 1.0), ("label_correlation_weight", 2.0), ("pos_weight", [1.0]), ("rdrop_weight", -0.5)],
+    ("build", "option"),
+    [
+        (lambda: LayerwiseLRDecay(0.0), "decay"),
+        (lambda: LayerwiseLRDecay(1.5), "decay"),
+        (lambda: LabelCorrelationMix(weight=2.0), "label correlation"),
+        (lambda: {"loss": BCE(pos_weight=[1.0])}, "pos_weight"),
+        (lambda: RDrop(weight=-0.5), "R-Drop"),
+    ],
 )
-def test_bad_recipe_values_are_config_errors(tiny_encoder, option, value):
+def test_bad_recipe_values_are_config_errors(tiny_encoder, build, option):
     with pytest.raises(ConfigError, match=option):
-        EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, **{option: value})
+        value = build()
+        EmotionClassifier(tiny_encoder, LABELS, lr=1e-3, **value)
 
 
 def test_threshold_strategies_by_hand():

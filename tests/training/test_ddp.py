@@ -42,14 +42,14 @@ METRIC_TOL = 1e-6
 LOSS_TOL = 0.02
 
 SAME = [
-    "--model.init_args.dropout",
+    "--model.init_args.head.dropout",
     "0",
     "--model.init_args.lr",
     "3e-3",
     "--model.init_args.head_lr",
     "0.1",
     # 0.15 lies inside the tiny model's probability range, so the val/* scores hinge on single probabilities
-    "--model.init_args.threshold",
+    "--model.init_args.thresholds.threshold",
     "0.15",
     "--trainer.max_epochs",
     "2",
@@ -225,11 +225,12 @@ def test_two_processes_predict_what_one_process_predicts(single, ec_dir, tmp_pat
 
 RECIPES = {
     # every option of the quality recipes, in two runs (one pooling each)
-    "label_prompt": ["--model.init_args.pooling", "label_prompt", "--model.init_args.loss", "asl", "--model.init_args.label_correlation_weight", "0.2",
-                     "--model.init_args.pos_weight", "auto", "--model.init_args.layer_lr_decay", "0.8", "--model.init_args.ema_decay", "0.9"],
-    "label_attention": ["--model.init_args.pooling", "label_attention", "--model.init_args.loss", "focal"],
+    "label_prompt": ["--model.init_args.head", "LabelPromptPooling", "--model.init_args.loss", "LabelCorrelationMix", "--model.init_args.loss.weight", "0.2",
+                     "--model.init_args.loss.loss", "ASL", "--model.init_args.encoder_groups", "LayerwiseLRDecay", "--model.init_args.encoder_groups.decay", "0.8",
+                     "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9"],
+    "label_attention": ["--model.init_args.head", "LabelAttentionPooling", "--model.init_args.loss", "Focal", "--model.init_args.loss.pos_weight", "auto"],
     # R-Drop on its own run, so that a failure names the option
-    "rdrop": ["--model.init_args.rdrop_weight", "1.0"],
+    "rdrop": ["--model.init_args.loss", "RDrop", "--model.init_args.loss.weight", "1.0"],
 }  # fmt: skip
 
 
@@ -248,7 +249,9 @@ def test_recipe_options_train_the_same_on_two_processes(recipe, no_dropout_encod
     (a,), (b,) = checkpoints(tmp_path / "single").values(), checkpoints(tmp_path / "ddp").values()
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"]) < RECIPE_WEIGHT_TOL
-    if "--model.init_args.ema_decay" in RECIPES[recipe]:  # the best checkpoint holds the average; the live weights only last.ckpt (kept)
+    if (
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging" in RECIPES[recipe]
+    ):  # the best checkpoint holds the average; the live weights only last.ckpt (kept)
         assert "current_model_state" not in a
         live = torch.load(run_dir(tmp_path / "single") / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["current_model_state"]
         assert any(not torch.equal(live[k], a["state_dict"][k]) for k in live if k.startswith("head."))
