@@ -25,7 +25,7 @@ import glob
 import inspect
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -39,6 +39,7 @@ from ..hardware import pad_multiple
 from ..metrics import THRESHOLD_STRATEGIES, EmotionScores, choose_thresholds, official_scores
 from ..models.classifier import EmotionClassifier, log_epoch_scores
 from ..models.encoders import load_tokenizer
+from ..outputs import EpochOutputs
 
 MANIFEST_FORMAT = "emolightning-ensemble"
 BUILD_HINT = "Build it with `emolightning ensemble CKPT [CKPT ...] --data_dir DATA --out ensemble.json`."
@@ -282,7 +283,16 @@ class EnsembleClassifier(L.LightningModule):
         probs, target = metric.compute()
         metric.reset()
         if not self.trainer.sanity_checking:
-            log_epoch_scores(self, stage, probs, target, self.manifest.threshold, self.thresholds)
+            outputs = log_epoch_scores(self, stage, probs, target, self.manifest.threshold, self.thresholds)
+            setattr(self, f"{stage}_outputs", replace(outputs, source=self.manifest.path))  # test scores go beside the manifest
+
+    # the latest scored epoch of each stage (set at its end; None before)
+    val_outputs: EpochOutputs | None = None
+    test_outputs: EpochOutputs | None = None
+
+    def epoch_outputs(self, stage: str) -> EpochOutputs | None:
+        """The latest scored `stage` ("val"/"test") epoch, its `source` this manifest (outputs.Classifier, read by the record callbacks)."""
+        return self.val_outputs if stage == "val" else self.test_outputs
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

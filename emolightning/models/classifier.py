@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..hardware import adamw_options
 from ..metrics import EmotionScores, choose_thresholds, official_scores
+from ..outputs import EpochOutputs
 from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
 from .losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
@@ -51,8 +52,11 @@ def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> None:
-    """Log the official scores of (N, L) probabilities at the fixed `threshold` and at the tuned (L,) `thresholds` (`stage/*`, `stage/tuned/*`), and print them."""
+def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> EpochOutputs:
+    """Log the official scores of (N, L) probabilities at the fixed `threshold` and at the tuned (L,) `thresholds` (`stage/*`, `stage/tuned/*`), and print them.
+
+    Returns the epoch's outputs, which the module hands to the callbacks (`epoch_outputs`, outputs.Classifier).
+    """
     names = module.label_names
     scores = official_scores(probs >= threshold, target, names)
     tuned = official_scores(probs >= thresholds, target, names)
@@ -66,6 +70,8 @@ def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, targe
         f"threshold {threshold}: jaccard {scores['jaccard']:.4f} f1_micro {scores['f1_micro']:.4f} f1_macro {scores['f1_macro']:.4f}  |  "
         f"tuned: jaccard {tuned['jaccard']:.4f} f1_micro {tuned['f1_micro']:.4f} f1_macro {tuned['f1_macro']:.4f}"
     )
+    # thresholds cloned: the buffer is tuned again at the next validation
+    return EpochOutputs(stage, probs.detach().cpu(), target.detach().cpu(), thresholds.detach().cpu().clone(), names)
 
 
 class EmotionClassifier(L.LightningModule):
@@ -197,8 +203,6 @@ class EmotionClassifier(L.LightningModule):
         initial = torch.ones(num_labels) if pos_weight == "auto" else None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
         self.register_buffer("pos_weight", initial)  # `auto`: filled from the training split in setup
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
-        # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
-        self.last_val_outputs: tuple[Tensor, Tensor] | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -319,9 +323,15 @@ class EmotionClassifier(L.LightningModule):
             hp = self.hparams
             chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
-        if stage == "val":
-            self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
-        log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds)
+        setattr(self, f"{stage}_outputs", log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds))
+
+    # the latest scored epoch of each stage, the same on every rank (set at its end; None before)
+    val_outputs: EpochOutputs | None = None
+    test_outputs: EpochOutputs | None = None
+
+    def epoch_outputs(self, stage: str) -> EpochOutputs | None:
+        """The latest scored `stage` ("val"/"test") epoch: probabilities, gold labels, thresholds (outputs.Classifier, read by the record callbacks)."""
+        return self.val_outputs if stage == "val" else self.test_outputs
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
