@@ -2,8 +2,8 @@
 
     Run folder:      runs/quickstart/lightning_logs/version_0 (config.yaml, metrics.csv, checkpoints/)
     Best checkpoint: runs/quickstart/lightning_logs/version_0/checkpoints/best-3-92.ckpt
-      val/jaccard 0.5794  val/f1_micro 0.7287  val/f1_macro 0.6487 (epoch 3, threshold 0.5)
-      val/tuned/jaccard 0.6804  ... (at its tuned thresholds, which test and predict use)
+      val/jaccard 0.xxxx  val/f1_micro 0.xxxx  val/f1_macro 0.xxxx (epoch 3, threshold 0.5)
+      val/tuned/jaccard 0.xxxx  ... (at its tuned thresholds, which test and predict use)
     Next:
       emolightning test --config .../config.yaml --ckpt_path .../best-3-92.ckpt
       emolightning predict --config .../config.yaml --ckpt_path .../best-3-92.ckpt --data.predict_file FILE --output predictions.txt
