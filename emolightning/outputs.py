@@ -2,8 +2,8 @@
 
 The callbacks (training/record.py, training/tracking.py) and the prediction writer
 (inference/prediction_writer.py) read a LightningModule only through `Classifier`: its label names
-and the `EpochOutputs` of its latest epoch. EmotionClassifier and EnsembleClassifier provide both,
-so a callback needs to know neither class.
+and the `EpochOutputs` of its latest epoch. EmotionClassifier and EnsembleClassifier provide both
+(both through `KeepsEpochOutputs`), so a callback needs to know neither class.
 """
 
 from __future__ import annotations
@@ -52,3 +52,18 @@ class Classifier(Protocol):
     def epoch_outputs(self, stage: str) -> EpochOutputs | None:
         """The outputs of the latest `stage` ("val" or "test") epoch that was scored (not the sanity check), or None before one."""
         ...
+
+
+class KeepsEpochOutputs:
+    """Mixin for a LightningModule: `keep_epoch_outputs` at the end of each scored epoch provides `Classifier.epoch_outputs`."""
+
+    # the latest scored epoch of each stage, the same on every rank (None before one)
+    val_outputs: EpochOutputs | None = None
+    test_outputs: EpochOutputs | None = None
+
+    def keep_epoch_outputs(self, outputs: EpochOutputs) -> None:
+        setattr(self, f"{outputs.stage}_outputs", outputs)
+
+    def epoch_outputs(self, stage: str) -> EpochOutputs | None:
+        """The latest scored `stage` ("val"/"test") epoch: probabilities, gold labels, thresholds (read by the record callbacks)."""
+        return self.val_outputs if stage == "val" else self.test_outputs

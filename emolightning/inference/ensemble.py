@@ -39,7 +39,7 @@ from ..hardware import pad_multiple
 from ..metrics import THRESHOLD_STRATEGIES, EmotionScores, choose_thresholds, official_scores
 from ..models.classifier import EmotionClassifier, log_epoch_scores
 from ..models.encoders import load_tokenizer
-from ..outputs import EpochOutputs
+from ..outputs import KeepsEpochOutputs
 
 MANIFEST_FORMAT = "emolightning-ensemble"
 BUILD_HINT = "Build it with `emolightning ensemble CKPT [CKPT ...] --data_dir DATA --out ensemble.json`."
@@ -207,7 +207,7 @@ def ensemble_config(path: str, eval_batch_size: int, chunk_batches: int) -> dict
 
 
 # ---- the LightningModule -----------------------------------------------------------------
-class EnsembleClassifier(L.LightningModule):
+class EnsembleClassifier(KeepsEpochOutputs, L.LightningModule):
     def __init__(self, manifest: str, label_names: list[str] | None = None, batch_size: int = 64, keep_members_loaded: bool = False):
         """An ensemble of EmotionClassifier checkpoints for `validate`, `test` and `predict` (`--ckpt_path ensemble.json` sets it up).
 
@@ -284,15 +284,7 @@ class EnsembleClassifier(L.LightningModule):
         metric.reset()
         if not self.trainer.sanity_checking:
             outputs = log_epoch_scores(self, stage, probs, target, self.manifest.threshold, self.thresholds)
-            setattr(self, f"{stage}_outputs", replace(outputs, source=self.manifest.path))  # test scores go beside the manifest
-
-    # the latest scored epoch of each stage (set at its end; None before)
-    val_outputs: EpochOutputs | None = None
-    test_outputs: EpochOutputs | None = None
-
-    def epoch_outputs(self, stage: str) -> EpochOutputs | None:
-        """The latest scored `stage` ("val"/"test") epoch, its `source` this manifest (outputs.Classifier, read by the record callbacks)."""
-        return self.val_outputs if stage == "val" else self.test_outputs
+            self.keep_epoch_outputs(replace(outputs, source=self.manifest.path))  # its test scores go beside the manifest
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..hardware import adamw_options
 from ..metrics import EmotionScores, choose_thresholds, official_scores
-from ..outputs import EpochOutputs
+from ..outputs import EpochOutputs, KeepsEpochOutputs
 from .encoders import keep_layers, layer_list, load_encoder, load_tokenizer
 from .heads import LabelAttention, LabelPrompt, label_logits, label_prompt_ids, pool
 from .losses import asymmetric_loss, consistency_loss, focal_loss, hard_label_loss, label_correlation_loss
@@ -74,7 +74,7 @@ def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, targe
     return EpochOutputs(stage, probs.detach().cpu(), target.detach().cpu(), thresholds.detach().cpu().clone(), names)
 
 
-class EmotionClassifier(L.LightningModule):
+class EmotionClassifier(KeepsEpochOutputs, L.LightningModule):
     def __init__(
         self,
         encoder: str,
@@ -323,15 +323,7 @@ class EmotionClassifier(L.LightningModule):
             hp = self.hparams
             chosen = choose_thresholds(probs.cpu(), target.cpu(), hp.threshold_strategy, hp.threshold, hp.min_label_positives, hp.threshold_shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
-        setattr(self, f"{stage}_outputs", log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds))
-
-    # the latest scored epoch of each stage, the same on every rank (set at its end; None before)
-    val_outputs: EpochOutputs | None = None
-    test_outputs: EpochOutputs | None = None
-
-    def epoch_outputs(self, stage: str) -> EpochOutputs | None:
-        """The latest scored `stage` ("val"/"test") epoch: probabilities, gold labels, thresholds (outputs.Classifier, read by the record callbacks)."""
-        return self.val_outputs if stage == "val" else self.test_outputs
+        self.keep_epoch_outputs(log_epoch_scores(self, stage, probs, target, self.hparams.threshold, self.thresholds))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
