@@ -2,8 +2,8 @@
 
 The callbacks (training/record.py, training/tracking.py) and the prediction writer
 (inference/prediction_writer.py) read a LightningModule only through `Classifier`: its label names
-and the `EpochOutputs` of its latest epoch. EmotionClassifier and EnsembleClassifier provide both
-(both through `KeepsEpochOutputs`), so a callback needs to know neither class.
+and the `EpochOutputs` of its latest epoch. EmotionClassifier and EnsembleClassifier keep theirs
+through `KeepsEpochOutputs`, so a callback needs to know neither class.
 """
 
 from __future__ import annotations
