@@ -32,7 +32,7 @@ from ..training.best_checkpoint import BestCheckpoint, refuse_resume_without_tra
 from ..training.nan_guard import FiniteLossGuard
 from ..training.record import BestValidationOutputs, KeepTestScores, RunClock
 from ..training.resume import ExactResume, LastCheckpoint, RequeueSignal, StopRequested, refuse_stale_hpc_checkpoint, resolve_resume, use_atomic_checkpoint_io
-from ..training.summary import ValHistory, closing_block
+from ..training.summary import ValHistory, closing_block, has_test_split
 from ..training.tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 from ..training.trainer import EmotionTrainer, resolve_auto
 from .commands import COMMAND_MODULES
@@ -109,7 +109,7 @@ class EmotionCLI(LightningCLIWithHooks):
 
             report = report_after_fit(self.trainer)  # the single-run report, named in the closing block
             history = next((c.history for c in self.trainer.callbacks if isinstance(c, ValHistory)), [])
-            print("\n" + closing_block(self.trainer, history, report), flush=True)
+            print("\n" + closing_block(self.trainer, history, report, test_split=has_test_split(self.datamodule)), flush=True)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
@@ -188,7 +188,9 @@ class EmotionCLI(LightningCLIWithHooks):
                 f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned."
             )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
-        self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities"))))
+        # the data module's stream tells the writer how the input is chunked (set up when predict starts)
+        data = self.datamodule
+        self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities")), layout=lambda: data.predict_stream))
         if isinstance(self.model, EnsembleClassifier):
             # the members are built chunk by chunk inside the ensemble, so there is no one encoder to swap
             if config.get("backend") not in (None, "auto", "torch"):

@@ -19,6 +19,8 @@ the manifest) keeps all of them on the device instead (no reloading, N x the mem
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -31,6 +33,7 @@ from ..models.averaging import normalized_weights
 from ..models.checkpoints import load_classifier
 from ..models.classifier import EmotionClassifier, log_epoch_scores
 from ..models.encoders import load_tokenizer
+from ..outputs import KeepsEpochOutputs
 from .manifest import Manifest, read_manifest
 
 
@@ -53,7 +56,7 @@ def member_probs(model: EmotionClassifier, texts: list[str], max_length: int, ba
     return out
 
 
-class EnsembleClassifier(L.LightningModule):
+class EnsembleClassifier(KeepsEpochOutputs, L.LightningModule):
     def __init__(self, manifest: str, label_names: list[str] | None = None, batch_size: int = 64, keep_members_loaded: bool = False):
         """An ensemble of EmotionClassifier checkpoints for `validate`, `test` and `predict` (`--ckpt_path ensemble.json` sets it up).
 
@@ -134,7 +137,8 @@ class EnsembleClassifier(L.LightningModule):
         probs, target = metric.compute()
         metric.reset()
         if not self.trainer.sanity_checking:
-            log_epoch_scores(self, stage, probs, target, self.manifest.threshold, self.thresholds)
+            outputs = log_epoch_scores(self, stage, probs, target, self.manifest.threshold, self.thresholds)
+            self.keep_epoch_outputs(replace(outputs, source=self.manifest.path))  # its test scores go beside the manifest
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -5,9 +5,14 @@
 The file is tab-separated: `ID, Tweet, <one 0/1 column per label>`, one row per input text in the
 input's order, with IDs and texts as the data module read them (row numbers for a plain .txt with
 one text per line). Labels are decided at the checkpoint's tuned thresholds (`predict_step`);
-`--probabilities true` adds a `p_<label>` column per label. The input is streamed (stream.py):
-batches arrive length-sorted within each chunk, so each row is put back in place by its `index`
-and written once its chunk is complete.
+`--probabilities true` adds a `p_<label>` column per label.
+
+The writer reads only its hook arguments: each batch's `ids` and `texts`, each prediction's
+`index`, `preds` and `probs`, and the module's `label_names` (outputs.Classifier), so any predict
+loader whose batches carry those keys will do. Rows arrive in any order and are put back in place
+by their `index`. The data module's input is streamed (stream.py): batches arrive length-sorted
+within each chunk, and given that stream's `PredictLayout`, the writer writes each chunk's rows once
+the chunk is complete; without one it holds every row until the end.
 """
 
 from __future__ import annotations
@@ -15,40 +20,64 @@ from __future__ import annotations
 import heapq
 import json
 import os
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..data.stream import PredictStream
-from ..errors import DataError, StorageError
+from ..errors import ConfigError, DataError, StorageError
 from ..files import atomic_open, remove_quietly, write_atomically
+from ..outputs import Classifier
 
 # the official files are tab-separated without quoting: these characters cannot appear in a field
 UNSAFE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+COLUMNS = ("ID", "Tweet")  # the (ID, text) column names of a prediction file whose input names none
+
+
+class PredictLayout(Protocol):
+    """How this rank's predict input is cut into chunks (data.stream.PredictStream is one): what lets the writer write as it goes."""
+
+    columns: tuple[str, str]  # the (ID, text) column names of the prediction file
+    num_rows: int  # rows in the input, over all ranks
+    max_length: int  # tokens a text is cut to (for the message about truncated texts)
+    num_chunks: int  # chunks of the whole input, in input order; batch key `chunk` names each batch's
+
+    def rows_in_chunk(self, chunk: int) -> int:
+        """How many rows of `chunk` this rank predicts (0 when it gets none)."""
+        ...
 
 
 class PredictionFileWriter(BasePredictionWriter):
-    def __init__(self, output: str, probabilities: bool = False):
+    def __init__(self, output: str, probabilities: bool = False, layout: Callable[[], PredictLayout | None] | None = None):
         """Writes `predict_step` outputs as an official E-c file, as they come (stream.py).
 
         Each rank writes its rows, in input order, to a part file beside `output`; at the end rank 0
-        merges the parts into `output` (replaced atomically). Rows wait in memory only until their
-        chunk is complete, so memory stays flat however long the input. Under multi-node DDP the
-        output directory must be one that every node sees.
+        merges the parts into `output` (replaced atomically). With a `layout`, rows wait in memory
+        only until their chunk is complete, so memory stays flat however long the input. Under
+        multi-node DDP the output directory must be one that every node sees.
 
         Each part is written atomically too (files.atomic_open: a temporary file renamed to the
         part's name once complete), so rank 0 never merges half a part. Under several processes a
         rank whose part cannot be written (a full disk) keeps the error until the end of the epoch
         and meets the others at the barrier there, so every rank stops instead of waiting for it.
 
+        Batches must carry `ids` and `texts` (lists of str), with a layout also `chunk` (int), and
+        may carry `truncated` (int: texts cut to max_length); each prediction `index` (the rows'
+        positions in the input), `preds` (0/1) and `probs`, as `predict_step` returns them.
+
         Args:
             output: Path of the file to write.
             probabilities: Also write each label's probability, in columns `p_<label>`.
+            layout: Called when predicting starts, for this rank's `PredictLayout` (the CLI passes
+                the data module's predict stream). None, or a call that returns None: the rows
+                wait until the end, the columns are named ID and Tweet, and no row count is checked.
         """
         super().__init__(write_interval="batch")
-        self.output, self.probabilities = output, probabilities
+        self.output, self.probabilities, self.layout_of = output, probabilities, layout
+        self.layout: PredictLayout | None = None
         self.part = None  # this rank's part file (its temporary file until complete), open while predicting
         self.writing = ExitStack()  # the atomic write of the part
         self.error: StorageError | None = None  # this rank's failed write, raised once every rank has met at the end
@@ -58,34 +87,39 @@ class PredictionFileWriter(BasePredictionWriter):
         return os.path.join(directory, f".{name}.{tag}.tmp")
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
-        self.stream = trainer.predict_dataloaders.dataset
-        if not isinstance(self.stream, PredictStream):
-            raise DataError("PredictionFileWriter needs the EmotionDataModule's predict stream (stream.py); run it through `emolightning predict`.")
+        self.layout = self.layout_of() if self.layout_of is not None else None
+        self.needed = ("ids", "texts", "chunk") if self.layout is not None else ("ids", "texts")
         os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
         self.part_path, self.several = self._beside_output(f"part{trainer.global_rank}"), trainer.world_size > 1
         self.writing, self.error, self.part = ExitStack(), None, None
         with self._kept_if_several():
             self.part = self.writing.enter_context(atomic_open(self.part_path, "w", encoding="utf-8", newline="\n"))
-        self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk -> (row index, line) of rows not yet written
+        self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk (0 without a layout) -> (row index, line) of rows not yet written
         self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        if missing := [key for key in self.needed if key not in batch]:
+            raise ConfigError(
+                f"PredictionFileWriter ({self.output}) needs each predict batch to carry {', '.join(self.needed)}; batch {batch_idx} lacks "
+                f"{', '.join(missing)}. EmotionDataModule's predict batches carry them: give another loader's batches these keys."
+            )
         preds = prediction["preds"].cpu().tolist()
         probs = prediction["probs"].float().cpu().tolist() if self.probabilities else None
-        rows = self.pending.setdefault(batch["chunk"], [])
+        rows = self.pending.setdefault(batch["chunk"] if self.layout is not None else 0, [])
         for k, (index, row_id, text) in enumerate(zip(prediction["index"].tolist(), batch["ids"], batch["texts"])):
             safe = text.translate(UNSAFE)
             self.unsafe += safe != text
-            fields = [row_id.translate(UNSAFE), safe, *map(str, preds[k])] + ([f"{p:.6f}" for p in probs[k]] if probs else [])
+            fields = [str(row_id).translate(UNSAFE), safe, *map(str, preds[k])] + ([f"{p:.6f}" for p in probs[k]] if probs else [])
             rows.append((index, "\t".join(fields)))
-        self.truncated += batch["truncated"]
+        self.truncated += int(batch.get("truncated", 0))
         self._flush()
 
     def _flush(self, everything: bool = False) -> None:
-        """Write out, in input order, every chunk whose rows (on this rank) have all arrived."""
-        while self.next_chunk < self.stream.num_chunks:
+        """Write out, in input order, every chunk whose rows (on this rank) have all arrived; without a layout, only at the end."""
+        layout = self.layout
+        while self.next_chunk < (layout.num_chunks if layout is not None else 1):
             rows = self.pending.get(self.next_chunk, [])
-            if len(rows) < self.stream.rows_in_chunk(self.next_chunk) and not everything:
+            if not everything and (layout is None or len(rows) < layout.rows_in_chunk(self.next_chunk)):
                 return
             if self.part is not None:
                 with self._kept_if_several():
@@ -95,7 +129,7 @@ class PredictionFileWriter(BasePredictionWriter):
             self.pending.pop(self.next_chunk, None)
             self.next_chunk += 1
 
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+    def on_predict_epoch_end(self, trainer, pl_module: Classifier) -> None:
         self._flush(everything=True)  # chunks left incomplete by `limit_predict_batches`
         with self._kept_if_several():
             self.part = None
@@ -112,7 +146,7 @@ class PredictionFileWriter(BasePredictionWriter):
             except Exception as exc:  # every rank must learn of it, or the others wait for the next collective until a timeout
                 error = exc
         failed = trainer.strategy.broadcast(None if error is None or not trainer.is_global_zero else str(error), src=0)
-        self.stream = self.pending = None
+        self.layout = self.pending = None
         if self.error is not None:
             self._remove_part()
         if error is not None:
@@ -159,7 +193,8 @@ class PredictionFileWriter(BasePredictionWriter):
                 "own message; otherwise, on several nodes, --output must be on a filesystem that every node shares."
             )
         rows, truncated, unsafe = (sum(column) for column in zip(*(json.loads(Path(c).read_text()) for c in counts)))
-        header = [*self.stream.columns, *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
+        layout = self.layout
+        header = [*(layout.columns if layout is not None else COLUMNS), *label_names] + ([f"p_{name}" for name in label_names] if self.probabilities else [])
         files = [open(p, encoding="utf-8", newline="\n") for p in parts]
         try:
             # atomic: a reader never sees half a prediction file, and a full disk leaves the old one
@@ -174,12 +209,13 @@ class PredictionFileWriter(BasePredictionWriter):
                 f.close()
         for p in parts + counts:
             os.remove(p)
-        if rows < self.stream.num_rows:
+        if layout is not None and rows < layout.num_rows:
             rank_zero_warn(
-                f"Only {rows} of {self.stream.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only."
+                f"Only {rows} of {layout.num_rows} texts were predicted (is `trainer.limit_predict_batches` set?); {self.output} holds those rows only."
             )
         if truncated:
-            rank_zero_info(f"{truncated} of {rows} texts are longer than max_length={self.stream.max_length} tokens and were truncated.")
+            limit = f"max_length={layout.max_length} tokens" if layout is not None else "the model's maximum length"
+            rank_zero_info(f"{truncated} of {rows} texts are longer than {limit} and were truncated.")
         if unsafe:
             rank_zero_warn(
                 f"{unsafe} texts hold tabs or line breaks, which the tab-separated E-c format cannot represent: they are written with spaces instead."

@@ -22,6 +22,7 @@ from ..compat import raise_recompile_limit
 from ..errors import ConfigError
 from ..hardware import adamw_options
 from ..metrics import EmotionScores, choose_thresholds, official_scores
+from ..outputs import EpochOutputs, KeepsEpochOutputs
 from .components import component, component_config
 from .encoders import keep_layers, load_encoder
 from .heads import ClsPooling, Head, label_logits
@@ -33,8 +34,11 @@ from .thresholds import Thresholds, as_thresholds
 __all__ = ["EmotionClassifier", "log_epoch_scores"]
 
 
-def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> None:
-    """Log the official scores of (N, L) probabilities at the fixed `threshold` and at the tuned (L,) `thresholds` (`stage/*`, `stage/tuned/*`), and print them."""
+def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, target: Tensor, threshold: float, thresholds: Tensor) -> EpochOutputs:
+    """Log the official scores of (N, L) probabilities at the fixed `threshold` and at the tuned (L,) `thresholds` (`stage/*`, `stage/tuned/*`), and print them.
+
+    Returns the epoch's outputs, which the module hands to the callbacks (`epoch_outputs`, outputs.Classifier).
+    """
     names = module.label_names
     scores = official_scores(probs >= threshold, target, names)
     tuned = official_scores(probs >= thresholds, target, names)
@@ -48,9 +52,11 @@ def log_epoch_scores(module: L.LightningModule, stage: str, probs: Tensor, targe
         f"threshold {threshold}: jaccard {scores['jaccard']:.4f} f1_micro {scores['f1_micro']:.4f} f1_macro {scores['f1_macro']:.4f}  |  "
         f"tuned: jaccard {tuned['jaccard']:.4f} f1_micro {tuned['f1_micro']:.4f} f1_macro {tuned['f1_macro']:.4f}"
     )
+    # thresholds cloned: the buffer is tuned again at the next validation
+    return EpochOutputs(stage, probs.detach().cpu(), target.detach().cpu(), thresholds.detach().cpu().clone(), names)
 
 
-class EmotionClassifier(L.LightningModule):
+class EmotionClassifier(KeepsEpochOutputs, L.LightningModule):
     def __init__(
         self,
         encoder: str,
@@ -136,8 +142,6 @@ class EmotionClassifier(L.LightningModule):
         # `auto`: ones until `set_label_frequencies` fills it before fit; a checkpoint keeps the weights it trained with
         self.register_buffer("pos_weight", self.criterion.initial_pos_weight(list(label_names)))
         self.val_scores, self.test_scores = EmotionScores(), EmotionScores()
-        # (probs, target) of the latest validation epoch, same on every rank: record.py saves the best epoch's
-        self.last_val_outputs: tuple[Tensor, Tensor] | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -230,9 +234,7 @@ class EmotionClassifier(L.LightningModule):
         if stage == "val" and settings.tune and self.trainer.state.fn == "fit":
             chosen = choose_thresholds(probs.cpu(), target.cpu(), settings.strategy, settings.threshold, settings.min_label_positives, settings.shrinkage)
             self.thresholds.copy_(chosen.to(self.thresholds.device))
-        if stage == "val":
-            self.last_val_outputs = (probs.detach().cpu(), target.detach().cpu())
-        log_epoch_scores(self, stage, probs, target, settings.threshold, self.thresholds)
+        self.keep_epoch_outputs(log_epoch_scores(self, stage, probs, target, settings.threshold, self.thresholds))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")

@@ -26,8 +26,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import DataError
 from ..files import write_atomically
-from ..inference.ensemble import EnsembleClassifier
-from ..models.classifier import EmotionClassifier
+from ..outputs import Classifier
 
 VAL_PROBS_FILE = "val_probs.npz"
 TEST_SCORES_FILE = "test_scores.json"
@@ -134,8 +133,8 @@ def load_val_probs(path: str) -> dict:
 class BestValidationOutputs(Callback):
     """Saves `val_probs.npz` (validation probabilities, gold labels, tuned thresholds) beside the best checkpoint, once per new best epoch.
 
-    It reads the EmotionClassifier's `last_val_outputs` (probabilities and gold labels of the latest
-    validation epoch) and `thresholds`; other LightningModules are left alone.
+    It reads the module's `epoch_outputs("val")` (outputs.Classifier, which EmotionClassifier and
+    EnsembleClassifier provide); other LightningModules are left alone.
     """
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -144,7 +143,8 @@ class BestValidationOutputs(Callback):
         # `validate` has no best epoch; a fast_dev_run keeps no checkpoint to put this beside
         if trainer.sanity_checking or trainer.fast_dev_run or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
-        if not isinstance(pl_module, EmotionClassifier) or pl_module.last_val_outputs is None:
+        outputs = pl_module.epoch_outputs("val") if isinstance(pl_module, Classifier) else None
+        if outputs is None:
             return
         checkpoint = monitored_checkpoint(trainer)
         if checkpoint is None or checkpoint.dirpath is None:
@@ -153,19 +153,20 @@ class BestValidationOutputs(Callback):
         best = checkpoint.best_model_score
         if current is None or not is_new_best(float(current), None if best is None else float(best), checkpoint.mode):
             return
-        probs, target = pl_module.last_val_outputs
         path = os.path.join(checkpoint.dirpath, VAL_PROBS_FILE)
-        save_val_probs(path, probs, target, pl_module.thresholds, pl_module.label_names, trainer.current_epoch, trainer.global_step)
+        save_val_probs(path, outputs.probs, outputs.target, outputs.thresholds, outputs.label_names, trainer.current_epoch, trainer.global_step)
 
 
 class KeepTestScores(Callback):
     """After `test` of a checkpoint file, its `test/*` scores in `test_scores.json` in the checkpoint's folder (rank 0).
 
     {"checkpoint": file name, "scores": {"test/jaccard": ..., "test/tuned/jaccard": ..., ...}}; a later test replaces it.
+    The checkpoint is `trainer.ckpt_path`, or the file the module says it was built from (`EpochOutputs.source`: an ensemble's manifest).
     """
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ckpt = pl_module.manifest.path if isinstance(pl_module, EnsembleClassifier) else trainer.ckpt_path  # an ensemble's: beside its manifest
+        outputs = pl_module.epoch_outputs("test") if isinstance(pl_module, Classifier) else None
+        ckpt = outputs.source if outputs is not None and outputs.source else trainer.ckpt_path
         if not trainer.is_global_zero or trainer.fast_dev_run or not ckpt or not os.path.isfile(ckpt):  # one batch's scores are no test scores
             return
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

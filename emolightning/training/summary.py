@@ -2,8 +2,8 @@
 
     Run folder:      runs/quickstart/lightning_logs/version_0 (config.yaml, metrics.csv, checkpoints/)
     Best checkpoint: runs/quickstart/lightning_logs/version_0/checkpoints/best-3-92.ckpt
-      val/jaccard 0.5794  val/f1_micro 0.7287  val/f1_macro 0.6487 (epoch 3, threshold 0.5)
-      val/tuned/jaccard 0.6804  ... (at its tuned thresholds, which test and predict use)
+      val/jaccard 0.xxxx  val/f1_micro 0.xxxx  val/f1_macro 0.xxxx (epoch 3, threshold 0.5)
+      val/tuned/jaccard 0.xxxx  ... (at its tuned thresholds, which test and predict use)
     Next:
       emolightning test --config .../config.yaml --ckpt_path .../best-3-92.ckpt
       emolightning predict --config .../config.yaml --ckpt_path .../best-3-92.ckpt --data.predict_file FILE --output predictions.txt
@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import os
 import shlex
+from typing import TYPE_CHECKING
 
 from lightning.pytorch.callbacks import Callback
+
+if TYPE_CHECKING:
+    from ..data.datamodule import EmotionDataModule
 
 SHOWN = ["jaccard", "f1_micro", "f1_macro"]
 
@@ -42,18 +46,16 @@ def shown_path(path: str) -> str:
     return shlex.quote(path if relative.startswith("..") else relative)
 
 
-def has_test_split(trainer) -> bool:
+def has_test_split(data: EmotionDataModule) -> bool:
     """Whether the run's data names a test split (a file, or one in data_dir or on the Hub), so that `test` needs no file option."""
-    data = getattr(trainer, "datamodule", None)
-    if data is None or not hasattr(data, "split_source"):
-        return True
     try:
         return data.split_source("test") is not None
     except Exception:  # e.g. a data_dir that is gone: `test` will say so itself
         return True
 
 
-def closing_block(trainer, history: list[dict[str, float]], report: str | None = None) -> str:
+def closing_block(trainer, history: list[dict[str, float]], report: str | None = None, test_split: bool = True) -> str:
+    """The block above; `test_split`: whether the data names a test split (`has_test_split`), else the test command asks for a file."""
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback is not None else ""
     if best:
@@ -80,7 +82,7 @@ def closing_block(trainer, history: list[dict[str, float]], report: str | None =
     if report:
         lines.append(report)
     config_arg = shown_path(config) if os.path.exists(config) else "CONFIG.yaml"
-    test_file = "" if has_test_split(trainer) else " --data.test_file TEST_FILE"
+    test_file = "" if test_split else " --data.test_file TEST_FILE"
     lines += [
         "Next:",
         f"  emolightning test --config {config_arg} --ckpt_path {shown_path(best)}{test_file}",

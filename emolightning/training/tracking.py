@@ -36,8 +36,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from ..data.datamodule import EmotionDataModule
 from ..errors import ConfigError
+from ..outputs import Classifier
 
 LABEL_TABLE_COLUMNS = ["label", "threshold", "f1", "positives"]
 
@@ -142,7 +142,9 @@ class LabelTable(Callback):
         """After each validation, log a W&B table with one row per label (W&B loggers only).
 
         Columns: label, threshold (the model's tuned per-label threshold), f1 (the label's F1 at
-        the fixed threshold, `<stage>/f1/<label>`), positives (gold positives in the split).
+        the fixed threshold, `<stage>/f1/<label>`), positives (gold positives in the split). The
+        labels, thresholds and positives come from the module's latest validation outputs
+        (`epoch_outputs("val")`, outputs.Classifier); other LightningModules get no table.
 
         Args:
             key: Name of the table in W&B.
@@ -173,9 +175,10 @@ class LabelTable(Callback):
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb_loggers:
             return
-        datamodule = trainer.datamodule
-        positives = datamodule.label_positives("validation") if isinstance(datamodule, EmotionDataModule) else None
-        rows = self.rows(pl_module.label_names, pl_module.thresholds, trainer.callback_metrics, positives)
+        outputs = pl_module.epoch_outputs("val") if isinstance(pl_module, Classifier) else None
+        if outputs is None:
+            return
+        rows = self.rows(outputs.label_names, outputs.thresholds, trainer.callback_metrics, outputs.positives())
         for logger in wandb_loggers:
             logger.log_table(self.key, columns=LABEL_TABLE_COLUMNS, data=rows, step=trainer.global_step)
 

@@ -105,9 +105,8 @@ def run_writer(writer, part: PredictStream, is_global_zero: bool, max_pending: l
 
     # the writer reduces nothing (counts travel in files); rank 0's broadcast of its merge result returns it as is
     strategy = SimpleNamespace(reduce=reduce, barrier=lambda name=None: None, broadcast=lambda obj, src=0: obj)
-    trainer = SimpleNamespace(
-        predict_dataloaders=SimpleNamespace(dataset=part), global_rank=part.rank, world_size=part.world_size, is_global_zero=is_global_zero, strategy=strategy
-    )
+    # no predict_dataloaders: the writer learns the layout from its `layout` argument only
+    trainer = SimpleNamespace(global_rank=part.rank, world_size=part.world_size, is_global_zero=is_global_zero, strategy=strategy)
     module = SimpleNamespace(label_names=LABELS)
     writer.on_predict_epoch_start(trainer, module)
     for batch in part:
@@ -123,7 +122,7 @@ def test_writer_holds_at_most_a_chunk_and_writes_input_order(tiny_encoder, tmp_p
     # rank 0 merges last, after every other rank has written its part (what the barrier ensures)
     for rank in reversed(range(world_size)):
         part = stream(tiny_encoder, rank, world_size)
-        run_writer(PredictionFileWriter(str(out), probabilities=True), part, rank == 0, max_pending, totals)
+        run_writer(PredictionFileWriter(str(out), probabilities=True, layout=lambda part=part: part), part, rank == 0, max_pending, totals)
     assert 0 < max_pending[0] <= 12  # one chunk of 3 batches of 4: the writer never holds the file
     lines = out.read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and lines[0].split("\t") == ["ID", "Tweet", *LABELS, *[f"p_{name}" for name in LABELS]]

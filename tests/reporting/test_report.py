@@ -275,6 +275,7 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from emolightning.models.classifier import EmotionClassifier
+    from emolightning.outputs import EpochOutputs
     from emolightning.training.record import BestValidationOutputs
 
     model = EmotionClassifier(tiny_encoder, ["joy", "fear"], lr=1e-3)
@@ -282,7 +283,8 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path), monitor="val/jaccard", mode="max")
 
     def validation_end(epoch: int, jaccard: float, best: float | None, fn: str = "fit", fast_dev_run: bool = False) -> None:
-        model.last_val_outputs = (torch.full((3, 2), epoch / 10), torch.eye(3, 2))
+        # what the module hands over at the end of its validation epoch (outputs.Classifier)
+        model.val_outputs = EpochOutputs("val", torch.full((3, 2), epoch / 10), torch.eye(3, 2), model.thresholds.clone(), model.label_names)
         checkpoint.best_model_score = None if best is None else torch.tensor(best)
         trainer = SimpleNamespace(
             sanity_checking=False,

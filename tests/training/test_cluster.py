@@ -43,9 +43,8 @@ class NcclLikeStrategy:
 
 
 class Trainer:
-    def __init__(self, rank: int, world_size: int, strategy: NcclLikeStrategy, stream: PredictStream):
+    def __init__(self, rank: int, world_size: int, strategy: NcclLikeStrategy):
         self.global_rank, self.world_size, self.is_global_zero, self.strategy = rank, world_size, rank == 0, strategy
-        self.predict_dataloaders = type("Loader", (), {"dataset": stream})()
 
 
 def rank_predicts(tmp_path: Path, rank: int, world_size: int, rows: list[tuple[str, str]], from_rank_zero=None, write_part: bool = True):
@@ -53,8 +52,8 @@ def rank_predicts(tmp_path: Path, rank: int, world_size: int, rows: list[tuple[s
     stream = PredictStream(lambda: iter([(i, t, None) for i, t in rows]), len(rows), "unused", 64, 2, 8, rank, world_size)
     # write_part=False: as if the rank ran on another node, whose disk (here another folder) rank 0 cannot see
     folder = tmp_path if write_part else tmp_path / "other-node"
-    writer, strategy = PredictionFileWriter(str(folder / "pred.txt")), NcclLikeStrategy(rank, from_rank_zero)
-    trainer, module = Trainer(rank, world_size, strategy, stream), type("Module", (), {"label_names": LABELS})()
+    writer, strategy = PredictionFileWriter(str(folder / "pred.txt"), layout=lambda: stream), NcclLikeStrategy(rank, from_rank_zero)
+    trainer, module = Trainer(rank, world_size, strategy), type("Module", (), {"label_names": LABELS})()
     writer.on_predict_epoch_start(trainer, module)
     for b in range(rank, stream.num_batches, world_size):
         members = list(range(2 * b, min(2 * b + 2, len(rows))))

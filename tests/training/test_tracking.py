@@ -10,8 +10,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from emolightning.cli.main import EmotionCLI, run_cli
-from emolightning.data.batching import TokenizedSplit
-from emolightning.data.datamodule import EmotionDataModule
+from emolightning.outputs import EpochOutputs
 from emolightning.training.best_checkpoint import BestCheckpoint
 from emolightning.training.tracking import LABEL_TABLE_COLUMNS, LabelTable, SaveConfigToLogger
 
@@ -88,17 +87,17 @@ class FakeWandb(WandbLogger):
 
 def fake_run(loggers, rank_zero=True, sanity=False):
     labels = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)
-    datamodule = EmotionDataModule()
-    datamodule.splits["validation"] = TokenizedSplit([torch.ones(3, dtype=torch.int32)] * 4, labels)
     trainer = SimpleNamespace(
         sanity_checking=sanity,
         is_global_zero=rank_zero,
         loggers=loggers,
         global_step=7,
         callback_metrics={"val/f1/anger": torch.tensor(0.5), "val/f1/joy": torch.tensor(0.0), "val/f1/fear": torch.tensor(0.8)},
-        datamodule=datamodule,
     )
-    module = SimpleNamespace(label_names=["anger", "joy", "fear"], thresholds=torch.tensor([0.3, 0.5, 0.65]))
+    # all the table needs comes from the module's validation outputs (outputs.Classifier): no data module
+    names = ["anger", "joy", "fear"]
+    val = EpochOutputs("val", torch.rand(4, 3), labels, torch.tensor([0.3, 0.5, 0.65]), names)
+    module = SimpleNamespace(label_names=names, epoch_outputs=lambda stage: val if stage == "val" else None)
     return trainer, module
 
 
@@ -115,6 +114,10 @@ def test_label_table_rows_and_when_it_logs():
     LabelTable().on_validation_end(*fake_run([quiet], sanity=True))
     assert quiet.tables == []
     LabelTable().on_validation_end(*fake_run([csv]))  # no W&B logger: nothing to do, no error
+    trainer, _ = fake_run([quiet])
+    LabelTable().on_validation_end(trainer, SimpleNamespace(label_names=["anger"]))  # a module without epoch outputs: no table, no error
+    LabelTable().on_validation_end(trainer, SimpleNamespace(label_names=["anger"], epoch_outputs=lambda stage: None))  # none scored yet
+    assert quiet.tables == []
 
 
 def test_csv_stays_the_default_logger_when_tensorboard_is_installed(tiny_encoder, ec_dir, tmp_path, monkeypatch):
