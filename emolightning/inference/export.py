@@ -217,8 +217,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     # load the checkpoint's weights into the exported class itself: strict loading proves that
     # every tensor has its place, and save_pretrained writes the safetensors HF expects
     model = EmolightningForSequenceClassification(config)
-    # (checkpoints from before emolightning dropped the unused BERT pooler still hold its weights)
-    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "label_attention.")) and not k.startswith("encoder.pooler.")}
+    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "label_attention."))}
     result = model.load_state_dict(weights, strict=False)
     # encoders whose position_ids buffer is not persistent are the only tolerated difference
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]

@@ -197,19 +197,10 @@ def parameters(ckpt: Path) -> int | None:
 
 
 def test_rows(path: Path, ckpt_dir: Path) -> list[dict]:
-    """Test metrics of the run: test_scores.json beside its checkpoints (record.TestScores), its own metrics.csv,
-    or, from older code, `emolightning test` runs (siblings) of its checkpoints."""
+    """Test metrics of the run: test_scores.json beside its checkpoints (record.KeepTestScores), else its own metrics.csv."""
     if (ckpt_dir / TEST_SCORES_FILE).is_file():
         return [read_test_scores(ckpt_dir / TEST_SCORES_FILE)]
-    own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
-    if own:
-        return own
-    found = []
-    for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
-        ckpt = read_yaml(sibling / "config.yaml").get("ckpt_path") if sibling != path else None
-        if ckpt and Path(ckpt).resolve().is_relative_to(path.resolve()):
-            found += [r for r in _metrics(sibling) if "test/tuned/jaccard" in r]
-    return found
+    return [r for r in _metrics(path) if "test/tuned/jaccard" in r]
 
 
 def load_run(path: Path) -> Run:
@@ -232,8 +223,6 @@ def load_run(path: Path) -> Run:
     speeds = [v for _, v in series(rows, "train/samples_per_sec")]
     if times:
         row["train_time_s"], row["samples_per_sec"] = sum(times), sum(speeds) / len(speeds) if speeds else None
-    elif rows:
-        run.missing.append("train/epoch_time_s (training time, made before record.py)")
     best = best_row(rows, monitor, mode)
     if best is not None:
         row["best_epoch"] = int(best["epoch"]) if "epoch" in best else None
@@ -253,8 +242,6 @@ def load_run(path: Path) -> Run:
         vp = run.val_probs
         tuned = official_scores(torch.from_numpy(vp["probs"]) >= torch.from_numpy(vp["thresholds"]), torch.from_numpy(vp["target"]), vp["label_names"])
         run.label_f1_tuned = {name: tuned[f"f1/{name}"] for name in vp["label_names"]}
-    else:
-        run.missing.append(f"checkpoints/{VAL_PROBS_FILE} (F1 against threshold, made before record.py)")
     for curve in ("val/jaccard", "val/f1_macro", "val/tuned/jaccard", "val/tuned/f1_macro"):
         run.curves[curve] = series(rows, curve)
     run.loss = series(rows, "train/loss", by="step")
