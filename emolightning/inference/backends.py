@@ -61,34 +61,24 @@ def require_onnx(what: str):
     return onnxruntime
 
 
-class HiddenStates(nn.Module):
-    """An encoder as a plain function: (input_ids, attention_mask) -> last hidden states (what gets exported)."""
+class ModelOutput(nn.Module):
+    """A Hugging Face model as a plain function, (input_ids, attention_mask) -> one field of its output, for export_onnx:
+    an encoder's `last_hidden_state` (`--backend onnx`) or a sequence classifier's `logits` (export.py's model.onnx)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, model: nn.Module, field: str):
         super().__init__()
-        self.encoder = encoder
+        self.model, self.field = model, field
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-class Logits(nn.Module):
-    """A Hugging Face sequence classifier as a plain function: (input_ids, attention_mask) -> logits (export.py's model.onnx)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.field)
 
 
 def export_onnx(module: nn.Module, path: str, output_name: str, example_length: int = 8) -> str:
     """Write `module(input_ids, attention_mask)` to an ONNX file at `path`, batch and length dynamic.
 
-    TorchScript tracing (`dynamo=False`) exports a MiniLM in ~2 s where the dynamo exporter takes
-    ~20 s on 2 cores, and predict pays the export on every run; both give the same numbers. Tracing
-    is still torch's documented exporter for fixed-rank inputs like these.
+    TorchScript tracing (`dynamo=False`) exports much faster than the dynamo exporter (BENCHMARKS.md,
+    section "Predict backends"), and predict pays the export on every run; both give the same numbers.
+    Tracing is still torch's documented exporter for fixed-rank inputs like these.
     """
     ids = torch.ones(2, example_length, dtype=torch.long)
     mask = torch.ones(2, example_length, dtype=torch.long)
@@ -137,7 +127,7 @@ class OnnxEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, directory: str):
         super().__init__()
         require_onnx("`--backend onnx`")
-        path = export_onnx(HiddenStates(encoder), os.path.join(directory, "encoder.onnx"), "last_hidden_state")
+        path = export_onnx(ModelOutput(encoder, "last_hidden_state"), os.path.join(directory, "encoder.onnx"), "last_hidden_state")
         self.session = onnx_session(path)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> EncoderOutput:

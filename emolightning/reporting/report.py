@@ -16,7 +16,6 @@ its file, title and the runs in its legend; the runs a figure leaves out and why
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import glob
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..cli.commands import command_parser
 from ..errors import ConfigError, DataError
 from ..files import atomic_open, write_atomically
 from ..metrics import official_scores
@@ -365,12 +365,9 @@ def require_matplotlib() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="emolightning report",
-        description="Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, "
-        "validation and test scores) and figures (learning curves, training loss, per-label F1, F1 against threshold, quality "
-        "against training time) as PNGs and one self-contained HTML page.",
-    )
+    """Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, validation and test scores) and figures
+    (learning curves, training loss, per-label F1, F1 against threshold, quality against training time) as PNGs and one self-contained HTML page."""
+    parser = command_parser("report", main.__doc__)
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories."
     )
