@@ -20,8 +20,8 @@ MIXED = ("16-mixed", "bf16-mixed")
 def adamw_options(precision: str, gradient_clip_val: float | None) -> dict:
     """Keyword arguments for torch.optim.AdamW: `fused=True`, or `foreach=True` when clipping under mixed precision.
 
-    The fused AdamW updates every parameter in one kernel (on 2 CPU cores the unfused step costs
-    about as much as a MiniLM forward pass), and it unscales fp16 gradients inside its own step.
+    The fused AdamW updates every parameter in one kernel (the unfused step's cost: BENCHMARKS.md,
+    section "Where a training step goes"), and it unscales fp16 gradients inside its own step.
     Lightning clips gradients before the step, so under `16-mixed`/`bf16-mixed` it refuses to clip
     for such an optimizer ("does not allow for gradient clipping"); the foreach AdamW leaves the
     unscaling to Lightning and clips fine, a little slower.
@@ -121,9 +121,9 @@ def this_machine_precision(accelerator: str = "auto") -> str:
 def resolve_backend(device_type: str, cpu_flags: set[str] | frozenset[str] = frozenset()) -> str:
     """What `predict --backend auto` means on a device: bf16 weights on CPUs with native bf16, else the torch model.
 
-    The same rule as `resolve_precision`: where bf16 is native it ran about 2.3x the fp32 torch
-    backend with 99.3% of label rows identical (BENCHMARKS.md, Inference); the bf16 and onnx
-    backends are CPU paths, so a GPU keeps `torch` (in mixed precision under `precision: auto`).
+    The same rule as `resolve_precision`: where bf16 is native it is the fastest backend, with labels
+    close to fp32's (BENCHMARKS.md, section "Shipped defaults"); the bf16 and onnx backends are CPU
+    paths, so a GPU keeps `torch` (in mixed precision under `precision: auto`).
     """
     return "bf16" if device_type == "cpu" and native_bf16_cpu(set(cpu_flags)) else "torch"
 

@@ -11,16 +11,16 @@ with every backend, and the writer still puts each row back in input order.
 - `torch`: the model as trained, in PyTorch at `trainer.precision` (with `--trainer.precision
   32-true`, the fp32 reference the others are measured against).
 - `onnx`: the encoder exported with `torch.onnx.export` and run by ONNX Runtime (fused attention,
-  LayerNorm and GELU kernels): the same probabilities to ~1e-6, so the same labels. Needs the
-  `[onnx]` extra (onnxruntime, onnx, onnxscript). The export costs a few seconds per run.
+  LayerNorm and GELU kernels): the same probabilities up to float rounding, so the same labels. Needs the
+  `[onnx]` extra (onnxruntime, onnx, onnxscript). Every run pays the export first.
 - `bf16`: the encoder's weights in bfloat16 (oneDNN uses AMX or AVX512-BF16 where the CPU has
-  them), its output back in fp32 for the head: close but not identical labels (BENCHMARKS.md
-  "Inference" gives the agreement with `torch` measured on the E-c dev split).
+  them), its output back in fp32 for the head: close but not identical labels (BENCHMARKS.md,
+  section "Predict backends", gives the agreement with `torch` on the E-c dev split).
 
 int8 dynamic quantisation (torch.ao.quantization.quantize_dynamic, or ONNX Runtime's) is not
-offered: on the E-c MiniLM it changed the labels of 16-24% of the dev tweets, per-channel weights
-included, because a few LayerNorm output dimensions are outliers that per-tensor activation scales
-cannot represent (measured with benchmarks/predict_speed.py; see BENCHMARKS.md).
+offered: on the E-c MiniLM it changed the labels of many dev tweets, per-channel weights included,
+because a few LayerNorm output dimensions are outliers that per-tensor activation scales cannot
+represent (BENCHMARKS.md, section "Predict backends").
 """
 
 from __future__ import annotations
