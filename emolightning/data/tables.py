@@ -249,8 +249,7 @@ def read_records(
         if not label_columns and not allow_plain_text:
             raise DataError(f"{where(path, 1)}: the header {shown} has no label columns. Add one 0/1 column per emotion.")
         label_names = list(label_columns)
-    records = _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids)
-    return label_names, spaced_records(path, records, f"{path} has a header but no rows.", note_spaces, logged)
+    return label_names, _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids, note_spaces, logged)
 
 
 def spaced(text: str) -> str:
@@ -258,32 +257,40 @@ def spaced(text: str) -> str:
     return LINE_BREAKS.sub(" ", text)
 
 
-def spaced_records(path: str, records: Iterator[Record], empty: str, note_spaces: bool, logged: set | None) -> Iterator[Record]:
-    """`records` with tabs and line breaks in each text read as spaces; a DataError `empty` when there is no record.
-    With `note_spaces`, how many texts held them is logged once per file."""
-    count = changed = 0
-    for row_id, text, values in records:
-        count += 1
-        fixed = spaced(text)
-        changed += fixed != text
-        yield row_id, fixed, values
-    if not count:
-        raise DataError(empty)
-    if note_spaces and changed:
-        message = f"{path}: {changed} text{'s' if changed > 1 else ''} held tabs or line breaks; each was read as a space (an E-c file cannot hold them)."
+def _note(path: str, count: int, logged: set | None) -> None:
+    if count:
+        message = f"{path}: {count} text{'s' if count > 1 else ''} held tabs or line breaks; each was read as a space (an E-c file cannot hold them)."
         note_once(logged, (path, "spaces"), message)
 
 
 def plain_texts(path: str, note_spaces: bool = True, logged: set | None = None) -> Iterator[Record]:
     """A .txt with one text per line and no header: every line is a row, blank ones included, and its ID
     is its line number, so no ID ever shifts. A blank line is predicted as an empty text."""
-    lines = ((str(number), line, None) for number, line in plain_lines(path))
-    return spaced_records(path, lines, f"{path} holds no text: write one text per line.", note_spaces, logged)
+    count = changed = 0
+    for count, line in plain_lines(path):
+        text = spaced(line)
+        changed += text != line
+        yield str(count), text, None
+    if not count:
+        raise DataError(f"{path} holds no text: write one text per line.")
+    if note_spaces:
+        _note(path, changed, logged)
 
 
-def _records(path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool) -> Iterator[Record]:
+def _records(
+    path: str,
+    rows,
+    text_column: str,
+    id_column: str | None,
+    label_names: list[str],
+    labels_column: str | None,
+    unique_ids: bool,
+    note_spaces: bool,
+    logged: set | None,
+) -> Iterator[Record]:
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
+    changed = number = 0
     for number, (line, row) in enumerate(rows, start=1):
         text = row[text_column]
         if text is None or text is MISSING or not str(text).strip():
@@ -310,7 +317,13 @@ def _records(path: str, rows, text_column: str, id_column: str | None, label_nam
             raise DataError(
                 f"{where(path, line)}: this row is {'' if values is not None else 'un'}labelled, unlike the rows before it. A file is either fully labelled or fully unlabelled (NONE)."
             )
-        yield row_id, text, values
+        fixed = spaced(text)
+        changed += fixed != text
+        yield row_id, fixed, values
+    if not number:
+        raise DataError(f"{path} has a header but no rows.")
+    if note_spaces:
+        _note(path, changed, logged)
 
 
 def file_records(
