@@ -3,8 +3,8 @@
 #   benchmarks/gpu_check.sh [OUT_DIR=gpu-check]        (~6-10 min on an H100; prints PASS/FAIL per check)
 # 1. fit at 16-mixed and at bf16-mixed with --trainer.gradient_clip_val 1.0 (the foreach AdamW path)
 # 2. predict under --trainer.strategy ddp --trainer.devices 1: a real NCCL process group at the predict end
-# 3. the NaN guard at 16-mixed: one fp16 overflow the scaler survives does not stop a run; persistent
-#    NaN gradients stop it after 20 skipped steps
+# 3. the tests marked `gpu` (pytest -m gpu): the early GPU check on this GPU, and the NaN guard at 16-mixed: one
+#    fp16 overflow the scaler survives does not stop a run; persistent NaN gradients stop it after 20 skipped steps
 # 4. the teacher-logit cache's training step makes no host sync (torch.cuda.set_sync_debug_mode("error"))
 # 5. the early GPU check (arch list, native bf16) and the corrected precision benchmark (padding to a
 #    multiple of 8, a warm-up step for every shape it times)
@@ -52,40 +52,14 @@ PY
 }
 check predict-ddp-nccl predict_ddp
 
-check nan-guard-16-mixed python - <<'PY'
-import lightning as L, torch
-from emolightning.data.datamodule import EmotionDataModule
-from emolightning.errors import TrainingError
-from emolightning.training.nan_guard import FiniteLossGuard, MAX_SKIPPED_STEPS
-from emolightning.models.classifier import EmotionClassifier
-ENC = "sentence-transformers/all-MiniLM-L6-v2"
-
-def fit(steps, broken):
-    class Broken(EmotionClassifier):
-        def training_step(self, batch, batch_idx):
-            return broken(self, self.trainer.global_step, super().training_step(batch, batch_idx))
-    data = EmotionDataModule(data_dir="builtin:demo", tokenizer=ENC, batch_size=8)
-    model = Broken(ENC, data.label_names, lr=1e-4)
-    trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=steps, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, callbacks=[FiniteLossGuard()])
-    trainer.fit(model, data)
-    return trainer
-
-t = fit(8, lambda m, step, loss: loss * float("inf") if step == 3 else loss)
-assert t.global_step == 8 and t.precision_plugin.scaler.get_scale() == 32768.0, t.precision_plugin.scaler.get_scale()
-print("one overflow: run completed, scale halved once")
-
-def nan_grads(m, step, loss):
-    if step == 2 and not hasattr(m, "hooked"):
-        m.hooked = m.head.weight.register_hook(lambda g: g * float("nan"))
-    return loss
-try:
-    fit(40, nan_grads)
-    raise SystemExit("persistent NaN gradients did not stop the run")
-except TrainingError as err:
-    assert f"skipped the last {MAX_SKIPPED_STEPS} optimizer steps" in str(err), err
-    print("persistent NaN gradients: stopped:", str(err)[:200])
-PY
+gpu_tests() {  # the tests marked `gpu` (tests/helpers.py run_if); a skip for want of a GPU fails the check (a bf16 one may skip on a T4)
+    local log
+    log=$(python -m pytest -q -p no:cacheprovider -rs -m gpu tests 2>&1)
+    local rc=$?
+    echo "$log"
+    [ "$rc" -eq 0 ] && ! grep -q "CUDA GPU.*found" <<< "$log"
+}
+check gpu-tests gpu_tests
 
 check teacher-cache-no-sync python - <<'PY'
 import torch

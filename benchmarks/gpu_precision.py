@@ -33,40 +33,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from emolightning.hardware import PEAK_FLOPS, card_of, peak_flops  # noqa: E402
 from emolightning.models.classifier import EmotionClassifier  # noqa: E402
 
 LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
-
-# Peak dense (no 2:4 sparsity) tensor-core FLOP/s from NVIDIA's datasheets, SXM parts unless named.
-# T4 and V100 have no bf16 or TF32 units: their TF32 entry is the plain fp32 peak, bf16 is None.
-PEAK_FLOPS = {  # card: {fp32, tf32, fp16, bf16} in TFLOP/s
-    "T4": {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0, "bf16": None},
-    "V100 PCIe": {"fp32": 14.0, "tf32": 14.0, "fp16": 112.0, "bf16": None},
-    "V100": {"fp32": 15.7, "tf32": 15.7, "fp16": 125.0, "bf16": None},
-    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
-    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0},
-    "H100": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
-    "H200": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
-}
-
-
-def card_of(device_name: str) -> str | None:
-    """The PEAK_FLOPS key for a torch.cuda.get_device_name(), e.g. 'NVIDIA H100 80GB HBM3' -> 'H100'."""
-    name = device_name.upper()
-    for card in ("H200", "H100", "A100", "V100", "T4"):
-        if card in name:
-            return f"{card} PCIe" if "PCIE" in name and f"{card} PCIe" in PEAK_FLOPS else card
-    return None
-
-
-def peak_flops(card: str | None, precision: str, matmul_precision: str = "highest") -> float | None:
-    """Peak FLOP/s of `card` for the matmuls a Lightning precision setting runs, or None if unknown."""
-    if card is None:
-        return None
-    kind = {"16-mixed": "fp16", "bf16-mixed": "bf16"}.get(precision, "fp32" if matmul_precision == "highest" else "tf32")
-    peak = PEAK_FLOPS[card][kind]
-    return None if peak is None else peak * 1e12
 
 
 def encoder_config(name: str, tiny: bool) -> dict:
@@ -143,8 +114,10 @@ def bench(name: str, precision: str, args, device: torch.device) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    warm = warmup_batches(batches, args.warmup)
+    row["lengths"] = {"warmed": sorted({b["input_ids"].shape[1] for b in warm}), "timed": sorted({b["input_ids"].shape[1] for b in batches[args.warmup :]})}
     try:
-        for batch in warmup_batches(batches, args.warmup):  # allocator, kernel selection and autotuning, for every shape
+        for batch in warm:  # allocator, kernel selection and autotuning, for every shape
             step(batch)
         synchronize(device)
         if device.type == "cuda":

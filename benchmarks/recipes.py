@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -157,11 +158,15 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="fits at a time (each gets cpu_count / jobs threads)")
     p.add_argument("--teachers", nargs="+", help="distill_ensemble: the teachers' run dirs or checkpoints (globs too), e.g. runs/recipes/baseline/seed*")
     p.add_argument("--precision", default=None, help="--trainer.precision of every run (default: the config's); keep one precision per --out")
+    p.add_argument("--dry_run", action="store_true", help="print the fit command of each run still to train, and stop")
     args = p.parse_args()
 
     # a run directory without a best checkpoint is still training (another invocation) or failed: never
     # train twice into one directory; delete it to train that run again
     todo = [(r, s) for r in args.recipes for s in args.seeds if not os.path.exists(run_dir(args.out, r, s))]
+    if args.dry_run:
+        print("\n".join(shlex.join(fit_command(recipe, seed, args)) for recipe, seed in todo))
+        return
     train_all(todo, args)
     print("\ndev (n=886), best checkpoint on dev Jaccard; thresholds held out: chosen on one half of dev, scored on the other (10 halvings x 2)")
     print("mean ± std over seeds, in points")

@@ -1,4 +1,5 @@
-"""What depends on the accelerator and the precision: the AdamW kernel, GPU padding, and early GPU checks.
+"""What depends on the accelerator and the precision: the AdamW kernel, GPU padding, early GPU checks, and each
+card's peak FLOP/s (the denominator of a model FLOPs utilisation, as benchmarks/gpu_precision.py reports it).
 
 Each decision is a small function of plain values (a precision string, a device), so it is
 testable on a CPU by passing the GPU's values, and a GPU-only path is not a blind spot.
@@ -19,8 +20,8 @@ MIXED = ("16-mixed", "bf16-mixed")
 def adamw_options(precision: str, gradient_clip_val: float | None) -> dict:
     """Keyword arguments for torch.optim.AdamW: `fused=True`, or `foreach=True` when clipping under mixed precision.
 
-    The fused AdamW updates every parameter in one kernel (on 2 CPU cores the unfused step costs
-    about as much as a MiniLM forward pass), and it unscales fp16 gradients inside its own step.
+    The fused AdamW updates every parameter in one kernel (the unfused step's cost: BENCHMARKS.md,
+    section "Where a training step goes"), and it unscales fp16 gradients inside its own step.
     Lightning clips gradients before the step, so under `16-mixed`/`bf16-mixed` it refuses to clip
     for such an optimizer ("does not allow for gradient clipping"); the foreach AdamW leaves the
     unscaling to Lightning and clips fine, a little slower.
@@ -120,8 +121,39 @@ def this_machine_precision(accelerator: str = "auto") -> str:
 def resolve_backend(device_type: str, cpu_flags: set[str] | frozenset[str] = frozenset()) -> str:
     """What `predict --backend auto` means on a device: bf16 weights on CPUs with native bf16, else the torch model.
 
-    The same rule as `resolve_precision`: where bf16 is native it ran about 2.3x the fp32 torch
-    backend with 99.3% of label rows identical (BENCHMARKS.md, Inference); the bf16 and onnx
-    backends are CPU paths, so a GPU keeps `torch` (in mixed precision under `precision: auto`).
+    The same rule as `resolve_precision`: where bf16 is native it is the fastest backend, with labels
+    close to fp32's (BENCHMARKS.md, section "Shipped defaults"); the bf16 and onnx backends are CPU
+    paths, so a GPU keeps `torch` (in mixed precision under `precision: auto`).
     """
     return "bf16" if device_type == "cpu" and native_bf16_cpu(set(cpu_flags)) else "torch"
+
+
+# Peak dense (no 2:4 sparsity) tensor-core FLOP/s from NVIDIA's datasheets, SXM parts unless named.
+# T4 and V100 have no bf16 or TF32 units: their TF32 entry is the plain fp32 peak, bf16 is None.
+PEAK_FLOPS = {  # card: {fp32, tf32, fp16, bf16} in TFLOP/s
+    "T4": {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0, "bf16": None},
+    "V100 PCIe": {"fp32": 14.0, "tf32": 14.0, "fp16": 112.0, "bf16": None},
+    "V100": {"fp32": 15.7, "tf32": 15.7, "fp16": 125.0, "bf16": None},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
+    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0},
+    "H100": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
+    "H200": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
+}
+
+
+def card_of(device_name: str) -> str | None:
+    """The PEAK_FLOPS key for a torch.cuda.get_device_name(), e.g. 'NVIDIA H100 80GB HBM3' -> 'H100'."""
+    name = device_name.upper()
+    for card in ("H200", "H100", "A100", "V100", "T4"):
+        if card in name:
+            return f"{card} PCIe" if "PCIE" in name and f"{card} PCIe" in PEAK_FLOPS else card
+    return None
+
+
+def peak_flops(card: str | None, precision: str, matmul_precision: str = "highest") -> float | None:
+    """Peak FLOP/s of `card` for the matmuls a Lightning precision setting runs, or None if unknown."""
+    if card is None:
+        return None
+    kind = {"16-mixed": "fp16", "bf16-mixed": "bf16"}.get(precision, "fp32" if matmul_precision == "highest" else "tf32")
+    peak = PEAK_FLOPS[card][kind]
+    return None if peak is None else peak * 1e12

@@ -121,7 +121,7 @@ def trained_run(tiny_encoder, ec_dir, tmp_path_factory) -> dict:
 
 @pytest.fixture
 def one_thread():
-    """On 2 shared cores, a second intra-op thread makes the tiny models ~10x slower, not faster."""
+    """On 2 shared cores, a second intra-op thread makes the tiny models slower, not faster."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -115,3 +115,26 @@ def reordered_tokenizer(tiny_encoder: str, out: Path) -> str:
     for file in ("config.json", "model.safetensors"):
         shutil.copy(Path(tiny_encoder, file), out)
     return str(out)
+
+
+def run_if(min_gpus: int = 0, min_cuda_capability: tuple[int, int] | None = None, bf16: bool = False):
+    """Lightning's RunIf for this suite: the test is marked `gpu` (benchmarks/gpu_check.sh runs `pytest -m gpu`) and skipped,
+    with the reason, unless the machine has `min_gpus` CUDA GPUs, the first of compute capability `min_cuda_capability` or
+    newer and, with `bf16`, native bf16. Tests that monkeypatch torch.cuda to play a GPU on the CPU need none of this."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = []
+    if gpus < min_gpus:
+        missing.append(f"needs {min_gpus} CUDA GPU{'s' if min_gpus > 1 else ''}, found {gpus}")
+    elif gpus and min_cuda_capability is not None and torch.cuda.get_device_capability(0) < tuple(min_cuda_capability):
+        missing.append(
+            f"needs compute capability {'.'.join(map(str, min_cuda_capability))}, the GPU has {'.'.join(map(str, torch.cuda.get_device_capability(0)))}"
+        )
+    if bf16 and not (gpus and torch.cuda.is_bf16_supported(including_emulation=False)):
+        missing.append("needs a GPU with native bf16")
+
+    def mark(test):
+        return pytest.mark.gpu(pytest.mark.skipif(bool(missing), reason="; ".join(missing))(test))
+
+    return mark

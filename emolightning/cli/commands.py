@@ -1,5 +1,6 @@
 """The names of emolightning's commands: importable without lightning, so the entry point can answer at once."""
 
+import argparse
 import difflib
 
 # commands without a Trainer: `emolightning NAME ...` runs COMMAND_MODULES[NAME]'s main(argv); listed in --help
@@ -23,3 +24,8 @@ def closest_command(name: str) -> str | None:
     """The command `name` was probably meant to be (None when none is close)."""
     match = difflib.get_close_matches(name, SUBCOMMANDS, n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of the plain command `emolightning NAME` (its module's main(argv) adds the arguments)."""
+    return argparse.ArgumentParser(prog=f"emolightning {name}", description=description)

@@ -1,8 +1,9 @@
 """From token ids to padded batches: truncation, padding, the tokenised split and the training order.
 
 Texts are tokenised once (data.py caches the ids; stream.py tokenises predict input a chunk at a
-time) and padded per batch, only to that batch's longest text: tweets average ~27 WordPiece tokens
-(max ~70), so padding every batch to 128 would spend ~4x the compute on padding.
+time) and padded per batch, only to that batch's longest text: tweets are far shorter than a
+fixed length of 128, which would spend most of the compute on padding (BENCHMARKS.md, section
+"Where a training step goes").
 `LengthGroupedSampler` puts texts of similar length into the same training batch.
 """
 

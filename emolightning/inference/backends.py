@@ -11,16 +11,16 @@ with every backend, and the writer still puts each row back in input order.
 - `torch`: the model as trained, in PyTorch at `trainer.precision` (with `--trainer.precision
   32-true`, the fp32 reference the others are measured against).
 - `onnx`: the encoder exported with `torch.onnx.export` and run by ONNX Runtime (fused attention,
-  LayerNorm and GELU kernels): the same probabilities to ~1e-6, so the same labels. Needs the
-  `[onnx]` extra (onnxruntime, onnx, onnxscript). The export costs a few seconds per run.
+  LayerNorm and GELU kernels): the same probabilities up to float rounding, so the same labels. Needs the
+  `[onnx]` extra (onnxruntime, onnx, onnxscript). Every run pays the export first.
 - `bf16`: the encoder's weights in bfloat16 (oneDNN uses AMX or AVX512-BF16 where the CPU has
-  them), its output back in fp32 for the head: close but not identical labels (BENCHMARKS.md
-  "Inference" gives the agreement with `torch` measured on the E-c dev split).
+  them), its output back in fp32 for the head: close but not identical labels (BENCHMARKS.md,
+  section "Predict backends", gives the agreement with `torch` on the E-c dev split).
 
 int8 dynamic quantisation (torch.ao.quantization.quantize_dynamic, or ONNX Runtime's) is not
-offered: on the E-c MiniLM it changed the labels of 16-24% of the dev tweets, per-channel weights
-included, because a few LayerNorm output dimensions are outliers that per-tensor activation scales
-cannot represent (measured with benchmarks/predict_speed.py; see BENCHMARKS.md).
+offered: on the E-c MiniLM it changed the labels of many dev tweets, per-channel weights included,
+because a few LayerNorm output dimensions are outliers that per-tensor activation scales cannot
+represent (BENCHMARKS.md, section "Predict backends").
 """
 
 from __future__ import annotations
@@ -61,34 +61,24 @@ def require_onnx(what: str):
     return onnxruntime
 
 
-class HiddenStates(nn.Module):
-    """An encoder as a plain function: (input_ids, attention_mask) -> last hidden states (what gets exported)."""
+class ModelOutput(nn.Module):
+    """A Hugging Face model as a plain function, (input_ids, attention_mask) -> one field of its output, for export_onnx:
+    an encoder's `last_hidden_state` (`--backend onnx`) or a sequence classifier's `logits` (export.py's model.onnx)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, model: nn.Module, field: str):
         super().__init__()
-        self.encoder = encoder
+        self.model, self.field = model, field
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-class Logits(nn.Module):
-    """A Hugging Face sequence classifier as a plain function: (input_ids, attention_mask) -> logits (export.py's model.onnx)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.field)
 
 
 def export_onnx(module: nn.Module, path: str, output_name: str, example_length: int = 8) -> str:
     """Write `module(input_ids, attention_mask)` to an ONNX file at `path`, batch and length dynamic.
 
-    TorchScript tracing (`dynamo=False`) exports a MiniLM in ~2 s where the dynamo exporter takes
-    ~20 s on 2 cores, and predict pays the export on every run; both give the same numbers. Tracing
-    is still torch's documented exporter for fixed-rank inputs like these.
+    TorchScript tracing (`dynamo=False`) exports much faster than the dynamo exporter (BENCHMARKS.md,
+    section "Predict backends"), and predict pays the export on every run; both give the same numbers.
+    Tracing is still torch's documented exporter for fixed-rank inputs like these.
     """
     ids = torch.ones(2, example_length, dtype=torch.long)
     mask = torch.ones(2, example_length, dtype=torch.long)
@@ -137,7 +127,7 @@ class OnnxEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, directory: str):
         super().__init__()
         require_onnx("`--backend onnx`")
-        path = export_onnx(HiddenStates(encoder), os.path.join(directory, "encoder.onnx"), "last_hidden_state")
+        path = export_onnx(ModelOutput(encoder, "last_hidden_state"), os.path.join(directory, "encoder.onnx"), "last_hidden_state")
         self.session = onnx_session(path)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> EncoderOutput:

@@ -18,7 +18,6 @@ dynamic; inference.py), for ONNX Runtime without torch; it needs the `[onnx]` ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,13 +26,14 @@ from typing import Literal
 
 import torch
 
+from ..cli.commands import command_parser
 from ..errors import ConfigError
 from ..files import folder_beside, named_write_errors
 from ..models.checkpoints import classifier_checkpoint
 from ..models.components import component
 from ..models.heads import ClsPooling, Head
 from ..models.thresholds import checkpoint_thresholds
-from .backends import Logits, export_onnx, require_onnx
+from .backends import ModelOutput, export_onnx, require_onnx
 
 MODELING_FILE = Path(__file__).with_name("modeling_emolightning.py")
 MODEL_CLASS = "EmolightningForSequenceClassification"
@@ -205,8 +205,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
     # load the checkpoint's weights into the exported class itself: strict loading proves that
     # every tensor has its place, and save_pretrained writes the safetensors HF expects
     model = EmolightningForSequenceClassification(config)
-    # (checkpoints from before emolightning dropped the unused BERT pooler still hold its weights)
-    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "pooling.")) and not k.startswith("encoder.pooler.")}
+    weights = {k: v.float() for k, v in state.items() if k.startswith(("encoder.", "head.", "pooling."))}
     result = model.load_state_dict(weights, strict=False)
     # encoders whose position_ids buffer is not persistent are the only tolerated difference
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
@@ -226,7 +225,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         tokenizer.save_pretrained(work)
         (work / "thresholds.json").write_text(json.dumps(dict(zip(hparams["label_names"], thresholds)), indent=2) + "\n")
         if format == "onnx":
-            export_onnx(Logits(model), str(work / "model.onnx"), "logits")
+            export_onnx(ModelOutput(model, "logits"), str(work / "model.onnx"), "logits")
         (work / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds, onnx=format == "onnx"), encoding="utf-8")
         for file in work.iterdir():
             with open(file, "rb") as f:
@@ -238,13 +237,10 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    # `duplicates` pairs this opening with report.main's: the shape of any argparse command, with nothing to share between them
-    parser = argparse.ArgumentParser(
-        prog="emolightning export",
-        description="Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). "
-        "Load it with AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) or "
-        'pipeline("text-classification", model=DIR, top_k=None, trust_remote_code=True); emolightning is not needed.',
-    )
+    """Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). Load it with
+    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) or pipeline("text-classification", model=DIR, top_k=None,
+    trust_remote_code=True); emolightning is not needed."""
+    parser = command_parser("export", main.__doc__)
     parser.add_argument("--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt).")
     parser.add_argument("--output", required=True, help="Directory to write (new or empty).")
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty --output, replacing its files.")

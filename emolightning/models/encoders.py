@@ -110,7 +110,7 @@ def skipped_weight_init():
     """A context in which models are built without initialising their weights.
 
     For a model whose every weight a checkpoint is about to replace (`validate`/`test`/`predict
-    --ckpt_path`): a MiniLM's random init took 0.3-1 s of a predict run on 2 cores, for nothing.
+    --ckpt_path`): a random init there is time spent for nothing (BENCHMARKS.md, section "Predict backends").
     Lightning loads the state dict strictly, so a weight the checkpoint lacks still stops the run.
     """
     try:  # transformers 5

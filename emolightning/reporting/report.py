@@ -16,7 +16,6 @@ its file, title and the runs in its legend; the runs a figure leaves out and why
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import glob
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..cli.commands import command_parser
 from ..errors import ConfigError, DataError
 from ..files import atomic_open, write_atomically
 from ..metrics import official_scores
@@ -198,19 +198,10 @@ def parameters(ckpt: Path) -> int | None:
 
 
 def test_rows(path: Path, ckpt_dir: Path) -> list[dict]:
-    """Test metrics of the run: test_scores.json beside its checkpoints (record.TestScores), its own metrics.csv,
-    or, from older code, `emolightning test` runs (siblings) of its checkpoints."""
+    """Test metrics of the run: test_scores.json beside its checkpoints (record.KeepTestScores), else its own metrics.csv."""
     if (ckpt_dir / TEST_SCORES_FILE).is_file():
         return [read_test_scores(ckpt_dir / TEST_SCORES_FILE)]
-    own = [r for r in _metrics(path) if "test/tuned/jaccard" in r]
-    if own:
-        return own
-    found = []
-    for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
-        ckpt = read_yaml(sibling / "config.yaml").get("ckpt_path") if sibling != path else None
-        if ckpt and Path(ckpt).resolve().is_relative_to(path.resolve()):
-            found += [r for r in _metrics(sibling) if "test/tuned/jaccard" in r]
-    return found
+    return [r for r in _metrics(path) if "test/tuned/jaccard" in r]
 
 
 def load_run(path: Path) -> Run:
@@ -233,8 +224,6 @@ def load_run(path: Path) -> Run:
     speeds = [v for _, v in series(rows, "train/samples_per_sec")]
     if times:
         row["train_time_s"], row["samples_per_sec"] = sum(times), sum(speeds) / len(speeds) if speeds else None
-    elif rows:
-        run.missing.append("train/epoch_time_s (training time, made before record.py)")
     best = best_row(rows, monitor, mode)
     if best is not None:
         row["best_epoch"] = int(best["epoch"]) if "epoch" in best else None
@@ -254,8 +243,6 @@ def load_run(path: Path) -> Run:
         vp = run.val_probs
         tuned = official_scores(torch.from_numpy(vp["probs"]) >= torch.from_numpy(vp["thresholds"]), torch.from_numpy(vp["target"]), vp["label_names"])
         run.label_f1_tuned = {name: tuned[f"f1/{name}"] for name in vp["label_names"]}
-    else:
-        run.missing.append(f"checkpoints/{VAL_PROBS_FILE} (F1 against threshold, made before record.py)")
     for curve in ("val/jaccard", "val/f1_macro", "val/tuned/jaccard", "val/tuned/f1_macro"):
         run.curves[curve] = series(rows, curve)
     run.loss = series(rows, "train/loss", by="step")
@@ -379,12 +366,9 @@ def require_matplotlib() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="emolightning report",
-        description="Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, "
-        "validation and test scores) and figures (learning curves, training loss, per-label F1, F1 against threshold, quality "
-        "against training time) as PNGs and one self-contained HTML page.",
-    )
+    """Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, validation and test scores) and figures
+    (learning curves, training loss, per-label F1, F1 against threshold, quality against training time) as PNGs and one self-contained HTML page."""
+    parser = command_parser("report", main.__doc__)
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories."
     )

@@ -11,12 +11,12 @@ macro-F1 and each label's F1.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import torch
 
+from ..cli.commands import command_parser
 from ..data.formats import clip, read_header
 from ..data.tables import label_difference, read_table
 from ..errors import DataError
@@ -75,11 +75,9 @@ def format_scores(scores: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="emolightning score",
-        description="Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) "
-        "of a prediction file against a gold file, both in the official format; rows are matched by ID.",
-    )
+    """Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) of a prediction file against a gold file, both in the
+    official format; rows are matched by ID."""
+    parser = command_parser("score", main.__doc__)
     parser.add_argument("pred", help="Predictions (e.g. written by `emolightning predict`).")
     parser.add_argument("gold", help="Gold labels (e.g. 2018-E-c-En-test-gold.txt).")
     parser.add_argument("--json", action="store_true", help="Print the scores as one JSON object.")

@@ -1,7 +1,7 @@
 """The best checkpoints (`checkpoint`, `<run>/checkpoints/best-*.ckpt`): what test, predict, export, ensembles and distillation read, and no more.
 
 A Lightning checkpoint also holds the optimizer's state, which for AdamW is two more tensors the
-size of the weights (a MiniLM-L6: 90 MB of weights, 271 MB per file), and a run with
+size of the weights (a file about three times the weights' size), and a run with
 `model.ema_decay` keeps its raw weights beside the averaged ones. Only a resume reads those, and a
 resume starts from `last.ckpt` (resume.py), which keeps them. A best checkpoint keeps the weights,
 the model's and the data module's hyperparameters (labels, tokenizer, text options; the tuned

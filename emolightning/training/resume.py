@@ -274,7 +274,7 @@ class ExactResume(Callback):
         return {"ranks": gathered}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states held rank 0's alone
+        ranks = state_dict["ranks"]
         if self._rank >= len(ranks):
             rank_zero_warn(
                 f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume)."

@@ -421,11 +421,12 @@ def test_benchmark_prints_single_seed_mean_and_the_ensemble_with_held_out_thresh
 
 def test_recipes_teachers_glob_over_run_dirs_skips_their_log_files(tmp_path):
     """`--teachers 'runs/recipes/baseline/seed*'` also matches seedN.log beside each run dir: only checkpoints may become teachers."""
-    import importlib.util
+    import shlex
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("recipes", Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py")
-    recipes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipes)
+    from helpers import REPO
+
     expected = []
     for seed in (1, 2):
         ckpt = tmp_path / f"seed{seed}" / "lightning_logs" / "version_0" / "checkpoints" / "best-2-9.ckpt"
@@ -433,5 +434,16 @@ def test_recipes_teachers_glob_over_run_dirs_skips_their_log_files(tmp_path):
         ckpt.write_bytes(b"")
         (tmp_path / f"seed{seed}.log").write_text("training log\n")
         expected.append(str(ckpt))
-    assert recipes.teacher_list([str(tmp_path / "seed*")]) == "[" + ", ".join(expected) + "]"
-    assert recipes.teacher_list([expected[1]]) == f"[{expected[1]}]"
+
+    def teachers(*arguments: str) -> str:
+        """The teacher list in the fit command benchmarks/recipes.py would run for `--teachers ARGUMENTS`."""
+        options = ["--data_dir", str(tmp_path), "--out", str(tmp_path / "out"), "--recipes", "distill_ensemble", "--seeds", "1", "--dry_run"]
+        proc = subprocess.run(
+            [sys.executable, "benchmarks/recipes.py", *options, "--teachers", *arguments], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        (command,) = proc.stdout.splitlines()
+        words = shlex.split(command)
+        return words[words.index("--model.init_args.teacher") + 1]
+
+    assert teachers(str(tmp_path / "seed*")) == "[" + ", ".join(expected) + "]"
+    assert teachers(expected[1]) == f"[{expected[1]}]"

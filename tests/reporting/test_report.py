@@ -148,33 +148,6 @@ def test_report_of_two_runs_matches_their_metrics_and_draws_every_figure(two_run
     assert html.count("data:image/png;base64,") == len(FIGURES) and 'src="http' not in html and labels[1] in html
 
 
-def test_runs_of_older_code_report_dashes_for_what_they_did_not_record(two_runs, tmp_path, capsys):
-    # run A as older code left it: no timing columns, no val_probs.npz
-    old = tmp_path / "old" / "lightning_logs" / "version_0"
-    shutil.copytree(two_runs["A"], old, ignore=shutil.ignore_patterns("report", "val_probs.npz"))
-    with open(old / "metrics.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    keep = [i for i, name in enumerate(rows[0]) if not name.startswith("train/") or name == "train/loss"]
-    values = [i for i in keep if rows[0][i] not in ("epoch", "step")]
-    with open(old / "metrics.csv", "w", newline="") as f:
-        csv.writer(f).writerows([rows[0][i] for i in keep] + [] for _ in [0])
-        csv.writer(f).writerows([[r[i] for i in keep] for r in rows[1:] if any(r[i] for i in values)])
-    assert "train/epoch_time_s" in rows[0] and "train/epoch_time_s" not in (old / "metrics.csv").read_text()
-    out = tmp_path / "out"
-    cli_main(["report", str(old), str(two_runs["B"]), "--output", str(out)])
-    sidecar = json.loads((out / "report.json").read_text())
-    old_label, b_label = (r["label"] for r in sidecar["runs"])
-    row = report_csv(out / "report.csv")[old_label]
-    assert row["train_time_s"] == row["samples_per_sec"] == "" and row["val_jaccard"] != "" and row["params"] != ""
-    line = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {old_label} "))
-    assert line.split(" | ")[4:6] == ["–", "–"]  # train time, samples/s
-    figures = {f["file"]: f for f in sidecar["figures"]}
-    assert figures["thresholds.png"]["legend"] == [b_label] and "val_probs.npz" in figures["thresholds.png"]["left_out"][old_label]
-    assert figures["quality_vs_time.png"]["legend"] == [b_label]
-    assert figures["val_curves.png"]["legend"] == [old_label, b_label]
-    assert any("made before record.py" in m for m in sidecar["runs"][0]["not_recorded"])
-
-
 def test_report_errors_are_one_paragraph(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as done:
         cli_main(["report", str(tmp_path / "nope"), "--output", str(tmp_path / "out")])
@@ -314,17 +287,13 @@ def test_best_validation_outputs_written_once_per_new_best_in_fit_only(tiny_enco
 
 
 def test_validate_and_test_runs_are_not_reported_as_runs(two_runs, tmp_path):
-    from emolightning.reporting.report import find_runs, load_run
+    from emolightning.reporting.report import find_runs
 
     root = tmp_path / "root" / "lightning_logs"
     shutil.copytree(two_runs["A"], root / "version_0", ignore=shutil.ignore_patterns("report"))
-    (root / "version_1").mkdir()  # a `test` run of older code: config.yaml naming the checkpoint, test/* metrics
+    (root / "version_1").mkdir()  # a `test` run with a logger: config.yaml naming the checkpoint, test/* metrics
     (root / "version_1" / "config.yaml").write_text(f"ckpt_path: {next((root / 'version_0' / 'checkpoints').glob('best-*.ckpt'))}\n")
     (root / "version_1" / "metrics.csv").write_text("epoch,step,test/tuned/jaccard,test/tuned/f1_micro,test/tuned/f1_macro\n0,0,0.25,0.5,0.125\n")
     (root / "version_2").mkdir()
     (root / "version_2" / "metrics.csv").write_text("epoch,step,val/jaccard,val/loss\n0,0,0.5,0.6\n")  # a `validate` run
     assert find_runs(str(tmp_path / "root")) == [root / "version_0"]
-    # older code's test run still gives the row its test scores (without this code's test_scores.json)
-    (root / "version_0" / "checkpoints" / "test_scores.json").unlink()
-    row = load_run(root / "version_0").row
-    assert (row["test_tuned_jaccard"], row["test_tuned_f1_micro"], row["test_tuned_f1_macro"]) == (0.25, 0.5, 0.125)

@@ -86,24 +86,6 @@ def test_batches_are_padded_to_a_multiple_of_8_on_a_gpu(tiny_encoder, ec_dir, ca
     assert padded_lengths(explicit.val_dataloader()) == on_cpu["val"]  # the option overrides the device's default
 
 
-def test_gpu_benchmark_warms_up_every_shape_it_times():
-    import importlib.util
-
-    from helpers import REPO
-
-    spec = importlib.util.spec_from_file_location("gpu_precision", REPO / "benchmarks" / "gpu_precision.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    for multiple in (1, 8):
-        batches = bench.tweet_batches(60, 32, 1000, torch.device("cpu"), pad_to_multiple_of=multiple)
-        timed = {b["input_ids"].shape[1] for b in batches[10:]}
-        warm = bench.warmup_batches(batches, 10)
-        assert {b["input_ids"].shape[1] for b in warm} >= timed
-        assert warm[:10] == batches[:10] and len(warm) == 10 + len(timed - {b["input_ids"].shape[1] for b in batches[:10]})
-        assert all(n % multiple == 0 for n in timed)
-    assert len({b["input_ids"].shape[1] for b in bench.tweet_batches(60, 32, 1000, torch.device("cpu"), pad_to_multiple_of=8)}) <= 9  # lengths 8..70 -> 8..72
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """What torch.cuda reports, set by the test: (name, capability, arch list, native bf16)."""

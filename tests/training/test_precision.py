@@ -6,9 +6,9 @@ the way Lightning runs it on a GPU: torch.autocast(float16) with a GradScaler, b
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
+import os
 
 import lightning as L
 import pytest
@@ -131,40 +131,46 @@ def test_fp16_autocast_with_grad_scaler_trains(tiny_encoder, one_thread):
     assert model.head.weight.dtype == torch.float32 and not torch.equal(model.head.weight, before)
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_precision", REPO / "benchmarks" / "gpu_precision.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_benchmark_card_table():
-    bench = load_benchmark()
-    assert bench.card_of("NVIDIA H100 80GB HBM3") == "H100"
-    assert bench.card_of("NVIDIA H100 PCIe") == "H100 PCIe"
-    assert bench.card_of("NVIDIA H200") == "H200"
-    assert bench.card_of("NVIDIA A100-SXM4-80GB") == "A100"
-    assert bench.card_of("Tesla V100-SXM2-16GB") == "V100"
-    assert bench.card_of("Tesla T4") == "T4"
-    assert bench.card_of("NVIDIA GeForce RTX 4090") is None
-    assert bench.peak_flops("A100", "bf16-mixed") == 312e12
-    assert bench.peak_flops("A100", "32-true") == 19.5e12
-    assert bench.peak_flops("A100", "32-true", "high") == 156e12  # TF32
-    assert bench.peak_flops("T4", "16-mixed") == 65e12
-    assert bench.peak_flops("T4", "bf16-mixed") is None
-    assert bench.peak_flops(None, "16-mixed") is None
+    from emolightning.hardware import card_of, peak_flops
+
+    assert card_of("NVIDIA H100 80GB HBM3") == "H100"
+    assert card_of("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert card_of("NVIDIA H200") == "H200"
+    assert card_of("NVIDIA A100-SXM4-80GB") == "A100"
+    assert card_of("Tesla V100-SXM2-16GB") == "V100"
+    assert card_of("Tesla T4") == "T4"
+    assert card_of("NVIDIA GeForce RTX 4090") is None
+    assert peak_flops("A100", "bf16-mixed") == 312e12
+    assert peak_flops("A100", "32-true") == 19.5e12
+    assert peak_flops("A100", "32-true", "high") == 156e12  # TF32
+    assert peak_flops("T4", "16-mixed") == 65e12
+    assert peak_flops("T4", "bf16-mixed") is None
+    assert peak_flops(None, "16-mixed") is None
 
 
-def test_gpu_benchmark_smoke_on_cpu(capsys, one_thread):
-    bench = load_benchmark()
-    rows = bench.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--batch_size", "4", "--card", "A100"])
-    assert [(r["model"], r["precision"]) for r in rows] == [(m, p) for m in ("distilbert-base", "bert-base", "roberta-base") for p in bench.PRECISIONS]
+def test_gpu_benchmark_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_precision.py as gpu_check.sh runs it, on the CPU with tiny encoders: its rows, MFU and warm-up."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "rows.json"
+    options = ["--device", "cpu", "--tiny", "--steps", "6", "--warmup", "1", "--batch_size", "4", "--card", "A100", "--output_json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_precision.py", *options], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    precisions = ("32-true", "16-mixed", "bf16-mixed")
+    assert [(r["model"], r["precision"]) for r in rows] == [(m, p) for m in ("distilbert-base", "bert-base", "roberta-base") for p in precisions]
     for r in rows:
         assert r["samples_per_s"] > 0 and math.isfinite(r["final_loss"]) and 0 <= r["padding"] < 1
+        # every padded length a timed step sees had its warm-up step; lengths rounded up to a multiple of 8 (the default)
+        assert set(r["lengths"]["timed"]) <= set(r["lengths"]["warmed"]) and all(n % 8 == 0 for n in r["lengths"]["timed"]), r["lengths"]
     # the tiny BERT's matmul parameters, by hand: per layer q, k, v, o 4 x (32*32 + 32), FFN 32*64 + 64
     # and 64*32 + 32, two LayerNorms 2 x 64; 2 layers + the embedding LayerNorm 64 + the head 32*11 + 11
     assert 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64) + 64 + 32 * 11 + 11 == 17515
     bert_bf16 = next(r for r in rows if r["model"] == "bert-base" and r["precision"] == "bf16-mixed")
     assert bert_bf16["mfu"] == pytest.approx(6 * 17515 * bert_bf16["tokens_per_s"] / 312e12)
-    printed = capsys.readouterr().out
-    assert "| model | params (M) | precision | samples/s |" in printed and printed.count("| bert-base |") == 3
+    assert "| model | params (M) | precision | samples/s |" in proc.stdout and proc.stdout.count("| bert-base |") == 3
