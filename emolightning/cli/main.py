@@ -35,7 +35,6 @@ from ..training.resume import ExactResume, LastCheckpoint, RequeueSignal, StopRe
 from ..training.summary import ValHistory, closing_block, has_test_split
 from ..training.tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 from ..training.trainer import EmotionTrainer, resolve_auto
-from .commands import COMMAND_MODULES
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
 from .quiet import silence_libraries, tidy_trainer, verbose_requested
 from .standalone import EVALUATING, checkpoint_arguments
@@ -251,9 +250,9 @@ def main(argv: list[str] | None = None) -> None:
         silence_libraries()
     try:
         if args and args[0] in PLAIN_COMMANDS:  # no Trainer
-            from importlib import import_module
+            from .plain import run
 
-            import_module(COMMAND_MODULES[args[0]]).main(args[1:])
+            run(args[0], args[1:])
             return
         if (standalone := checkpoint_arguments(args)) is not args:  # a checkpoint without --config (standalone.py)
             if argv is None:

@@ -3,7 +3,7 @@
     emolightning ensemble RUN1/checkpoints/best-*.ckpt RUN2/checkpoints/best-*.ckpt --data_dir DATA --out ensemble.json
     emolightning predict --config RUN1/config.yaml --ckpt_path ensemble.json --output pred.txt
 
-The manifest (manifest.py, written by `emolightning ensemble`, ensemble_command.py) names the
+The manifest (manifest.py, written by `emolightning ensemble`, ensemble_build.py) names the
 members, their weights and the thresholds tuned on their averaged dev probabilities. For
 `--ckpt_path MANIFEST` the CLI puts an EnsembleClassifier in place of the config's model
 (`ensemble_config`), so `predict` needs no dev split; the averaging itself is models/averaging.py.

@@ -26,7 +26,6 @@ from typing import Literal
 
 import torch
 
-from ..cli.commands import command_parser
 from ..errors import ConfigError
 from ..files import folder_beside, named_write_errors
 from ..models.checkpoints import classifier_checkpoint
@@ -234,22 +233,3 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         for file in sorted(work.iterdir()):
             os.replace(file, out / file.name)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). Load it with
-    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) or pipeline("text-classification", model=DIR, top_k=None,
-    trust_remote_code=True); emolightning is not needed."""
-    parser = command_parser("export", main.__doc__)
-    parser.add_argument("--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt).")
-    parser.add_argument("--output", required=True, help="Directory to write (new or empty).")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty --output, replacing its files.")
-    parser.add_argument(
-        "--format",
-        choices=["hf", "onnx"],
-        default="hf",
-        help="hf: the Hugging Face directory; onnx: the same plus model.onnx (ids and mask -> logits) for ONNX Runtime (needs the [onnx] extra).",
-    )
-    args = parser.parse_args(argv)
-    out = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, format=args.format)
-    print(f"Exported {args.ckpt_path} to {out}")

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..cli.commands import command_parser
 from ..errors import ConfigError, DataError
 from ..files import atomic_open, write_atomically
 from ..metrics import official_scores
@@ -363,21 +362,6 @@ def require_matplotlib() -> None:
         raise ConfigError(
             "`emolightning report` draws its figures with matplotlib, which is not installed. Install it with `pip install 'emolightning[report]'` (or `pip install matplotlib`)."
         ) from err
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, validation and test scores) and figures
-    (learning curves, training loss, per-label F1, F1 against threshold, quality against training time) as PNGs and one self-contained HTML page."""
-    parser = command_parser("report", main.__doc__)
-    parser.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories."
-    )
-    parser.add_argument("--output", required=True, help="Folder for report.md, report.csv, report.html, report.json and the PNGs (created if needed).")
-    args = parser.parse_args(argv)
-    require_matplotlib()
-    _, sidecar = write_report(args.runs, args.output)
-    print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
-    print(f"report: {Path(args.output) / 'report.html'} ({len(sidecar['runs'])} runs, {len(sidecar['figures'])} figures; table in report.md and report.csv)")
 
 
 def fit_run_dir(trainer) -> Path:

@@ -11,12 +11,9 @@ macro-F1 and each label's F1.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
-from ..cli.commands import command_parser
 from ..data.formats import clip, read_header
 from ..data.tables import label_difference, read_table
 from ..errors import DataError
@@ -72,15 +69,3 @@ def format_scores(scores: dict) -> str:
     lines = [f"{'metric':<{width}}  score", f"{'-' * width}  ------"]
     lines += [f"{k:<{width}}  {v}" if k == "n" else f"{k:<{width}}  {v:.4f}" for k, v in scores.items()]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) of a prediction file against a gold file, both in the
-    official format; rows are matched by ID."""
-    parser = command_parser("score", main.__doc__)
-    parser.add_argument("pred", help="Predictions (e.g. written by `emolightning predict`).")
-    parser.add_argument("gold", help="Gold labels (e.g. 2018-E-c-En-test-gold.txt).")
-    parser.add_argument("--json", action="store_true", help="Print the scores as one JSON object.")
-    args = parser.parse_args(argv)
-    scores = score_files(args.pred, args.gold)
-    print(json.dumps(scores, indent=2) if args.json else format_scores(scores))

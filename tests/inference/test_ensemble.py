@@ -1,4 +1,4 @@
-"""Ensembles of checkpoints (averaging.py, manifest.py, ensemble.py, ensemble_command.py) and ensemble teachers (distill.py), on tiny random models.
+"""Ensembles of checkpoints (averaging.py, manifest.py, ensemble.py, ensemble_build.py) and ensemble teachers (distill.py), on tiny random models.
 
 Averages and thresholds are checked against values worked out by hand; `predict` runs through the
 real command with two members that tokenise differently.
@@ -21,7 +21,7 @@ import torch
 from emolightning import EmotionClassifier
 from emolightning.errors import ConfigError
 from emolightning.inference import ensemble as ens
-from emolightning.inference import ensemble_command as command
+from emolightning.inference import ensemble_build as command
 from emolightning.inference import manifest as mf
 from emolightning.metrics import THRESHOLD_STRATEGIES
 from emolightning.models import averaging

@@ -9,7 +9,6 @@ names, thresholds and strategy. `validate`, `test` and `predict` take it as `--c
 
 from __future__ import annotations
 
-import argparse
 import glob
 import inspect
 import os
@@ -17,7 +16,7 @@ import os
 import torch
 
 from ..errors import ConfigError, DataError
-from ..metrics import THRESHOLD_STRATEGIES, choose_thresholds, official_scores
+from ..metrics import choose_thresholds, official_scores
 from ..models.averaging import average_probabilities, normalized_weights
 from ..models.checkpoints import classifier_checkpoint, hyperparameters, load_classifier
 from ..models.thresholds import checkpoint_thresholds
@@ -127,42 +126,3 @@ def build(
         f"{tuned['jaccard']:.4f} / {tuned['f1_macro']:.4f} at its `{strategy}` thresholds (in-sample: held-out estimates come from benchmarks/ensemble.py)"
     )
     return manifest, lines
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="emolightning ensemble",
-        description="Build an ensemble manifest from checkpoints of models with the same labels: their dev probabilities are averaged and "
-        "thresholds tuned on the average. Use it as `emolightning validate|test|predict --config RUN/config.yaml --ckpt_path MANIFEST`.",
-    )
-    parser.add_argument("checkpoints", nargs="+", help="Member .ckpt files, globs (quoted) or .txt files listing one checkpoint per line.")
-    parser.add_argument("--out", required=True, help="The manifest to write (JSON); member paths are stored relative to it.")
-    parser.add_argument("--weights", nargs="+", type=float, help="One positive weight per member (default: equal).")
-    parser.add_argument("--data_dir", help="The official E-c files (the dev split tunes the thresholds). Default: the first member's data options.")
-    parser.add_argument("--val_file", help="A dev table instead of --data_dir's.")
-    parser.add_argument("--threshold_strategy", choices=THRESHOLD_STRATEGIES, help="Default: the members' own `model.init_args.thresholds.strategy`.")
-    parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available).")
-    parser.add_argument(
-        "--keep_members_loaded",
-        action="store_true",
-        help="Recorded in the manifest: validate/test/predict keep every member on the device (N x the memory, no reloading) "
-        "instead of building each member from its checkpoint for every chunk of texts and freeing it after.",
-    )
-    args = parser.parse_args(argv)
-    checkpoints = expand_checkpoints(args.checkpoints)
-    manifest, lines = build(
-        checkpoints,
-        args.out,
-        args.weights,
-        args.threshold_strategy,
-        args.batch_size,
-        args.device,
-        args.keep_members_loaded,
-        data_dir=args.data_dir,
-        val_file=args.val_file,
-    )
-    print("\n".join(lines))
-    print(
-        f"Wrote {manifest.path} ({len(manifest.members)} members). Use it with --ckpt_path, e.g. `emolightning predict --config RUN/config.yaml --ckpt_path {args.out}`."
-    )

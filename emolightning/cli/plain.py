@@ -1,0 +1,115 @@
+"""The plain commands: `emolightning score|export|report|ensemble ARGS`, each parsed here and run by the module that does the work.
+
+They need no Trainer, so `cli.main` calls them before LightningCLI parses anything; each imports its module
+only when it runs, so one command does not pay for another's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of `emolightning NAME`, described by its function's docstring."""
+    return argparse.ArgumentParser(prog=f"emolightning {name}", description=description)
+
+
+def score(argv: list[str]) -> None:
+    """Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) of a prediction file against a gold file, both in the
+    official format; rows are matched by ID."""
+    from ..reporting.score import format_scores, score_files
+
+    parser = command_parser("score", score.__doc__)
+    parser.add_argument("pred", help="Predictions (e.g. written by `emolightning predict`).")
+    parser.add_argument("gold", help="Gold labels (e.g. 2018-E-c-En-test-gold.txt).")
+    parser.add_argument("--json", action="store_true", help="Print the scores as one JSON object.")
+    args = parser.parse_args(argv)
+    scores = score_files(args.pred, args.gold)
+    print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
+
+
+def export(argv: list[str]) -> None:
+    """Export an emolightning checkpoint as a Hugging Face model directory (config, safetensors, tokenizer, thresholds, model card). Load it with
+    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) or pipeline("text-classification", model=DIR, top_k=None,
+    trust_remote_code=True); emolightning is not needed."""
+    from ..inference.export import export_checkpoint
+
+    parser = command_parser("export", export.__doc__)
+    parser.add_argument("--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt).")
+    parser.add_argument("--output", required=True, help="Directory to write (new or empty).")
+    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty --output, replacing its files.")
+    parser.add_argument(
+        "--format",
+        choices=["hf", "onnx"],
+        default="hf",
+        help="hf: the Hugging Face directory; onnx: the same plus model.onnx (ids and mask -> logits) for ONNX Runtime (needs the [onnx] extra).",
+    )
+    args = parser.parse_args(argv)
+    out = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, format=args.format)
+    print(f"Exported {args.ckpt_path} to {out}")
+
+
+def report(argv: list[str]) -> None:
+    """Compare runs: a table (Markdown and CSV: model, parameters, epochs, training time, samples/s, best epoch, validation and test scores) and figures
+    (learning curves, training loss, per-label F1, F1 against threshold, quality against training time) as PNGs and one self-contained HTML page."""
+    from ..reporting.report import require_matplotlib, write_report
+
+    parser = command_parser("report", report.__doc__)
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="A run's log directory (e.g. runs/quickstart/lightning_logs/version_0) or a folder above run directories."
+    )
+    parser.add_argument("--output", required=True, help="Folder for report.md, report.csv, report.html, report.json and the PNGs (created if needed).")
+    args = parser.parse_args(argv)
+    require_matplotlib()
+    _, sidecar = write_report(args.runs, args.output)
+    print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {Path(args.output) / 'report.html'} ({len(sidecar['runs'])} runs, {len(sidecar['figures'])} figures; table in report.md and report.csv)")
+
+
+def ensemble(argv: list[str]) -> None:
+    """Build an ensemble manifest from checkpoints of models with the same labels: their dev probabilities are averaged and thresholds tuned on the average. Use it as `emolightning validate|test|predict --config RUN/config.yaml --ckpt_path MANIFEST`."""
+    from ..inference.ensemble_build import build, expand_checkpoints
+    from ..metrics import THRESHOLD_STRATEGIES
+
+    parser = command_parser("ensemble", ensemble.__doc__)
+    parser.add_argument("checkpoints", nargs="+", help="Member .ckpt files, globs (quoted) or .txt files listing one checkpoint per line.")
+    parser.add_argument("--out", required=True, help="The manifest to write (JSON); member paths are stored relative to it.")
+    parser.add_argument("--weights", nargs="+", type=float, help="One positive weight per member (default: equal).")
+    parser.add_argument("--data_dir", help="The official E-c files (the dev split tunes the thresholds). Default: the first member's data options.")
+    parser.add_argument("--val_file", help="A dev table instead of --data_dir's.")
+    parser.add_argument("--threshold_strategy", choices=THRESHOLD_STRATEGIES, help="Default: the members' own `model.init_args.thresholds.strategy`.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available).")
+    parser.add_argument(
+        "--keep_members_loaded",
+        action="store_true",
+        help="Recorded in the manifest: validate/test/predict keep every member on the device (N x the memory, no reloading) "
+        "instead of building each member from its checkpoint for every chunk of texts and freeing it after.",
+    )
+    args = parser.parse_args(argv)
+    checkpoints = expand_checkpoints(args.checkpoints)
+    manifest, lines = build(
+        checkpoints,
+        args.out,
+        args.weights,
+        args.threshold_strategy,
+        args.batch_size,
+        args.device,
+        args.keep_members_loaded,
+        data_dir=args.data_dir,
+        val_file=args.val_file,
+    )
+    print("\n".join(lines))
+    print(
+        f"Wrote {manifest.path} ({len(manifest.members)} members). Use it with --ckpt_path, e.g. `emolightning predict --config RUN/config.yaml --ckpt_path {args.out}`."
+    )
+
+
+COMMANDS = {"score": score, "export": export, "report": report, "ensemble": ensemble}
+
+
+def run(name: str, argv: list[str]) -> None:
+    """Run the plain command `name` (a key of commands.PLAIN_COMMANDS) on its arguments."""
+    COMMANDS[name](argv)
