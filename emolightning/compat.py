@@ -8,13 +8,11 @@ fails there, by name, instead of somewhere in the middle of a run.
 
 from __future__ import annotations
 
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 # (where, name): what the functions below use. `where` is how test_compat.py gets an object that has it.
 PRIVATE_NAMES = [
-    ("lightning.fabric.utilities.cloud_io", "_is_local_file_protocol"),
     ("LightningCLI", "_prepare_subcommand_parser"),
     ("LightningCLI", "_parse_ckpt_path"),
     ("ModelCheckpoint", "_should_save_on_train_epoch_end"),
@@ -22,19 +20,11 @@ PRIVATE_NAMES = [
     ("ModelCheckpoint", "_monitor_candidates"),
     ("ModelCheckpoint()", "_last_global_step_saved"),
     ("ModelCheckpoint", "_save_checkpoint"),
-    ("Trainer().fit_loop", "_combined_loader_states_to_load"),
-    ("Trainer().fit_loop", "_combined_loader"),
-    ("CombinedLoader", "_load_state_dicts"),
     ("ArgumentParser() with subcommands", "_subcommands_action"),
     ("ArgumentParser()._subcommands_action", "_name_parser_map"),
     ("ArgumentParser()", "_actions"),
     ("ModelSummary()", "_max_depth"),
 ]
-
-
-def is_local_path(path: str) -> bool:
-    """Whether `path` is on the local filesystem (not s3://, gs://, ...), as Lightning's checkpoint IO decides it."""
-    return _is_local_file_protocol(path)
 
 
 # ---- ModelCheckpoint: saving last.ckpt on our own schedule, and what the best checkpoints hold ------
@@ -75,17 +65,6 @@ class ModelCheckpointWithOwnSaves(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
         finally:
             self._saving_own = False
-
-
-# ---- the fit loop: the train loader's saved position (Lightning issue #20550) --------------------
-def load_pending_train_loader_state(trainer) -> None:
-    """Hand the train loader the state a checkpoint restored for it, if Lightning has not yet (it never does
-    when the loader was built before the checkpoint was restored)."""
-    fit_loop = trainer.fit_loop
-    states = fit_loop._combined_loader_states_to_load
-    if states and fit_loop._combined_loader is not None:
-        fit_loop._combined_loader._load_state_dicts(states)
-        fit_loop._combined_loader_states_to_load = []
 
 
 # ---- jsonargparse: the parser's keys, for "did you mean ...?" ------------------------------------

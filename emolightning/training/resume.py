@@ -27,13 +27,14 @@ import signal
 
 import numpy as np
 import torch
+from fsspec.utils import get_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from ..compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
+from ..compat import save_last_checkpoint, saves_on_train_epoch_end
 from ..errors import ConfigError, StorageError
 from ..files import write_atomically
 
@@ -56,7 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = str(path)
-        if storage_options is not None or not is_local_path(path):
+        if storage_options is not None or get_protocol(path) != "file":
             return super().save_checkpoint(checkpoint, path, storage_options)
         # a full disk or a read-only folder: a StorageError naming the path and the checkpoint's size
         write_atomically(path, lambda f: torch.save(checkpoint, f), needed=checkpoint_bytes(checkpoint))
@@ -252,12 +253,15 @@ class ExactResume(Callback):
 
     Loader position: when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours
     does, for the LR schedule), Lightning builds the train loader before restoring the checkpoint
-    and then never hands it its saved state (Lightning issue #20550); `on_train_start` does, before
-    the first batch is drawn.
+    and then never hands it its saved state (Lightning issue #20550). So this callback keeps the
+    position of a train loader that has one (`state_dict`/`load_state_dict`, as ResumableDataLoader)
+    in its own state too, and hands it back in `on_train_start`, before the first batch is drawn.
     """
 
     def __init__(self):
         self._pending: dict | None = None
+        self._pending_position: dict | None = None
+        self._loader = None  # this epoch's train loader, whose position every checkpoint keeps
         self._device: torch.device | None = None
         self._rank = 0
 
@@ -266,12 +270,13 @@ class ExactResume(Callback):
 
     def state_dict(self) -> dict:
         states = rng_states(self._device)
+        position = {"loader": self._loader.state_dict()} if hasattr(self._loader, "state_dict") else {}
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
-            return {"ranks": [states]}
+            return {"ranks": [states], **position}
         # every rank saves (Lightning builds the checkpoint on all ranks, and rank 0 writes it)
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, states)
-        return {"ranks": gathered}
+        return {"ranks": gathered, **position}
 
     def load_state_dict(self, state_dict: dict) -> None:
         ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states held rank 0's alone
@@ -280,9 +285,14 @@ class ExactResume(Callback):
                 f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume)."
             )
         self._pending = ranks[self._rank] if self._rank < len(ranks) else ranks[0]
+        self._pending_position = state_dict.get("loader")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        load_pending_train_loader_state(trainer)
+        # the same position Lightning hands the loader when it built it after loading the checkpoint: handing it twice is harmless
+        loader = trainer.train_dataloader
+        if self._pending_position is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self._pending_position)
+        self._pending_position = None
 
     def _restore_rng(self, pl_module) -> None:
         if self._pending is not None:
@@ -290,6 +300,7 @@ class ExactResume(Callback):
             self._pending = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # resumed at an epoch boundary
+        self._loader = trainer.train_dataloader  # a new one when `trainer.reload_dataloaders_every_n_epochs`
         self._restore_rng(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # resumed mid-epoch
