@@ -20,9 +20,6 @@ PRIVATE_NAMES = [
     ("ModelCheckpoint", "_monitor_candidates"),
     ("ModelCheckpoint()", "_last_global_step_saved"),
     ("ModelCheckpoint", "_save_checkpoint"),
-    ("ArgumentParser() with subcommands", "_subcommands_action"),
-    ("ArgumentParser()._subcommands_action", "_name_parser_map"),
-    ("ArgumentParser()", "_actions"),
     ("ModelSummary()", "_max_depth"),
 ]
 
@@ -65,28 +62,6 @@ class ModelCheckpointWithOwnSaves(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
         finally:
             self._saving_own = False
-
-
-# ---- jsonargparse: the parser's keys, for "did you mean ...?" ------------------------------------
-def subcommand_parsers(parser) -> list:
-    """The parsers of `parser`'s subcommands ([] when it has none)."""
-    action = parser._subcommands_action
-    return [] if action is None else list(action._name_parser_map.values())
-
-
-def parser_actions(parser) -> list:
-    """`parser`'s own actions (options and, if any, the subcommands action)."""
-    return list(parser._actions)
-
-
-def subcommand_action(parser):
-    """The action that holds `parser`'s subcommands, or None."""
-    return parser._subcommands_action
-
-
-def error_parser(error: Exception | None, parser):
-    """The parser that raised a jsonargparse error: the subcommand's, when jsonargparse recorded it on the error."""
-    return getattr(error, "subcommand_parser", None) or parser
 
 
 # ---- the model summary: quiet.py swaps Lightning's for a compact one of the same depth -------------
