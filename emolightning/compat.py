@@ -20,7 +20,6 @@ PRIVATE_NAMES = [
     ("ModelCheckpoint", "_monitor_candidates"),
     ("ModelCheckpoint()", "_last_global_step_saved"),
     ("ModelCheckpoint", "_save_checkpoint"),
-    ("ModelSummary()", "_max_depth"),
 ]
 
 
@@ -62,12 +61,6 @@ class ModelCheckpointWithOwnSaves(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
         finally:
             self._saving_own = False
-
-
-# ---- the model summary: quiet.py swaps Lightning's for a compact one of the same depth -------------
-def summary_depth(callback) -> int:
-    """The `max_depth` a ModelSummary callback was made with (it keeps no public copy)."""
-    return callback._max_depth
 
 
 # ---- LightningCLI: the two public hooks it lacks ----------------------------------------------

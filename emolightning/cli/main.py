@@ -36,7 +36,7 @@ from ..training.tracking import SaveConfigToLogger, default_logger, local_logger
 from ..training.trainer import EmotionTrainer, resolve_auto
 from .commands import COMMAND_MODULES
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
-from .quiet import silence_libraries, tidy_trainer, verbose_requested
+from .quiet import silence_libraries, tidy_callbacks, verbose_requested
 from .standalone import EVALUATING, checkpoint_arguments, checkpoint_label_names
 
 
@@ -88,12 +88,12 @@ class EmotionCLI(LightningCLIWithHooks):
             kwargs["logger"] = False
         elif trainer_config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(trainer_config.get("default_root_dir"))  # CSV, not whatever is installed
+        tidy_callbacks(trainer_config)  # read by super().instantiate_trainer
         trainer = super().instantiate_trainer(**kwargs)
         if evaluating:  # the run's config.yaml is saved already; none for an evaluation
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
-        tidy_trainer(trainer)
         return trainer
 
     def after_fit(self) -> None:
