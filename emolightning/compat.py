@@ -15,30 +15,11 @@ from lightning.pytorch.cli import LightningCLI
 PRIVATE_NAMES = [
     ("LightningCLI", "_prepare_subcommand_parser"),
     ("LightningCLI", "_parse_ckpt_path"),
-    ("ModelCheckpoint", "_should_save_on_train_epoch_end"),
-    ("ModelCheckpoint", "_save_last_checkpoint"),
-    ("ModelCheckpoint", "_monitor_candidates"),
-    ("ModelCheckpoint()", "_last_global_step_saved"),
     ("ModelCheckpoint", "_save_checkpoint"),
 ]
 
 
 # ---- ModelCheckpoint: saving last.ckpt on our own schedule, and what the best checkpoints hold ------
-def saves_on_train_epoch_end(callback: ModelCheckpoint, trainer) -> bool:
-    """Whether the callback saves at the end of the training epoch (else after validation), as ModelCheckpoint decides."""
-    return callback._should_save_on_train_epoch_end(trainer)
-
-
-def save_last_checkpoint(callback: ModelCheckpoint, trainer) -> None:
-    """Write the callback's last.ckpt now, as ModelCheckpoint itself does (same name, same metrics in its state)."""
-    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-
-
-def last_global_step_saved(callback: ModelCheckpoint) -> int:
-    """The global step of the callback's latest save in this process (0 before the first)."""
-    return callback._last_global_step_saved
-
-
 class ModelCheckpointWithOwnSaves(ModelCheckpoint):
     """ModelCheckpoint plus `on_save_own_checkpoint(trainer, checkpoint)`: called with the dict of each file this callback writes
     (not with those of other callbacks or of `trainer.save_checkpoint`), after every other callback's `on_save_checkpoint`
