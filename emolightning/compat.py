@@ -1,9 +1,9 @@
-"""Every private Lightning and jsonargparse name emolightning relies on, in one place.
+"""The private framework names emolightning cannot do without, in one place, each with the reason.
 
-Each fills a gap in the public API (the reason is given where it is used). An upgrade may rename
-any of them without notice: `pyproject.toml` bounds the versions from above at the newest tested,
-and tests/test_compat.py checks `PRIVATE_NAMES` against the installed packages, so a renamed one
-fails there, by name, instead of somewhere in the middle of a run.
+Everything else goes through public API (tests/test_compat.py fails on a private name used in any
+other module). An upgrade may rename these without notice: `pyproject.toml` bounds their packages
+from above at the newest tested, and tests/test_compat.py checks `PRIVATE_NAMES` against the
+installed packages, so a renamed one fails there, by name, instead of somewhere in the middle of a run.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-# (where, name): what the functions below use. `where` is how test_compat.py gets an object that has it.
+# (where, name): what the code below uses; `where` is how test_compat.py gets an object that has it (a dotted one is a module).
 PRIVATE_NAMES = [
-    ("LightningCLI", "_prepare_subcommand_parser"),
-    ("LightningCLI", "_parse_ckpt_path"),
+    # ModelCheckpoint writes each of its own files (top-k, last, on exception) through this method, and no public hook tells
+    # `on_save_checkpoint` whose file is being written: `save_weights_only` would also drop the callbacks' states that a
+    # resume's best-model tracking and export's model card read.
     ("ModelCheckpoint", "_save_checkpoint"),
+    # LightningCLI replaces the config's model with the --ckpt_path checkpoint's hyperparameters inside this method, with no
+    # public hook before it: `--ckpt_path last`/ENSEMBLE.json must be resolved, and a wrong file refused, first.
+    ("LightningCLI", "_parse_ckpt_path"),
 ]
 
 
-# ---- ModelCheckpoint: saving last.ckpt on our own schedule, and what the best checkpoints hold ------
+# ---- ModelCheckpoint: what the best checkpoints hold (best_checkpoint.py) ----------------------
 class ModelCheckpointWithOwnSaves(ModelCheckpoint):
     """ModelCheckpoint plus `on_save_own_checkpoint(trainer, checkpoint)`: called with the dict of each file this callback writes
     (not with those of other callbacks or of `trainer.save_checkpoint`), after every other callback's `on_save_checkpoint`
@@ -44,24 +48,16 @@ class ModelCheckpointWithOwnSaves(ModelCheckpoint):
             self._saving_own = False
 
 
-# ---- LightningCLI: the two public hooks it lacks ----------------------------------------------
+# ---- LightningCLI: the hook it lacks around --ckpt_path -----------------------------------------
 class LightningCLIWithHooks(LightningCLI):
-    """LightningCLI plus `add_subcommand_arguments` (options of one subcommand alone) and `before_ckpt_path`/`after_ckpt_path`
-    (around the point where Lightning replaces the config's model with the --ckpt_path checkpoint's hyperparameters)."""
-
-    def add_subcommand_arguments(self, parser, subcommand: str) -> None:
-        """Add options to one subcommand's parser."""
+    """LightningCLI plus `before_ckpt_path`/`after_ckpt_path`, around the point where Lightning replaces the config's model
+    with the --ckpt_path checkpoint's hyperparameters."""
 
     def before_ckpt_path(self) -> None:
         """Runs just before Lightning reads `--ckpt_path`'s hyperparameters into the config."""
 
     def after_ckpt_path(self) -> None:
         """Runs just after; `self.config` holds the checkpoint's hyperparameters."""
-
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        self.add_subcommand_arguments(parser, subcommand)
-        return parser
 
     def _parse_ckpt_path(self) -> None:
         self.before_ckpt_path()

@@ -51,6 +51,8 @@ class EmotionCLI(LightningCLIWithHooks):
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
+            for subcommand, parser in self.parser.subcommands_action.choices.items():  # fit, validate, test, predict
+                self.add_subcommand_arguments(parser, subcommand)
             add_plain_commands(self.parser)
 
     def add_core_arguments_to_parser(self, parser) -> None:
@@ -125,6 +127,7 @@ class EmotionCLI(LightningCLIWithHooks):
             super().instantiate_classes()
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
+        """Add options to one subcommand's parser (LightningCLI has no hook for that)."""
         # `predict` gets three options of its own
         if subcommand == "predict":
             parser.add_argument(
