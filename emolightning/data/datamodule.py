@@ -30,7 +30,7 @@ from ..files import write_atomically
 from ..hardware import pad_multiple
 from ..models.encoders import load_tokenizer
 from ..training.resume import ResumableDataLoader
-from .batching import Collator, LengthGroupedSampler, TokenizedSplit, truncate
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit, replicas, shard, truncate
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
 
@@ -388,7 +388,13 @@ class EmotionDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         # longest first: similar lengths share a batch, and an out-of-memory shows at once
         order = sorted(range(len(dataset)), key=lambda i: -len(dataset.input_ids[i]))
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size,
+            sampler=shard(order, *replicas()),
+            collate_fn=self._collate(),
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
