@@ -388,13 +388,8 @@ class EmotionDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         # longest first: similar lengths share a batch, and an out-of-memory shows at once
         order = sorted(range(len(dataset)), key=lambda i: -len(dataset.input_ids[i]))
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.eval_batch_size,
-            sampler=shard(order, *replicas()),
-            collate_fn=self._collate(),
-            num_workers=self.hparams.num_workers,
-        )
+        order = shard(order, *replicas())  # this rank's share: Lightning does not deal it (use_distributed_sampler=False)
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
