@@ -1,60 +1,31 @@
-"""Every private Lightning and jsonargparse name emolightning relies on, in one place.
+"""The private framework names emolightning cannot do without, in one place, each with the reason.
 
-Each fills a gap in the public API (the reason is given where it is used). An upgrade may rename
-any of them without notice: `pyproject.toml` bounds the versions from above at the newest tested,
-and tests/test_compat.py checks `PRIVATE_NAMES` against the installed packages, so a renamed one
-fails there, by name, instead of somewhere in the middle of a run.
+Everything else goes through public API (tests/test_compat.py fails on a private name used in any
+other module). An upgrade may rename these without notice: `pyproject.toml` bounds their packages
+from above at the newest tested, and tests/test_compat.py checks `PRIVATE_NAMES` against the
+installed packages, so a renamed one fails there, by name, instead of somewhere in the middle of a run.
 """
 
 from __future__ import annotations
 
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-# (where, name): what the functions below use. `where` is how test_compat.py gets an object that has it.
+# (where, name): what the code below uses; `where` is how test_compat.py gets an object that has it (a dotted one is a module).
 PRIVATE_NAMES = [
-    ("lightning.fabric.utilities.cloud_io", "_is_local_file_protocol"),
-    ("LightningCLI", "_prepare_subcommand_parser"),
-    ("LightningCLI", "_parse_ckpt_path"),
-    ("ModelCheckpoint", "_should_save_on_train_epoch_end"),
-    ("ModelCheckpoint", "_save_last_checkpoint"),
-    ("ModelCheckpoint", "_monitor_candidates"),
-    ("ModelCheckpoint()", "_last_global_step_saved"),
+    # ModelCheckpoint writes each of its own files (top-k, last, on exception) through this method, and no public hook tells
+    # `on_save_checkpoint` whose file is being written: `save_weights_only` would also drop the callbacks' states that a
+    # resume's best-model tracking and export's model card read.
     ("ModelCheckpoint", "_save_checkpoint"),
-    ("Trainer().fit_loop", "_combined_loader_states_to_load"),
-    ("Trainer().fit_loop", "_combined_loader"),
-    ("CombinedLoader", "_load_state_dicts"),
-    ("ArgumentParser() with subcommands", "_subcommands_action"),
-    ("ArgumentParser()._subcommands_action", "_name_parser_map"),
-    ("ArgumentParser()", "_actions"),
-    ("ModelSummary()", "_max_depth"),
+    # LightningCLI replaces the config's model with the --ckpt_path checkpoint's hyperparameters inside this method, with no
+    # public hook before it: `--ckpt_path last`/ENSEMBLE.json must be resolved, and a wrong file refused, first.
+    ("LightningCLI", "_parse_ckpt_path"),
     # no public API sets how many graphs torch.compile keeps per function before falling back to eager
     ("torch._dynamo.config", "recompile_limit"),
 ]
 
 
-def is_local_path(path: str) -> bool:
-    """Whether `path` is on the local filesystem (not s3://, gs://, ...), as Lightning's checkpoint IO decides it."""
-    return _is_local_file_protocol(path)
-
-
-# ---- ModelCheckpoint: saving last.ckpt on our own schedule, and what the best checkpoints hold ------
-def saves_on_train_epoch_end(callback: ModelCheckpoint, trainer) -> bool:
-    """Whether the callback saves at the end of the training epoch (else after validation), as ModelCheckpoint decides."""
-    return callback._should_save_on_train_epoch_end(trainer)
-
-
-def save_last_checkpoint(callback: ModelCheckpoint, trainer) -> None:
-    """Write the callback's last.ckpt now, as ModelCheckpoint itself does (same name, same metrics in its state)."""
-    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-
-
-def last_global_step_saved(callback: ModelCheckpoint) -> int:
-    """The global step of the callback's latest save in this process (0 before the first)."""
-    return callback._last_global_step_saved
-
-
+# ---- ModelCheckpoint: what the best checkpoints hold (best_checkpoint.py) ----------------------
 class ModelCheckpointWithOwnSaves(ModelCheckpoint):
     """ModelCheckpoint plus `on_save_own_checkpoint(trainer, checkpoint)`: called with the dict of each file this callback writes
     (not with those of other callbacks or of `trainer.save_checkpoint`), after every other callback's `on_save_checkpoint`
@@ -79,63 +50,16 @@ class ModelCheckpointWithOwnSaves(ModelCheckpoint):
             self._saving_own = False
 
 
-# ---- the fit loop: the train loader's saved position (Lightning issue #20550) --------------------
-def load_pending_train_loader_state(trainer) -> None:
-    """Hand the train loader the state a checkpoint restored for it, if Lightning has not yet (it never does
-    when the loader was built before the checkpoint was restored)."""
-    fit_loop = trainer.fit_loop
-    states = fit_loop._combined_loader_states_to_load
-    if states and fit_loop._combined_loader is not None:
-        fit_loop._combined_loader._load_state_dicts(states)
-        fit_loop._combined_loader_states_to_load = []
-
-
-# ---- jsonargparse: the parser's keys, for "did you mean ...?" ------------------------------------
-def subcommand_parsers(parser) -> list:
-    """The parsers of `parser`'s subcommands ([] when it has none)."""
-    action = parser._subcommands_action
-    return [] if action is None else list(action._name_parser_map.values())
-
-
-def parser_actions(parser) -> list:
-    """`parser`'s own actions (options and, if any, the subcommands action)."""
-    return list(parser._actions)
-
-
-def subcommand_action(parser):
-    """The action that holds `parser`'s subcommands, or None."""
-    return parser._subcommands_action
-
-
-def error_parser(error: Exception | None, parser):
-    """The parser that raised a jsonargparse error: the subcommand's, when jsonargparse recorded it on the error."""
-    return getattr(error, "subcommand_parser", None) or parser
-
-
-# ---- the model summary: quiet.py swaps Lightning's for a compact one of the same depth -------------
-def summary_depth(callback) -> int:
-    """The `max_depth` a ModelSummary callback was made with (it keeps no public copy)."""
-    return callback._max_depth
-
-
-# ---- LightningCLI: the two public hooks it lacks ----------------------------------------------
+# ---- LightningCLI: the hook it lacks around --ckpt_path -----------------------------------------
 class LightningCLIWithHooks(LightningCLI):
-    """LightningCLI plus `add_subcommand_arguments` (options of one subcommand alone) and `before_ckpt_path`/`after_ckpt_path`
-    (around the point where Lightning replaces the config's model with the --ckpt_path checkpoint's hyperparameters)."""
-
-    def add_subcommand_arguments(self, parser, subcommand: str) -> None:
-        """Add options to one subcommand's parser."""
+    """LightningCLI plus `before_ckpt_path`/`after_ckpt_path`, around the point where Lightning replaces the config's model
+    with the --ckpt_path checkpoint's hyperparameters."""
 
     def before_ckpt_path(self) -> None:
         """Runs just before Lightning reads `--ckpt_path`'s hyperparameters into the config."""
 
     def after_ckpt_path(self) -> None:
         """Runs just after; `self.config` holds the checkpoint's hyperparameters."""
-
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        self.add_subcommand_arguments(parser, subcommand)
-        return parser
 
     def _parse_ckpt_path(self) -> None:
         self.before_ckpt_path()

@@ -36,7 +36,7 @@ from ..training.summary import ValHistory, closing_block, has_test_split
 from ..training.tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 from ..training.trainer import EmotionTrainer, resolve_auto
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
-from .quiet import silence_libraries, tidy_trainer, verbose_requested
+from .quiet import silence_libraries, tidy_callbacks, verbose_requested
 from .standalone import EVALUATING, checkpoint_arguments
 
 
@@ -53,6 +53,8 @@ class EmotionCLI(LightningCLIWithHooks):
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
+            for subcommand, parser in self.parser.subcommands_action.choices.items():  # fit, validate, test, predict
+                self.add_subcommand_arguments(parser, subcommand)
             add_plain_commands(self.parser)
 
     def add_core_arguments_to_parser(self, parser) -> None:
@@ -90,12 +92,12 @@ class EmotionCLI(LightningCLIWithHooks):
             kwargs["logger"] = False
         elif trainer_config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(trainer_config.get("default_root_dir"))  # CSV, not whatever is installed
+        tidy_callbacks(trainer_config)  # read by super().instantiate_trainer
         trainer = super().instantiate_trainer(**kwargs)
         if evaluating:  # the run's config.yaml is saved already; none for an evaluation
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         use_atomic_checkpoint_io(trainer)  # a kill never leaves half a .ckpt under a checkpoint's name
         check_gpu(trainer.strategy.root_device, str(trainer.precision))  # no kernels for this GPU: say so before any work
-        tidy_trainer(trainer)
         return trainer
 
     def after_fit(self) -> None:
@@ -127,6 +129,7 @@ class EmotionCLI(LightningCLIWithHooks):
             super().instantiate_classes()
 
     def add_subcommand_arguments(self, parser, subcommand: str) -> None:
+        """Add options to one subcommand's parser (LightningCLI has no hook for that)."""
         # `predict` gets three options of its own
         if subcommand == "predict":
             parser.add_argument(

@@ -21,7 +21,6 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from ..compat import error_parser, parser_actions, subcommand_action, subcommand_parsers
 from .commands import PLAIN_COMMANDS, closest_command
 
 # Hugging Face Trainer / argparse-script habits -> the emolightning key
@@ -56,14 +55,14 @@ def model_keys() -> list[str]:
 
 
 def known_keys(parser) -> list[str]:
-    """Every option key of `parser` and its subcommands' parsers (dotted, without dashes)."""
+    """Every option key of `parser` and its subcommands' parsers (dotted, without dashes), and the groups they are in."""
     keys = []
-    for sub in subcommand_parsers(parser):
-        keys += known_keys(sub)
-    subcommands = subcommand_action(parser)
-    for action in parser_actions(parser):
-        if action.dest not in ("help", "config", "==SUPPRESS==") and action is not subcommands:
-            keys.append(action.dest)
+    if (subcommands := getattr(parser, "subcommands_action", None)) is not None:  # the root parser: the subcommands hold the options
+        for sub in subcommands.choices.values():
+            keys += known_keys(sub)
+    else:
+        options = [key for key in parser.get_defaults(skip_validation=True).keys() if key != "config"]
+        keys += options + [key.rsplit(".", 1)[0] for key in options if "." in key]
     if "model" in keys:
         keys += model_keys()
     return sorted(set(keys))
@@ -143,15 +142,27 @@ def add_plain_commands(parser) -> None:
     """List PLAIN_COMMANDS among the subcommands of `emolightning --help` (cli.main runs them before any parsing)."""
     from jsonargparse import ArgumentParser
 
-    subcommands = subcommand_action(parser)
     for name, text in PLAIN_COMMANDS.items():
-        subcommands.add_subcommand(name, ArgumentParser(description=text, prog=f"emolightning {name}"), help=text)
+        parser.subcommands_action.add_subcommand(name, ArgumentParser(description=text, prog=f"emolightning {name}"), help=text)
+
+
+def error_parser(error: Exception | None, parser):
+    """The parser that raised a jsonargparse error: the subcommand's, when jsonargparse recorded it on the error."""
+    return getattr(error, "subcommand_parser", None) or parser
 
 
 class EmotionArgumentParser(LightningArgumentParser):
+    # the action `add_subcommands` returned (LightningCLI adds fit/validate/test/predict to it, add_plain_commands the rest),
+    # kept because jsonargparse gives no public way back to it
+    subcommands_action = None
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # `--trainer.max_epoch` must not train with max_epochs
         super().__init__(*args, **kwargs)
+
+    def add_subcommands(self, *args, **kwargs):
+        self.subcommands_action = super().add_subcommands(*args, **kwargs)
+        return self.subcommands_action
 
     def error(self, message: str, ex: Exception | None = None):
         try:

@@ -22,17 +22,17 @@ import os
 import re
 import warnings
 
-from lightning.pytorch.callbacks import Callback, ModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
-
-from ..compat import summary_depth
 
 try:
     from rich.progress import ProgressColumn
     from rich.text import Text
+
+    RICH = True
 except ImportError:  # no rich: Lightning shows its TQDM bar instead, and ProcessingRate is never used
-    ProgressColumn = object
+    ProgressColumn, RICH = object, False
 
 WARNINGS = [
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",
@@ -96,27 +96,44 @@ class CompactModelSummary(ModelSummary):
         rank_zero_info("\n".join(lines))
 
 
-def tidy_trainer(trainer) -> None:
-    """A real rate on a rich progress bar, a logging interval no longer than an epoch, and (unless verbose) the compact model
-    summary and no `v_num` on the progress bar."""
-    if isinstance(trainer.progress_bar_callback, RichProgressBar):
-        real_rate(trainer.progress_bar_callback)
-    trainer.callbacks.append(LoggingInterval())
-    if not _silenced:
-        return
-    for i, callback in enumerate(trainer.callbacks):
-        if type(callback).__name__ in ("ModelSummary", "RichModelSummary"):
-            trainer.callbacks[i] = CompactModelSummary(max_depth=summary_depth(callback))
-    bar = trainer.progress_bar_callback
-    if bar is not None:
-        standard = bar.get_metrics
+def tidy_callbacks(trainer_config) -> None:
+    """Add to the trainer's configured callbacks, before the Trainer is built: `LoggingInterval`, and where the config gives
+    none of its own, the progress bar Lightning would add, with a real rate (and, unless verbose, no `v_num`), and (unless
+    verbose) the compact model summary. Lightning adds its defaults only where the callbacks hold none."""
+    callbacks = trainer_config.get("callbacks")
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    callbacks.append(LoggingInterval())
+    if not trainer_config.get("barebones"):  # barebones refuses a progress bar and a summary
+        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(TidyRichProgressBar() if RICH else TidyTQDMProgressBar())
+        if _silenced and trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(CompactModelSummary())
+    trainer_config["callbacks"] = callbacks
 
-        def get_metrics(trainer, pl_module):
-            metrics = standard(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return metrics
 
-        bar.get_metrics = get_metrics
+def without_version(metrics: dict) -> dict:
+    """A progress bar's metrics without `v_num` (unless verbose): the run's folder is printed at the end of `fit`."""
+    if _silenced:
+        metrics.pop("v_num", None)
+    return metrics
+
+
+class TidyRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with `ProcessingRate` for its rate column and (unless verbose) no `v_num`."""
+
+    def configure_columns(self, trainer) -> list:
+        columns = super().configure_columns(trainer)
+        return [ProcessingRate(self.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c for c in columns]
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return without_version(super().get_metrics(trainer, pl_module))
+
+
+class TidyTQDMProgressBar(TQDMProgressBar):
+    """Lightning's TQDM progress bar (without rich) with (unless verbose) no `v_num`."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return without_version(super().get_metrics(trainer, pl_module))
 
 
 class ProcessingRate(ProgressColumn):
@@ -132,17 +149,6 @@ class ProcessingRate(ProgressColumn):
         if speed is None and task.completed and task.elapsed:
             speed = task.completed / task.elapsed
         return Text("" if speed is None else f"{speed:.2f}it/s", style=self.style)
-
-
-def real_rate(bar: RichProgressBar) -> None:
-    """Replace the rate column of `bar` (through its public `configure_columns`) by `ProcessingRate`."""
-    standard = bar.configure_columns
-
-    def configure_columns(trainer) -> list:
-        columns = standard(trainer)
-        return [ProcessingRate(bar.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c for c in columns]
-
-    bar.configure_columns = configure_columns
 
 
 def epoch_batches(loader_batches: int, limit: int | float) -> int:

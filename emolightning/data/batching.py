@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, Sampler
 
 
 def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
@@ -101,15 +101,16 @@ class Collator:
         return batch
 
 
-class LengthGroupedSampler(DistributedSampler):
+class LengthGroupedSampler(Sampler[int]):
     """Shuffles, then groups texts of similar length into the same batch.
 
     Each epoch: a seeded permutation is cut into mega-batches of 50 global batches, each sorted by
     length and cut into global batches (batch_size x world size), whose order is shuffled; rank r
     takes every world-size-th item of each global batch. So 2 ranks at batch 8 see exactly the
-    batches that 1 process sees at batch 16. It subclasses DistributedSampler so that Lightning
-    neither wraps it (which would reshuffle away the grouping) nor forgets to call `set_epoch`.
-    With by_length=False the permutation is cut into batches as it is. The order depends on
+    batches that 1 process sees at batch 16. It deals the ranks' shares itself, so Lightning must
+    not wrap it in a DistributedSampler (which would reshuffle away the grouping): EmotionTrainer
+    runs with `use_distributed_sampler=False`, and Lightning calls `set_epoch` on any loader's sampler
+    that has one. With by_length=False the permutation is cut into batches as it is. The order depends on
     (seed, epoch) only, so a resumed run can skip the batches already trained on (`skip_batches`,
     set by resume.ResumableDataLoader).
     """
@@ -117,15 +118,17 @@ class LengthGroupedSampler(DistributedSampler):
     skip_batches = 0  # global batches of this epoch's order not to yield again (once)
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None, by_length: bool = True):
+        super().__init__()
         if num_replicas is None or rank is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = torch.distributed.get_world_size() if dist else 1
-            rank = torch.distributed.get_rank() if dist else 0
+            num_replicas, rank = replicas()
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.num_replicas, self.rank, self.epoch, self.by_length = num_replicas, rank, 0, by_length
         global_batch = batch_size * num_replicas
         self.num_batches = math.ceil(len(self.lengths) / global_batch)
         self.num_samples = self.num_batches * batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -150,3 +153,20 @@ class LengthGroupedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def replicas() -> tuple[int, int]:
+    """(world size, rank) of this process: (1, 0) outside torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def shard(order: list[int], num_replicas: int, rank: int) -> list[int]:
+    """This rank's share of an evaluation order, dealt as Lightning's DistributedSampler (shuffle=False) deals it: every
+    num_replicas-th item from `rank`, the order padded with its first items to a multiple of num_replicas (so every rank runs
+    as many batches; metrics.py drops the repeats by their index)."""
+    padding = -len(order) % num_replicas
+    if padding and order:
+        order = order + (order * math.ceil(padding / len(order)))[:padding]
+    return order[rank::num_replicas]

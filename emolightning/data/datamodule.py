@@ -29,7 +29,7 @@ from ..files import write_atomically
 from ..hardware import pad_multiple
 from ..models.encoders import load_tokenizer
 from ..training.resume import ResumableDataLoader
-from .batching import Collator, LengthGroupedSampler, TokenizedSplit
+from .batching import Collator, LengthGroupedSampler, TokenizedSplit, replicas, shard
 from .encoding import encode, longest_first
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub
@@ -391,13 +391,9 @@ class EmotionDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.splits[split]
-        return DataLoader(
-            dataset,
-            batch_size=self._eval_step_rows(),
-            sampler=longest_first(dataset.lengths),
-            collate_fn=self._collate(),
-            num_workers=self.hparams.num_workers,
-        )
+        # this rank's share of the longest-first order: Lightning does not deal it (use_distributed_sampler=False)
+        order = shard(longest_first(dataset.lengths), *replicas())
+        return DataLoader(dataset, batch_size=self._eval_step_rows(), sampler=order, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")

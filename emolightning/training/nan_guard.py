@@ -27,8 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from ..compat import last_global_step_saved
 from ..errors import TrainingError
+from .resume import LastCheckpoint
 
 MAX_SKIPPED_STEPS = 20
 
@@ -101,8 +101,8 @@ class FiniteLossGuard(Callback):
             rows = f" The batch held the rows with IDs {shown}" + (f" of {batch['source']}." if batch.get("source") else ".")
         callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         kept = []
-        if last := next((c for c in callbacks if c.last_model_path), None):
-            step = last_global_step_saved(last)  # 0 until this process saved one
+        if last := next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint) and c.last_model_path), None):
+            step = last.last_step_saved  # 0 until this process saved one
             kept.append(f"the last good checkpoint is {last.last_model_path}" + (f" (global step {step})" if step else ""))
         if best := next((c.best_model_path for c in callbacks if c.best_model_path), None):
             kept.append(f"the best is {best}")

@@ -27,13 +27,13 @@ import signal
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from fsspec.utils import get_protocol
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from ..compat import is_local_path, load_pending_train_loader_state, save_last_checkpoint, saves_on_train_epoch_end
 from ..errors import ConfigError, StorageError
 from ..files import write_atomically
 
@@ -56,7 +56,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = str(path)
-        if storage_options is not None or not is_local_path(path):
+        if storage_options is not None or get_protocol(path) != "file":
             return super().save_checkpoint(checkpoint, path, storage_options)
         # a full disk or a read-only folder: a StorageError naming the path and the checkpoint's size
         write_atomically(path, lambda f: torch.save(checkpoint, f), needed=checkpoint_bytes(checkpoint))
@@ -115,7 +115,7 @@ def stop_every_rank_on_a_failed_save(strategy) -> None:
     strategy.save_checkpoint = save_checkpoint
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0, keep_after_fit: bool = False):
         """`last.ckpt`, the latest state of a run, for resuming it with `--ckpt_path last`.
 
@@ -135,41 +135,72 @@ class LastCheckpoint(ModelCheckpoint):
             keep_after_fit: Keep last.ckpt when the fit completes, e.g. to train it further later
                 with `--ckpt_path last` and a higher `trainer.max_epochs`.
         """
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps or None, enable_version_counter=False)
-        self.keep_after_fit = keep_after_fit
+        # a Checkpoint (not a ModelCheckpoint, whose schedule and file naming it does not share): Lightning runs the
+        # Checkpoint callbacks last, in their order, so each save here holds `checkpoint`'s best-model tracking of this step
+        self.dirpath, self.every_n_train_steps, self.keep_after_fit = dirpath, every_n_train_steps, keep_after_fit
+        self.last_model_path = ""  # the last.ckpt this run wrote or resumed from
+        self.last_step_saved = 0  # the global step of the latest save in this process (0 before the first)
+        self._saved = False
 
-    # step-wise saves: ModelCheckpoint.on_train_batch_end (save_top_k=0 writes only last.ckpt)
+    def folder(self, trainer) -> str:
+        """`dirpath`, else the folder of the run's best checkpoints (resolved by then: ModelCheckpoint does it in `setup`)."""
+        best = next((c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
+        return str(self.dirpath or best or os.path.join(trainer.default_root_dir, "checkpoints"))
+
+    def state_dict(self) -> dict:
+        return {"last_model_path": self.last_model_path}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_model_path = state_dict.get("last_model_path", "")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step != self.last_step_saved:  # once per optimizer step
+            self._save(trainer)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if saves_on_train_epoch_end(self, trainer):
-            self._save_last(trainer)
+        if saves_on_train_epoch_end(trainer):
+            self._save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not saves_on_train_epoch_end(self, trainer):
-            self._save_last(trainer)
+        if not saves_on_train_epoch_end(trainer):
+            self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # SIGTERM (preemption, `scancel`, `kill PID`): Lightning finishes the batch, then raises this;
         # the state is consistent, so save it. Not on other exceptions (a NaN loss, Ctrl+C mid-step).
         if isinstance(exception, SIGTERMException):
-            self._save_last(trainer)
+            self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        # ModelCheckpoint saves here if it has not yet (a fast_dev_run included): only a kept last.ckpt needs it
-        if self.keep_after_fit and not trainer.fast_dev_run:
-            super().on_train_end(trainer, pl_module)
+        # a fit too short to save (no epoch end reached): only a kept last.ckpt needs it
+        if self.keep_after_fit and not self._saved:
+            self._save(trainer)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         # Lightning calls this only when the fit completed, not after an exception (SIGTERM and requeue included)
-        if not self.keep_after_fit and self.last_model_path:
-            trainer.strategy.remove_checkpoint(self.last_model_path)  # on global rank 0, through the checkpoint IO
+        path = self.last_model_path
+        if not self.keep_after_fit and path and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.folder(trainer)):
+            trainer.strategy.remove_checkpoint(path)  # on global rank 0, through the checkpoint IO
             self.last_model_path = ""
 
-    def _save_last(self, trainer) -> None:
+    def _save(self, trainer) -> None:
         # also when a step-wise save just wrote this global step: the epoch-end state has the
         # validation results (tuned thresholds, the best-model tracking of `checkpoint`)
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        save_last_checkpoint(self, trainer)
+        self.last_model_path = os.path.join(self.folder(trainer), "last.ckpt")  # before saving: it is part of the state
+        trainer.save_checkpoint(self.last_model_path)  # every rank calls it; rank 0 writes, through AtomicCheckpointIO
+        self.last_step_saved, self._saved = trainer.global_step, True
+
+
+def saves_on_train_epoch_end(trainer) -> bool:
+    """Whether the epoch's state is complete at the end of its training (no validation after it), as ModelCheckpoint decides:
+    else it is saved after the validation, whose results (tuned thresholds, the best score) it then holds."""
+    if trainer.check_val_every_n_epoch != 1:  # which epochs validate is not known in advance
+        return False
+    num_val_batches = sum(trainer.num_val_batches) if isinstance(trainer.num_val_batches, list) else trainer.num_val_batches
+    return num_val_batches == 0 or trainer.val_check_interval == 1.0
 
 
 class StopRequested(SIGTERMException):
@@ -252,12 +283,15 @@ class ExactResume(Callback):
 
     Loader position: when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours
     does, for the LR schedule), Lightning builds the train loader before restoring the checkpoint
-    and then never hands it its saved state (Lightning issue #20550); `on_train_start` does, before
-    the first batch is drawn.
+    and then never hands it its saved state (Lightning issue #20550). So this callback keeps the
+    position of a train loader that has one (`state_dict`/`load_state_dict`, as ResumableDataLoader)
+    in its own state too, and hands it back in `on_train_start`, before the first batch is drawn.
     """
 
     def __init__(self):
         self._pending: dict | None = None
+        self._pending_position: dict | None = None
+        self._loader = None  # this epoch's train loader, whose position every checkpoint keeps
         self._device: torch.device | None = None
         self._rank = 0
 
@@ -266,12 +300,13 @@ class ExactResume(Callback):
 
     def state_dict(self) -> dict:
         states = rng_states(self._device)
+        position = {"loader": self._loader.state_dict()} if hasattr(self._loader, "state_dict") else {}
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
-            return {"ranks": [states]}
+            return {"ranks": [states], **position}
         # every rank saves (Lightning builds the checkpoint on all ranks, and rank 0 writes it)
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, states)
-        return {"ranks": gathered}
+        return {"ranks": gathered, **position}
 
     def load_state_dict(self, state_dict: dict) -> None:
         ranks = state_dict["ranks"]
@@ -280,9 +315,14 @@ class ExactResume(Callback):
                 f"The checkpoint holds the random states of {len(ranks)} ranks, and this run has more: ranks {len(ranks)}+ start from rank 0's (not an exact resume)."
             )
         self._pending = ranks[self._rank] if self._rank < len(ranks) else ranks[0]
+        self._pending_position = state_dict.get("loader")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        load_pending_train_loader_state(trainer)
+        # the same position Lightning hands the loader when it built it after loading the checkpoint: handing it twice is harmless
+        loader = trainer.train_dataloader
+        if self._pending_position is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self._pending_position)
+        self._pending_position = None
 
     def _restore_rng(self, pl_module) -> None:
         if self._pending is not None:
@@ -290,6 +330,7 @@ class ExactResume(Callback):
             self._pending = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # resumed at an epoch boundary
+        self._loader = trainer.train_dataloader  # a new one when `trainer.reload_dataloaders_every_n_epochs`
         self._restore_rng(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # resumed mid-epoch

@@ -14,17 +14,20 @@ Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "1
 class EmotionTrainer(Trainer):
     """Customize every aspect of training via flags (Lightning's Trainer)."""  # the title of the `trainer.*` options in --help
 
-    def __init__(self, *args, precision: Precision | None = "auto", **kwargs) -> None:
+    def __init__(self, *args, precision: Precision | None = "auto", use_distributed_sampler: bool = False, **kwargs) -> None:
         """Lightning's Trainer; `precision` may also be `auto`.
 
         Args:
             precision: `auto` picks bf16-mixed where bf16 is native (GPUs of compute capability 8.0 or
                 newer; CPUs with AMX or AVX-512 BF16), 16-mixed on other CUDA GPUs (T4, V100) and 32-true
                 elsewhere. Or any of Lightning's precisions, e.g. `32-true` for full fp32.
+            use_distributed_sampler: Have Lightning wrap each loader's sampler in a DistributedSampler
+                under DDP. Off: emolightning's data module deals each rank its share itself (the
+                length-grouped training order included, which a wrapper would reshuffle).
         """
         if precision in ("auto", None):
             precision = resolve_auto(kwargs.get("accelerator", "auto"))
-        super().__init__(*args, precision=precision, **kwargs)
+        super().__init__(*args, precision=precision, use_distributed_sampler=use_distributed_sampler, **kwargs)
 
     # LightningCLI lists each command by the first docstring line of its Trainer method, and Lightning's
     # docstrings break their first sentence across lines (`test` read "It's separated from fit to make
