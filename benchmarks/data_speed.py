@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def worker(data_dir: str, cache_dir: str) -> None:
     from emolightning import EmotionDataModule
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     start = time.perf_counter()
     dm = EmotionDataModule(data_dir=data_dir, cache_dir=cache_dir, batch_size=16)

@@ -25,7 +25,7 @@ import torch
 from emolightning import EmotionClassifier, EmotionDataModule
 from emolightning.data.batching import pad
 from emolightning.metrics import official_scores
-from emolightning.models.encoders import layer_list
+from emolightning.pretrained.encoders import layer_list
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from emolightning.hardware import cpu_flags, native_bf16_cpu  # noqa: E402
-from emolightning.models.encoders import resolve_encoder  # noqa: E402
+from emolightning.pretrained.encoders import resolve_encoder  # noqa: E402
 
 ENCODERS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 

@@ -74,7 +74,7 @@ def write_texts(dev_file: str, size: int, path: str) -> None:
 
 def padding_overhead(args, tokenizer: str, batch_size: int = 64, max_length: int = 128) -> None:
     from emolightning.data.tables import find_split_file, read_table
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     for split in ("validation", "train"):
         texts = read_table(find_split_file(args.data_dir, split)).texts

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from distill_compare import time_forward  # noqa: E402
 
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
-from emolightning.models.encoders import load_tokenizer  # noqa: E402
+from emolightning.pretrained.encoders import load_tokenizer  # noqa: E402
 
 
 def main() -> None:

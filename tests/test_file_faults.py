@@ -253,7 +253,7 @@ FOLDER_DAMAGE = {
 def test_a_damaged_model_folder_is_named_by_the_encoder_and_the_teacher_loaders(tiny_encoder, tmp_path, case):
     """A model folder (an export, a save_pretrained copy) read as the encoder or a distillation teacher; nothing in it is altered."""
     from emolightning.models.distill import Teacher
-    from emolightning.models.encoders import load_encoder
+    from emolightning.pretrained.encoders import load_encoder
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_encoder, folder)

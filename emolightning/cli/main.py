@@ -27,7 +27,7 @@ from ..inference.prediction_writer import PredictionFileWriter
 from ..models.checkpoints import check_checkpoint, label_names
 from ..models.classifier import EmotionClassifier
 from ..models.distill import resumed_distiller
-from ..models.encoders import skipped_weight_init
+from ..pretrained.encoders import skipped_weight_init
 from ..training.best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
 from ..training.nan_guard import FiniteLossGuard
 from ..training.record import BestValidationOutputs, KeepTestScores, RunClock

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def truncate(encoded: list[list[int]], limit: int) -> list[torch.Tensor]:
@@ -112,7 +113,7 @@ class LengthGroupedSampler(Sampler[int]):
     runs with `use_distributed_sampler=False`, and Lightning calls `set_epoch` on any loader's sampler
     that has one. With by_length=False the permutation is cut into batches as it is. The order depends on
     (seed, epoch) only, so a resumed run can skip the batches already trained on (`skip_batches`,
-    set by resume.ResumableDataLoader).
+    set by ResumableDataLoader).
     """
 
     skip_batches = 0  # global batches of this epoch's order not to yield again (once)
@@ -170,3 +171,41 @@ def shard(order: list[int], num_replicas: int, rank: int) -> list[int]:
     if padding and order:
         order = order + (order * math.ceil(padding / len(order)))[:padding]
     return order[rank::num_replicas]
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch.
+
+    Lightning checks a train loader for `state_dict`/`load_state_dict`, saves the former in every
+    checkpoint and calls the latter on resume; only then does it resume mid-epoch instead of starting
+    the epoch over. The state is (epoch, batches handed out this epoch). Lightning fetches a sized
+    loader's batches one at a time, so when ModelCheckpoint saves in `on_train_batch_end` of batch k,
+    exactly k + 1 batches were handed out, all of them trained on. The sampler must draw its order
+    from (seed, epoch) and support `skip_batches` (LengthGroupedSampler).
+    """
+
+    _batches_done = 0  # class defaults: Lightning may re-create the loader from its __init__ arguments
+    _resume_at: dict | None = None
+
+    def state_dict(self) -> dict:
+        global_batch = self.sampler.batch_size * self.sampler.num_replicas
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches_done), "global_batch": int(global_batch)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_at = dict(state_dict)
+
+    def __iter__(self):
+        # a generator: this runs at the first next(), after Lightning's set_epoch for the epoch
+        resume, self._resume_at = self._resume_at, None
+        skip = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        if skip and resume.get("global_batch") != self.sampler.batch_size * self.sampler.num_replicas:
+            rank_zero_warn(
+                f"Resuming in mid-epoch with another global batch size ({resume.get('global_batch')} before, now data.batch_size "
+                f"{self.sampler.batch_size} x {self.sampler.num_replicas} devices): the epoch's order differs, so its rest is "
+                "only approximately the rows not yet seen. Resume with the same batch size and devices for an exact resume."
+            )
+        self.sampler.skip_batches = skip
+        self._batches_done = skip
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch

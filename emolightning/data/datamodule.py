@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader
 from ..errors import DataError
 from ..files import write_atomically
 from ..hardware import pad_multiple
-from ..models.encoders import load_tokenizer
-from ..training.resume import ResumableDataLoader
-from .batching import Collator, LengthGroupedSampler, TokenizedSplit, replicas, shard
+from ..pretrained.encoders import load_tokenizer
+from .batching import Collator, LengthGroupedSampler, ResumableDataLoader, TokenizedSplit, replicas, shard
 from .encoding import encode, longest_first
 from .stream import PredictStream
 from .tables import SPLIT_OPTIONS, Table, aligned_labels, file_records, find_split_file, load_hub, output_columns, read_table, table_from_hub

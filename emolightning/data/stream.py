@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..models.encoders import load_tokenizer
+from ..pretrained.encoders import load_tokenizer
 from .encoding import TextBatches
 from .tables import Record
 

@@ -32,8 +32,8 @@ from ..metrics import EmotionScores
 from ..models.averaging import normalized_weights
 from ..models.checkpoints import load_classifier
 from ..models.classifier import EmotionClassifier, log_epoch_scores
-from ..models.encoders import load_tokenizer
 from ..outputs import KeepsEpochOutputs
+from ..pretrained.encoders import load_tokenizer
 from .manifest import Manifest, read_manifest
 
 

@@ -80,8 +80,8 @@ def hf_config(hparams: dict, thresholds: list[float]):
     head = checkpoint_head(hparams)
     config.classifier_pooling = head.name
     if head.name == "label_prompt":  # the prompt is part of the model: the export carries its ids
-        from ..models.encoders import load_tokenizer
         from ..models.heads import label_prompt_ids
+        from ..pretrained.encoders import load_tokenizer
 
         tokenizer = load_tokenizer(hparams["encoder"])
         config.label_prompt_ids, config.label_prompt_spans = label_prompt_ids(tokenizer, labels)
@@ -185,7 +185,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
 
 def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: bool = False, format: Literal["hf", "onnx"] = "hf") -> Path:
     """Write the Hugging Face directory for `ckpt_path` into `output_dir`, with `format="onnx"` also model.onnx; returns its path."""
-    from ..models.encoders import load_tokenizer
+    from ..pretrained.encoders import load_tokenizer
     from .modeling_emolightning import EmolightningForSequenceClassification
 
     ckpt_path, out = Path(ckpt_path), Path(output_dir)

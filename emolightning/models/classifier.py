@@ -23,8 +23,8 @@ from ..errors import ConfigError
 from ..hardware import adamw_options
 from ..metrics import EmotionScores, choose_thresholds, official_scores
 from ..outputs import EpochOutputs, KeepsEpochOutputs
+from ..pretrained.encoders import keep_layers, load_encoder
 from .components import component, component_config
-from .encoders import keep_layers, load_encoder
 from .heads import ClsPooling, Head, label_logits
 from .objectives import BCE, Loss, auto_pos_weight
 from .optim import EncoderGroups, linear_warmup_decay

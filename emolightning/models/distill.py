@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from ..data.encoding import sorted_batches
 from ..errors import ConfigError
 from ..files import check_model_folder
+from ..pretrained.encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .averaging import average_logits
 from .checkpoints import check_checkpoint, load_classifier
 from .classifier import EmotionClassifier
-from .encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .losses import hidden_cosine_loss, soft_target_loss
 from .objectives import RDrop
 

@@ -193,7 +193,7 @@ class LabelPromptPooling(Head):
     name = "label_prompt"
 
     def build(self, hidden_size: int, label_names: list[str], tokenizer_name: str) -> Pooling:
-        from .encoders import load_tokenizer
+        from ..pretrained.encoders import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_name)
         prompt, spans = label_prompt_ids(tokenizer, list(label_names))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .encoders import layer_list
+from ..pretrained.encoders import layer_list
 
 
 def no_decay(name: str) -> bool:

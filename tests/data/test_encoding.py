@@ -6,7 +6,7 @@ import torch
 
 from emolightning.data.encoding import TextBatches, encode, longest_first, sorted_batches
 from emolightning.data.stream import PredictStream
-from emolightning.models.encoders import load_tokenizer
+from emolightning.pretrained.encoders import load_tokenizer
 
 WORDS = "the a today my friend work this is was so very and with at home news game city".split()
 TEXTS = [" ".join(WORDS[: (i * 7) % 13 + 1]) for i in range(11)]  # 1..13 words, 5 of them longer than max_length=8 tokens

@@ -56,7 +56,7 @@ def test_ranks_share_the_rows_once_each_as_planned(tiny_encoder, world_size):
 
 
 def test_batches_are_length_sorted_rows_with_their_own_ids_and_texts(tiny_encoder):
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_encoder)
     for batch in stream(tiny_encoder):
@@ -72,7 +72,7 @@ def test_batches_are_length_sorted_rows_with_their_own_ids_and_texts(tiny_encode
 
 
 def test_long_texts_are_truncated_and_counted(tiny_encoder):
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     lengths = [len(load_tokenizer(tiny_encoder)(text)["input_ids"]) for _, text, _ in ROWS]
     batches = list(stream(tiny_encoder, max_length=10))

@@ -169,7 +169,7 @@ def test_members_run_one_at_a_time_unless_kept_loaded(members, tmp_path, monkeyp
 
 def one_by_one(checkpoint: str, texts: list[str]) -> torch.Tensor:
     """A member's probabilities, one text at a time with its own tokenizer (no padding, no batching)."""
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     model = EmotionClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     tokenizer = load_tokenizer(model.hparams.encoder)

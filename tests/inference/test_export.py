@@ -50,7 +50,7 @@ print(json.dumps(out))
 
 
 def own_logits(ckpt, tokenizer: str) -> torch.Tensor:
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     model = EmotionClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
     batch = load_tokenizer(tokenizer)(TEXTS, padding=True, return_tensors="pt")

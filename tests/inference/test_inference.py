@@ -103,7 +103,7 @@ def test_onnx_export_round_trip_gives_the_checkpoint_logits(tiny_encoder, tmp_pa
     from test_export import save_minimal_checkpoint
 
     from emolightning.cli.main import main
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     torch.manual_seed(0)
     model = EmotionClassifier(encoder=tiny_encoder, label_names=LABELS[:3], lr=1e-3, head=LabelAttentionPooling()).eval()

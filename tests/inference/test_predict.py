@@ -23,7 +23,7 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 def expected(ckpt: Path, tokenizer: str, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs, thresholds) of the checkpoint's model, one text at a time (no padding, no reordering)."""
     from emolightning.models.classifier import EmotionClassifier
-    from emolightning.models.encoders import load_tokenizer
+    from emolightning.pretrained.encoders import load_tokenizer
 
     model = EmotionClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
     tok = load_tokenizer(tokenizer)

@@ -14,7 +14,6 @@ from torch import nn
 from emolightning.errors import ConfigError
 from emolightning.models.classifier import EmotionClassifier
 from emolightning.models.components import component, component_config
-from emolightning.models.encoders import load_encoder, load_tokenizer
 from emolightning.models.heads import (
     ClsPooling,
     Head,
@@ -30,6 +29,7 @@ from emolightning.models.losses import asymmetric_loss, consistency_loss, focal_
 from emolightning.models.objectives import ASL, BCE, Focal, LabelCorrelationMix, Loss, RDrop, auto_pos_weight
 from emolightning.models.optim import EncoderGroups, LayerwiseLRDecay
 from emolightning.models.thresholds import Thresholds
+from emolightning.pretrained.encoders import load_encoder, load_tokenizer
 
 from conftest import LABELS
 from helpers import emolightning, tiny_args

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from emolightning.data.batching import LengthGroupedSampler
+from emolightning.data.batching import LengthGroupedSampler, ResumableDataLoader
 from emolightning.errors import ConfigError
-from emolightning.training.resume import AtomicCheckpointIO, ResumableDataLoader, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
+from emolightning.training.resume import AtomicCheckpointIO, find_last_checkpoint, resolve_resume, rng_states, set_rng_states
 
 from helpers import REPO, callback_option, env_with_tests_on_path, tiny_args
 

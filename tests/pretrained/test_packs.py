@@ -1,4 +1,4 @@
-"""Offline encoder packs (emolightning/models/packs.py) on fake split zips in tmp dirs."""
+"""Offline encoder packs (emolightning/pretrained/packs.py) on fake split zips in tmp dirs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from emolightning.errors import ConfigError
-from emolightning.models import packs
-from emolightning.models.encoders import BUNDLED, bundled_pack, resolve_encoder
+from emolightning.pretrained import packs
+from emolightning.pretrained.encoders import BUNDLED, bundled_pack, resolve_encoder
 
 NAME = "tiny-pack"
 FILES = {"tiny-pack/config.json": b'{"model_type": "bert"}', "tiny-pack/weights.bin": os.urandom(5000), "tiny-pack/sub/config.json": b"{}"}
