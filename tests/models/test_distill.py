@@ -266,6 +266,8 @@ def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher
         "2",
         "--trainer.limit_train_batches",
         "6",
+        "--trainer.precision",
+        "32-true",  # the cache is compared with the teacher's fp32 logits; `auto` is bf16 on CPUs with native bf16
         *DDP,
         callback_option("RecordTeacher", path=record),
         env=env_with_tests_on_path(),
