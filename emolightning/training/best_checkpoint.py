@@ -2,7 +2,7 @@
 
 A Lightning checkpoint also holds the optimizer's state, which for AdamW is two more tensors the
 size of the weights (a file about three times the weights' size), and a run with
-`model.ema_decay` keeps its raw weights beside the averaged ones. Only a resume reads those, and a
+the `EMAWeightAveraging` callback keeps its raw weights beside the averaged ones. Only a resume reads those, and a
 resume starts from `last.ckpt` (resume.py), which keeps them. A best checkpoint keeps the weights,
 the model's and the data module's hyperparameters (labels, tokenizer, text options; the tuned
 thresholds are weights), the epoch and step, the callbacks' states (export's model card reads the
@@ -26,7 +26,7 @@ class BestCheckpoint(ModelCheckpointWithOwnSaves):
 
         Args:
             save_optimizer_state: Also keep the optimizer and LR scheduler states (and, with
-                `model.ema_decay`, the raw weights) in these files, as Lightning does: about three
+                the `EMAWeightAveraging` callback, the raw weights) in these files, as Lightning does: about three
                 times the size. Only `fit --ckpt_path` reads them, and it resumes from last.ckpt.
         """
         super().__init__(*args, **kwargs)
