@@ -97,6 +97,27 @@ def closest(unknown: str, keys: list[str]) -> str | None:
     return leaves[match[0]] if match else None
 
 
+# the flat model options of 0.1, now components or grouped: where each went, said instead of a look-alike key
+MOVED_MODEL_OPTIONS = {
+    "pooling": "choose a head: `--model.init_args.head MeanPooling` (or ClsPooling, LabelAttentionPooling, LabelPromptPooling)",
+    "dropout": "it is the head's: `--model.init_args.head.dropout 0.1`",
+    "focal_gamma": "choose the loss: `--model.init_args.loss Focal --model.init_args.loss.gamma 2`",
+    "asl_gamma_neg": "choose the loss: `--model.init_args.loss ASL --model.init_args.loss.gamma_neg 4`",
+    "asl_gamma_pos": "choose the loss: `--model.init_args.loss ASL --model.init_args.loss.gamma_pos 0`",
+    "asl_clip": "choose the loss: `--model.init_args.loss ASL --model.init_args.loss.clip 0.05`",
+    "label_correlation_weight": "choose the loss: `--model.init_args.loss LabelCorrelationMix --model.init_args.loss.weight 0.2`",
+    "rdrop_weight": "choose the loss: `--model.init_args.loss RDrop --model.init_args.loss.weight 1`",
+    "pos_weight": "it is the loss's: `--model.init_args.loss.pos_weight auto` (BCE or Focal)",
+    "layer_lr_decay": "choose the encoder's learning rates: `--model.init_args.encoder_groups LayerwiseLRDecay --model.init_args.encoder_groups.decay 0.8`",
+    "ema_decay": "add Lightning's EMAWeightAveraging callback to `trainer.callbacks` (its init_args.decay, e.g. 0.999)",
+    "threshold": "it is a threshold option: `--model.init_args.thresholds.threshold 0.5`",
+    "tune_thresholds": "it is a threshold option: `--model.init_args.thresholds.tune false`",
+    "threshold_strategy": "it is a threshold option: `--model.init_args.thresholds.strategy shrunk`",
+    "threshold_shrinkage": "it is a threshold option: `--model.init_args.thresholds.shrinkage 50`",
+    "min_label_positives": "it is a threshold option: `--model.init_args.thresholds.min_label_positives 10`",
+}
+
+
 def suggestion(message: str, parser) -> str:
     """' Did you mean ...?' lines for the unknown keys or subcommand in `message` ('' when none)."""
     if m := re.search(r"invalid choice: '([^']+)'", message):
@@ -108,7 +129,10 @@ def suggestion(message: str, parser) -> str:
     keys = known_keys(parser)
     hints = []
     for key in unknown:
-        if (match := closest(key, keys)) and match != key:
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("model.") and leaf in MOVED_MODEL_OPTIONS:
+            hints.append(f"`{key}` is no longer an option of its own: {MOVED_MODEL_OPTIONS[leaf]}.")
+        elif (match := closest(key, keys)) and match != key:
             hints.append(f"Did you mean `{match}` (`--{match}` on the command line) instead of `{key}`?")
     return "".join("\n" + h for h in hints)
 

@@ -89,6 +89,15 @@ def test_bad_options_and_checkpoints_in_process(tiny_encoder, ec_dir, tmp_path, 
         assert f"Did you mean `{meant}` (`--{meant}` on the command line)" in err, (typo, err[-800:])
     code, err = run_main(["fitt"], capsys)
     assert code == 2 and "Did you mean `emolightning fit`?" in err
+    # the flat recipe options of 0.1 name where they went, not a look-alike key
+    moved = {
+        ("--model.init_args.pooling", "mean"): "`--model.init_args.head MeanPooling`",
+        ("--model.init_args.rdrop_weight", "1"): "`--model.init_args.loss RDrop --model.init_args.loss.weight 1`",
+        ("--model.init_args.threshold_strategy", "shrunk"): "`--model.init_args.thresholds.strategy shrunk`",
+    }
+    for old, where in moved.items():
+        code, err = run_main(["fit", *args, *old], capsys)
+        assert code == 2 and f"`{old[0][2:]}` is no longer an option of its own" in err and where in err and "Did you mean" not in err, (old, err[-800:])
 
     # a checkpoint path that does not exist
     missing = str(tmp_path / "nope.ckpt")
