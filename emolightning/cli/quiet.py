@@ -37,7 +37,7 @@ except ImportError:  # no rich: Lightning shows its TQDM bar instead, and Proces
 WARNINGS = [
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    r"The dirpath has changed from",  # test/predict log nowhere (cli.py), so the checkpoint callback's folder differs
+    r"The dirpath has changed from",  # test/predict log nowhere (cli/main.py), so the checkpoint callback's folder differs
     r"Couldn't infer the batch indices fetched from your dataloader",  # predict's stream yields whole batches
 ]
 INFO_LINES = re.compile(

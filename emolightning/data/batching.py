@@ -1,6 +1,6 @@
 """From token ids to padded batches: truncation, padding, the tokenised split and the training order.
 
-Texts are tokenised once (data.py caches the ids; stream.py tokenises predict input a chunk at a
+Texts are tokenised once (datamodule.py caches the ids; stream.py tokenises predict input a chunk at a
 time) and padded per batch, only to that batch's longest text: tweets are far shorter than a
 fixed length of 128, which would spend most of the compute on padding (BENCHMARKS.md, section
 "Where a training step goes").

@@ -330,11 +330,6 @@ class EmotionDataModule(L.LightningDataModule):
                 data["input_ids"], data["labels"], data.get("teacher_input_ids"), ids=data["ids"], source=data["source"], texts=texts
             )
 
-    def label_positives(self, split: str) -> list[int] | None:
-        """Gold positives of each label in a split set up by `setup` (None when it is not)."""
-        dataset = self.splits.get(split)
-        return None if dataset is None or dataset.labels is None else dataset.labels.sum(dim=0).long().tolist()
-
     def _predict_stream(self) -> PredictStream:
         source = self.split_source("predict")
         if source is None:

@@ -30,7 +30,7 @@ from .tables import Record
 
 
 class PredictStream(IterableDataset):
-    columns = ("ID", "Tweet")  # the (ID, text) column names of the prediction file (data.py sets the input's own)
+    columns = ("ID", "Tweet")  # the (ID, text) column names of the prediction file (datamodule.py sets the input's own)
 
     def __init__(
         self,

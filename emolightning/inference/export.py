@@ -13,7 +13,7 @@ modeling_emolightning.py), so the model class ships in the directory and loading
     pipeline("text-classification", model=DIR, top_k=None, trust_remote_code=True)
 
 `--format onnx` also writes model.onnx (input_ids, attention_mask -> logits, batch and length
-dynamic; inference.py), for ONNX Runtime without torch; it needs the `[onnx]` extra.
+dynamic; backends.py), for ONNX Runtime without torch; it needs the `[onnx]` extra.
 """
 
 from __future__ import annotations

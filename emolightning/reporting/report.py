@@ -6,8 +6,8 @@ A RUN_DIR is a run's log directory (`<default_root_dir>/lightning_logs/version_N
 `<save_dir>/<project>/<run id>`), or a folder above such directories: then each fit run under it is
 reported (a `test` run of one of its checkpoints adds its test scores to that run's row).
 Everything comes from the run's own files: metrics.csv (CSV logger), config.yaml, the best
-checkpoint (parameters) and checkpoints/val_probs.npz (record.py). Runs made before those were
-recorded, or with another logger, show "–" where a value is missing.
+checkpoint (parameters) and checkpoints/val_probs.npz (record.py). A value a run did not record (another
+logger, no best checkpoint yet) shows as "–".
 
 DIR receives report.md and report.csv (the table), one PNG per figure (figures.py), report.html
 (the table and the figures in one self-contained page) and report.json (what each figure shows:
