@@ -14,6 +14,7 @@ reporting and the CLI sit above it.
 
 from __future__ import annotations
 
+import glob
 import os
 import zipfile
 from pathlib import Path
@@ -21,6 +22,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+
+# where a run keeps its checkpoints under the folder a user names (`trainer.default_root_dir` or a logger's version
+# folder): <root>/checkpoints (an explicit dirpath), lightning_logs/version_N/checkpoints (CSV/TensorBoard),
+# <project>/<run id>/checkpoints (W&B)
+CHECKPOINT_DIRS = ("checkpoints", "*/checkpoints", "*/*/checkpoints")
 
 # what export (and a model card) needs of a checkpoint's hyperparameters besides its head's weights
 CLASSIFIER_KEYS = ("encoder", "label_names", "head", "encoder_config")
@@ -109,3 +115,36 @@ def load_classifier(path: str, device: torch.device | str = "cpu"):
     with torch.inference_mode(False):  # built inside `predict`'s inference mode, its parameters would be inference tensors
         model = EmotionClassifier.load_from_checkpoint(path, map_location="cpu")
     return model.to(device).eval()
+
+
+def best_checkpoint_of_run(folder: str | Path, option: str = "--ckpt_path") -> str:
+    """The best checkpoint (`best-*.ckpt`) of the run folder `folder`: the folder `emolightning fit` printed
+    (`<root>/lightning_logs/version_N`), its `checkpoints/` folder, or the `trainer.default_root_dir` of one run.
+
+    A checkpoint folder holds one best checkpoint; where an older one is still beside it (a run resumed
+    by an earlier version), the newest is the best, since a best checkpoint is only written when it beats
+    the one before. Best checkpoints in several folders are several runs: a one-paragraph ConfigError
+    lists them, as it does when there is none.
+    """
+    folder = Path(folder)
+    patterns = [folder / "best-*.ckpt", *(folder / d / "best-*.ckpt" for d in CHECKPOINT_DIRS)]
+    found = sorted({Path(p) for pattern in patterns for p in glob.glob(str(pattern))})
+    if not found:
+        raise ConfigError(
+            f"The run folder '{folder}' (option {option}) holds no best checkpoint (no best-*.ckpt in it, in its checkpoints/ "
+            "or in lightning_logs/version_*/checkpoints/). Give the folder of a run that `emolightning fit` completed at least one "
+            "validation epoch of, or the .ckpt file itself."
+        )
+    runs = sorted({p.parent for p in found})
+    if len(runs) > 1:
+        listing = ", ".join(f"'{run}'" for run in runs)
+        raise ConfigError(
+            f"The folder '{folder}' (option {option}) holds the best checkpoints of {len(runs)} runs ({listing}). Name one of "
+            "them: the run's own folder (e.g. lightning_logs/version_N) or its .ckpt file."
+        )
+    return str(max(found, key=lambda p: (p.stat().st_mtime, p.name)))
+
+
+def checkpoint_path(path: str | Path, option: str = "--ckpt_path") -> str:
+    """`path` itself for a file (or anything that is not a local folder), else the best checkpoint of that run folder."""
+    return best_checkpoint_of_run(path, option) if os.path.isdir(path) else str(path)

@@ -35,10 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import ConfigError, StorageError
 from ..files import write_atomically
-
-# where LightningCLI runs keep checkpoints under `trainer.default_root_dir`: <root>/checkpoints (an
-# explicit dirpath), lightning_logs/version_N/checkpoints (CSV/TensorBoard), <project>/<run id>/checkpoints (W&B)
-CHECKPOINT_DIRS = ("checkpoints", "*/checkpoints", "*/*/checkpoints")
+from ..models.checkpoints import CHECKPOINT_DIRS
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
