@@ -301,45 +301,129 @@ def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher
     assert (cache - expected).abs().max().item() < 1e-5
 
 
-def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
-    from transformers import BertTokenizerFast
+@pytest.fixture(scope="module")
+def mpnet_teachers(tiny_mpnet, tmp_path_factory) -> list[str]:
+    """Two random tiny MPNet classifiers (tiny_mpnet: other specials, ids, pad id and segmentation than tiny_encoder) saved as checkpoints."""
+    root = tmp_path_factory.mktemp("mpnet-teachers")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(save_teacher(EmotionClassifier(tiny_mpnet, LABELS, lr=1e-3, head=MeanPooling()), root / f"mpnet-{seed}.ckpt"))
+    return paths
 
-    # two WordPiece vocabularies over the same words in different orders: other ids for the same text.
-    # (`vocab=`: transformers 5 ignores `vocab_file=` and would map every word to [UNK])
-    words = Path(tiny_encoder, "vocab.txt").read_text().split()
-    for name, order in (("mine", words), ("other", words[:5] + words[5:][::-1])):
-        (tmp_path / f"{name}.txt").write_text("\n".join(order) + "\n")
-        BertTokenizerFast(vocab=str(tmp_path / f"{name}.txt"), do_lower_case=True).save_pretrained(tmp_path / name)
-        for file in ("config.json", "model.safetensors"):
-            shutil.copy(Path(tiny_encoder, file), tmp_path / name)
-    mine, other = str(tmp_path / "mine"), str(tmp_path / "other")
-    teacher = save_teacher(EmotionClassifier(other, LABELS, lr=1e-3, head=MeanPooling()), tmp_path / "other.ckpt")
 
-    model = distiller(mine, teacher, cosine_weight=0.1)
+class TeacherIds(L.Callback):
+    """The token ids each teacher's embedding layer received at each training step, with the step's rows (`index`)."""
+
+    def __init__(self, teachers):
+        self.rows, self.ids = [], {i: [] for i in range(len(teachers))}
+        for i, teacher in enumerate(teachers):
+            hook = lambda module, args, kwargs, i=i: self.ids[i].append((kwargs.get("input_ids", args[0] if args else None)).clone())  # noqa: E731
+            teacher.classifier.encoder.embeddings.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append(batch["index"].tolist())
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["one-teacher", "ensemble"])
+def test_a_teacher_of_another_tokenizer_is_fed_its_own_tokenisation_of_each_row(ensemble, tiny_encoder, tiny_mpnet, ec_dir, mpnet_teachers, tmp_path):
+    """An MPNet teacher (`<s>` 0, pad 1, `</s>` 2, its own vocabulary and word pieces) and a BERT student: at every step each teacher's
+    embeddings get exactly the MPNet tokenizer's encoding of the step's texts, not the student's ids."""
+    from transformers import AutoTokenizer
+
+    from conftest import make_rows
+
+    teacher = mpnet_teachers if ensemble else mpnet_teachers[0]
+    model = distiller(tiny_encoder, teacher, cosine_weight=0.1)
+    members = list(model.teacher.members) if ensemble else [model.teacher]
     assert not model.same_tokenizer and not model.use_cosine  # tokens do not align: logit losses only
-    with pytest.raises(ConfigError, match="must name the teacher's tokenizer"):
-        distiller(mine, teacher, student_layers=[1])
+    assert all(m.tokenizer == tiny_mpnet and m.classifier.hparams.encoder == tiny_mpnet for m in members)
+    if not ensemble:
+        with pytest.raises(ConfigError, match="must name the teacher's tokenizer"):
+            distiller(tiny_encoder, teacher, student_layers=[1])
 
-    plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
-    plain.prepare_data(), plain.setup("fit")
-    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
-    with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
-        model.distillation_losses(next(iter(plain.train_dataloader())))
+    def trainer(*callbacks) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+        )  # fmt: skip
 
-    data = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, teacher_tokenizer=other, cache_dir=str(tmp_path / "cache"), batch_size=4)
-    data.prepare_data(), data.setup("fit")
+    # a data module that tokenises for no teacher is refused before the first step, naming the option
+    plain = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    with pytest.raises(ConfigError, match=f"teacher_tokenizer='{re.escape(tiny_mpnet)}'"):
+        trainer().fit(model, plain)
+    # and so is one that tokenises for another teacher than this one
+    wrong = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, teacher_tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    with pytest.raises(ConfigError, match="tokenises differently"):
+        trainer().fit(model, wrong)
+
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, teacher_tokenizer=tiny_mpnet, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    watch = TeacherIds(members)
+    trainer(watch).fit(model, data)
+    texts = [text for _, text, _ in make_rows(96, 0, "train")]  # conftest's ec_dir train split, in file order
+    mpnet, bert = AutoTokenizer.from_pretrained(tiny_mpnet), AutoTokenizer.from_pretrained(tiny_encoder)
+    assert len(watch.rows) == 3
+    for ids in watch.ids.values():
+        assert len(ids) == 3
+        for step, rows in enumerate(watch.rows):
+            for row, index in enumerate(rows):
+                received = ids[step][row].tolist()
+                expected = mpnet(texts[index])["input_ids"]
+                assert received[: len(expected)] == expected and set(received[len(expected) :]) <= {1}, (step, index)  # padded with <pad> 1
+                assert expected != bert(texts[index])["input_ids"]
+
     batch = next(iter(data.train_dataloader()))
-    assert not torch.equal(batch["teacher_input_ids"], batch["input_ids"])
-    student_tokenizer, teacher_tokenizer = BertTokenizerFast.from_pretrained(mine), BertTokenizerFast.from_pretrained(other)
-    for row in range(4):
-        text = student_tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
-        assert text == teacher_tokenizer.decode(batch["teacher_input_ids"][row], skip_special_tokens=True) and "[UNK]" not in text
-    assert batch["teacher_attention_mask"].sum() == batch["attention_mask"].sum()
+    # the teacher's mask counts its own tokens (long words are two pieces there): not the student's
+    lengths = [len(mpnet(texts[i])["input_ids"]) for i in batch["index"].tolist()]
+    assert batch["teacher_attention_mask"].sum(1).tolist() == lengths != batch["attention_mask"].sum(1).tolist()
+    assert (batch["teacher_input_ids"][batch["teacher_attention_mask"] == 0] == 1).all() and (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
     logits, _ = model.teacher_outputs(batch)
     assert torch.equal(logits, model.teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"])[0])
     assert set(model.distillation_losses(batch)) == {"loss", "loss_soft", "loss_hard"}
     assert "teacher_input_ids" not in next(iter(data.val_dataloader()))  # only training runs the teacher
+
+
+def test_a_teacher_given_as_a_run_folder_is_its_best_checkpoint(tiny_encoder, mpnet_teachers, teacher_ckpt, tmp_path):
+    runs = []
+    for seed, source in enumerate(mpnet_teachers):
+        folder = tmp_path / f"seed{seed}" / "lightning_logs" / "version_0" / "checkpoints"
+        folder.mkdir(parents=True)
+        runs.append(str(tmp_path / f"seed{seed}"))
+        shutil.copy(source, folder / "best-0-6.ckpt")
+    model = distiller(tiny_encoder, runs[0])
+    assert model.teacher.checkpoint == str(Path(runs[0], "lightning_logs", "version_0", "checkpoints", "best-0-6.ckpt"))
+    assert model.teacher.tokenizer == model.teacher.classifier.hparams.encoder != tiny_encoder
+    ensemble = distiller(tiny_encoder, runs)  # a list of run folders: an ensemble of their best checkpoints
+    assert [m.checkpoint for m in ensemble.teacher.members] == [str(next(Path(r).rglob("best-*.ckpt"))) for r in runs]
+
+    empty = tmp_path / "unfinished" / "lightning_logs" / "version_0" / "checkpoints"
+    empty.mkdir(parents=True)
+    (empty / "last.ckpt").write_bytes(b"")  # a run cut before its first validation: no best checkpoint
+    with pytest.raises(ConfigError, match="holds no best checkpoint") as refused:
+        distiller(tiny_encoder, str(tmp_path / "unfinished"))
+    assert "model.init_args.teacher" in str(refused.value) and "\n" not in str(refused.value)
+    # teachers that tokenise differently cannot share the one teacher tokenisation a batch carries
+    with pytest.raises(ConfigError, match="tokenise differently"):
+        distiller(tiny_encoder, [runs[0], teacher_ckpt])
+
+
+def test_the_cli_gives_the_data_the_teachers_tokenizer_and_the_teacher_its_own_identity(tiny_encoder, tiny_mpnet, ec_dir, mpnet_teachers, tmp_path):
+    """Built by LightningCLI, the teacher is what its checkpoint says (Lightning hands the distiller's hyperparameters to every
+    model built inside the distiller's __init__), and the data module tokenises for it without `data.teacher_tokenizer` being set."""
+    from emolightning.cli.main import run_cli
+
+    options = [
+        "--config", str(REPO / "configs" / "distill" / "mpnet-to-minilm-l6.yaml"), "--model.init_args.encoder", tiny_encoder,
+        "--model.init_args.teacher", mpnet_teachers[0], "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    cli = run_cli(["fit", *options])
+    teacher = cli.model.teacher
+    assert dict(teacher.classifier.hparams)["encoder"] == teacher.tokenizer == tiny_mpnet and "teacher" not in teacher.classifier.hparams
+    assert not cli.model.same_tokenizer and cli.datamodule.hparams.teacher_tokenizer == tiny_mpnet
+    with pytest.raises(ConfigError, match="tokenises differently"):  # a teacher tokenizer the user set, unlike the teacher's own
+        run_cli(["fit", *options, "--data.teacher_tokenizer", tiny_encoder])
 
 
 def test_cosine_projection_when_hidden_sizes_differ(tiny_encoder, teacher_ckpt, tmp_path):
