@@ -22,7 +22,7 @@ from emolightning.models.heads import MeanPooling
 from emolightning.models.objectives import RDrop
 
 from conftest import LABELS
-from helpers import DDP, REPO, callback_option, emolightning, env_with_tests_on_path
+from helpers import DDP, REPO, callback_option, emolightning, env_with_tests_on_path, tiny_args
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -557,3 +557,42 @@ def test_a_killed_distillation_resumes_as_the_distiller_and_ends_where_the_unint
     assert max((mine["state_dict"][k].float() - v.float()).abs().max().item() for k, v in theirs["state_dict"].items()) <= 1e-6
     adam_mine, adam_theirs = mine["optimizer_states"][0]["state"], theirs["optimizer_states"][0]["state"]
     assert max((adam_mine[i]["exp_avg"] - adam_theirs[i]["exp_avg"]).abs().max().item() for i in adam_theirs) <= 1e-9
+
+
+@pytest.mark.slow  # three CLI runs in subprocesses: about 4 minutes on 2 busy cores
+def test_the_documented_two_step_recipe_caches_the_teachers_own_predictions(tiny_encoder, tiny_mpnet, ec_dir, tmp_path):
+    """docs/distillation.md's two commands, through the real CLI, with tiny models that tokenise differently: fit an MPNet teacher,
+    then distil a BERT-tokenised student from the teacher's RUN FOLDER with `cache_teacher_logits: true` (configs/distill/mpnet-to-minilm-l6.yaml).
+    The cached teacher logits of the training rows are the teacher's own `emolightning predict --probabilities` of those rows, at fp32."""
+    from conftest import make_rows
+
+    fp32, quiet = ["--trainer.precision", "32-true"], ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    emolightning("fit", *tiny_args(tiny_mpnet, ec_dir, tmp_path / "teacher", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", *fp32))
+    run_folder = tmp_path / "teacher" / "run"  # the teacher's `trainer.default_root_dir`, as the configs name it
+    assert not list(run_folder.rglob("last.ckpt"))  # a completed fit keeps its best checkpoint only: a teacher named as last.ckpt is gone
+    (best,) = run_folder.rglob("best-*.ckpt")
+
+    record = str(tmp_path / "record-{rank}.pt")
+    emolightning(
+        "fit", "--config", "configs/distill/mpnet-to-minilm-l6.yaml", "--model.init_args.encoder", tiny_encoder,
+        "--model.init_args.teacher", str(run_folder), "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "student"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1", *quiet, *fp32, callback_option("RecordTeacher", path=record),
+        env=env_with_tests_on_path(),
+    )  # fmt: skip
+    (student,) = (tmp_path / "student" / "lightning_logs").glob("version_*")
+    assert f"teacher_tokenizer: {tiny_mpnet}" in (student / "config.yaml").read_text()  # set from the teacher, recorded for the run
+    cache = torch.load(record.format(rank=0), weights_only=False)["cache"]
+
+    out = tmp_path / "teacher-predictions.txt"
+    train = Path(ec_dir) / "2018-E-c-En-train.txt"
+    emolightning(
+        "predict", "--config", str(best.parents[1] / "config.yaml"), "--ckpt_path", str(best), "--data.predict_file", str(train),
+        "--output", str(out), "--probabilities", "true", "--backend", "torch", "--trainer.default_root_dir", str(tmp_path / "predict"), *quiet, *fp32,
+    )  # fmt: skip
+    with open(out, newline="") as f:
+        predicted = {row["ID"]: [float(row[f"p_{name}"]) for name in LABELS] for row in csv.DictReader(f, delimiter="\t")}
+    expected = torch.tensor([predicted[row_id] for row_id, _, _ in make_rows(96, 0, "train")])  # the cache's rows: the train file's order
+    assert cache.shape == expected.shape == (96, len(LABELS))
+    assert expected.std(0).min() > 1e-3  # the rows' probabilities differ: a teacher fed other ids, or rows mixed up, would show
+    assert (torch.sigmoid(cache) - expected).abs().max().item() < 1e-5  # 6 decimals in the file; fp32 rounding of other paddings
