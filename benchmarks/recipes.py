@@ -31,7 +31,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from emolightning import EmotionClassifier, EmotionDataModule  # noqa: E402
+from emolightning.errors import ConfigError  # noqa: E402
 from emolightning.metrics import THRESHOLD_STRATEGIES, held_out_scores, official_scores  # noqa: E402
+from emolightning.models.checkpoints import best_checkpoint_of_run  # noqa: E402
 
 BASE_CONFIG = "configs/semeval/minilm-l6-baseline.yaml"
 M = "--model.init_args."
@@ -68,8 +70,11 @@ def teacher_list(arguments: list[str] | None) -> str:
     """`[a.ckpt, b.ckpt, ...]` from run directories (their best checkpoint), checkpoints or globs of either."""
     # a glob over run dirs (runs/recipes/baseline/seed*) also matches their seedN.log files: keep dirs and checkpoints
     matches = [p for arg in arguments or [] for p in [m for m in sorted(glob.glob(arg)) if os.path.isdir(m) or m.endswith(".ckpt")] or [arg]]
-    paths = [best_checkpoint(p) if os.path.isdir(p) else p for p in matches]
-    if not paths or None in paths or not all(os.path.isfile(p) for p in paths):
+    try:  # the distiller would take the run dirs too; the command names the files, as a record of what taught the student
+        paths = [best_checkpoint_of_run(p, "--teachers") if os.path.isdir(p) else p for p in matches]
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
+    if not paths or not all(os.path.isfile(p) for p in paths):
         raise SystemExit(f"--teachers {arguments}: give the ensemble members' run directories (each with a best-*.ckpt) or checkpoints")
     return "[" + ", ".join(paths) + "]"
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random BERT with its own tokenizer, and E-c-format data written here.
+"""Shared fixtures: a tiny random BERT and a tiny random MPNet, each with its own (very different) tokenizer, and E-c-format data written here.
 
 Nothing is downloaded and nothing is read from outside the test's tmp dirs.
 """
@@ -71,6 +71,34 @@ def tiny_encoder(tmp_path_factory) -> str:
     BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(out)
+    return str(out)
+
+
+MPNET_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # the order of all-mpnet-base-v2's vocabulary: <s> 0, pad 1, </s> 2
+
+
+def split_word(word: str) -> list[str]:
+    """The pieces tiny_mpnet's vocabulary cuts a word into: words of more than 5 letters become two WordPiece pieces."""
+    return [word] if len(word) <= 5 else [word[:4], "##" + word[4:]]
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 random MPNet whose tokenizer differs from tiny_encoder's in everything that can differ: its specials
+    (`<s>` 0, pad 1, `</s>` 2, where tiny_encoder has [PAD] 0, [CLS] 2, [SEP] 3), every word's id (another order, offset by
+    other pieces) and the segmentation (words of more than 5 letters are two pieces here, one token in tiny_encoder's)."""
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-mpnet")
+    words = sorted(set(FILLER) | set(CUES.values()) | set("abcdefghijklmnopqrstuvwxyz"), reverse=True)
+    vocab = MPNET_SPECIALS + list(dict.fromkeys(piece for word in words for piece in split_word(word)))
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # `vocab=`: transformers 5 ignores `vocab_file=`; the unk token must be one of the vocabulary's
+    MPNetTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True, unk_token="<unk>").save_pretrained(out)
+    config = MPNetConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1
+    )
+    MPNetModel(config).save_pretrained(out)
     return str(out)
 
 

@@ -26,7 +26,7 @@ from ..inference.manifest import is_manifest, read_manifest
 from ..inference.prediction_writer import PredictionFileWriter
 from ..models.checkpoints import check_checkpoint, label_names
 from ..models.classifier import EmotionClassifier
-from ..models.distill import resumed_distiller
+from ..models.distill import data_teacher_tokenizer, resumed_distiller
 from ..pretrained.encoders import skipped_weight_init
 from ..training.best_checkpoint import BestCheckpoint, refuse_resume_without_training_state
 from ..training.nan_guard import FiniteLossGuard
@@ -121,6 +121,8 @@ class EmotionCLI(LightningCLIWithHooks):
         # a WandbLogger without save_dir writes under trainer.default_root_dir (tracking.py)
         wandb_save_dir_default(config)
         local_logger_defaults(config)  # save_dir "" of configs/logger/tensorboard.yaml
+        if self.subcommand == "fit":
+            link_teacher_tokenizer(config)
 
     def instantiate_classes(self) -> None:
         ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
@@ -208,6 +210,19 @@ class EmotionCLI(LightningCLIWithHooks):
         self.trainer.callbacks.append(InferenceBackend(config["backend"]))
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False
+
+
+def link_teacher_tokenizer(config) -> None:
+    """A distillation whose teacher tokenises unlike the student: the data also tokenises for the teacher (`data.teacher_tokenizer`,
+    read from the teacher's checkpoint, where no link can reach; recorded in the run's config.yaml)."""
+    model, data = config.get("model"), config.get("data")
+    init_args = model.get("init_args") if model is not None else None
+    if data is None or init_args is None or init_args.get("teacher") is None or not init_args.get("encoder"):
+        return
+    given = data.get("teacher_tokenizer")
+    data["teacher_tokenizer"] = data_teacher_tokenizer(init_args["encoder"], init_args["teacher"], given)
+    if data["teacher_tokenizer"] != given:
+        rank_zero_info(f"data.teacher_tokenizer: {data['teacher_tokenizer']} (the teacher's own: it tokenises unlike the student's {init_args['encoder']})")
 
 
 def run_cli(args: list[str] | None = None) -> EmotionCLI:

@@ -14,6 +14,7 @@ reporting and the CLI sit above it.
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import os
 import zipfile
@@ -108,12 +109,25 @@ def label_names(ckpt: dict) -> list[str] | None:
     return list(names) if names else None
 
 
+def tokenizer_name(ckpt: dict) -> str:
+    """The tokenizer the checkpoint's model reads (its encoder's name or folder), as the checkpoint itself records it."""
+    return str((ckpt.get("hyper_parameters") or {})["encoder"])
+
+
 def load_classifier(path: str, device: torch.device | str = "cpu"):
-    """The checkpoint's EmotionClassifier (a distilled student's too), in eval mode on `device`."""
+    """The checkpoint's EmotionClassifier (a distilled student's too), in eval mode on `device`, with the checkpoint's own hyperparameters.
+
+    It is built in an empty context: while LightningCLI instantiates a model, Lightning hands the hyperparameters of
+    that model to every `save_hyperparameters()` called inside it, so a classifier loaded within (a distillation's
+    teacher) would otherwise record the outer model's encoder and label names as its own.
+    """
     from .classifier import EmotionClassifier
 
-    with torch.inference_mode(False):  # built inside `predict`'s inference mode, its parameters would be inference tensors
-        model = EmotionClassifier.load_from_checkpoint(path, map_location="cpu")
+    def load():
+        with torch.inference_mode(False):  # built inside `predict`'s inference mode, its parameters would be inference tensors
+            return EmotionClassifier.load_from_checkpoint(path, map_location="cpu")
+
+    model = contextvars.Context().run(load)
     return model.to(device).eval()
 
 

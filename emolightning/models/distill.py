@@ -5,8 +5,11 @@ loss changes (losses.py): soft_weight * soft-target KL to the teacher (temperatu
 T²) + hard_weight * BCE on the gold labels + cosine_weight * (1 - cos) between the last hidden
 states of student and teacher. Validation, test, thresholds and metrics are the plain module's.
 
-The teacher is an emolightning checkpoint (.ckpt) or a Hugging Face directory/name of a fine-tuned
-AutoModelForSequenceClassification. It is frozen, always in eval mode, run under no_grad and never
+The teacher is an emolightning checkpoint (.ckpt), the folder of the run that wrote it (its best
+checkpoint), or a Hugging Face directory/name of a fine-tuned AutoModelForSequenceClassification.
+What it is (encoder, tokenizer, labels) is read from its checkpoint. Where it tokenises unlike the
+student, the training batches also carry its own token ids (`data.teacher_tokenizer`, which the CLI
+sets from the teacher: `data_teacher_tokenizer`). It is frozen, always in eval mode, run under no_grad and never
 saved. With `student_layers` the student starts as in DistilBERT from the teacher itself: its
 embeddings, the chosen layers (e.g. every other one) and its head.
 
@@ -39,7 +42,7 @@ from ..errors import ConfigError
 from ..files import check_model_folder
 from ..pretrained.encoders import keep_layers, layer_list, load_tokenizer, resolve_encoder
 from .averaging import average_logits
-from .checkpoints import check_checkpoint, load_classifier
+from .checkpoints import best_checkpoint_of_run, check_checkpoint, label_names, load_classifier, tokenizer_name
 from .classifier import EmotionClassifier
 from .losses import hidden_cosine_loss, soft_target_loss
 from .objectives import RDrop
@@ -54,6 +57,45 @@ def same_tokenizer(a: str, b: str) -> bool:
         return True
     ta, tb = load_tokenizer(a), load_tokenizer(b)
     return ta.get_vocab() == tb.get_vocab() and ta(PROBE)["input_ids"] == tb(PROBE)["input_ids"]
+
+
+def teacher_source(source: str) -> str:
+    """What a `teacher` entry names: a run folder (a folder without a Hugging Face model's config.json) stands for its best checkpoint."""
+    if not os.path.isdir(source) or os.path.isfile(os.path.join(source, "config.json")):
+        return source
+    try:
+        return best_checkpoint_of_run(source, "model.init_args.teacher")
+    except ConfigError as err:
+        raise ConfigError(f"{err} A folder holding a Hugging Face model (with its config.json) is read as that model instead.") from None
+
+
+def teacher_tokenizers(teacher: str | list[str]) -> list[str | None]:
+    """The tokenizer each teacher reads, from its checkpoint (its encoder) or, for a Hugging Face model, its own name; None for a
+    checkpoint that is not there (the distiller says so when it loads it). Reads the checkpoints' hyperparameters, not their weights."""
+    names = []
+    for source in [teacher] if isinstance(teacher, str) else list(teacher):
+        resolved = teacher_source(source)
+        if resolved.endswith(".ckpt"):
+            names.append(tokenizer_name(check_checkpoint(resolved, "model.init_args.teacher")) if os.path.isfile(resolved) else None)
+        else:
+            names.append(source)
+    return names
+
+
+def data_teacher_tokenizer(student: str, teacher: str | list[str], given: str | None) -> str | None:
+    """What `data.teacher_tokenizer` must be to distil `student` from `teacher`: `given` where the two tokenise alike (no teacher
+    ids needed) or where `given` tokenises like the teacher, the teacher's own tokenizer where `given` is unset; a ConfigError
+    where `given` tokenises unlike the teacher (the teacher would read ids of another vocabulary)."""
+    wanted = teacher_tokenizers(teacher)[0]  # an ensemble's members share one (TeacherEnsemble checks)
+    if wanted is None or same_tokenizer(student, wanted):
+        return given
+    if given is None or same_tokenizer(given, wanted):
+        return given or wanted
+    raise ConfigError(
+        f"`data.teacher_tokenizer` is '{given}', but the teacher {teacher} (option `model.init_args.teacher`) reads the tokenizer "
+        f"'{wanted}', which tokenises differently: the teacher would be run on token ids of another vocabulary. Remove "
+        f"`data.teacher_tokenizer` (the teacher's own is then used) or set it to '{wanted}'."
+    )
 
 
 # EmotionDistiller's own arguments; every other one is the student's (an EmotionClassifier's)
@@ -93,18 +135,21 @@ class Teacher(nn.Module):
     def __init__(self, source: str):
         super().__init__()
         self.source, self.model = source, None
-        if source.endswith(".ckpt"):
-            if not os.path.isfile(source):
+        self.checkpoint = teacher_source(source)  # a run folder's best checkpoint
+        if self.checkpoint.endswith(".ckpt"):
+            if not os.path.isfile(self.checkpoint):
                 raise ConfigError(
                     f"The teacher checkpoint '{source}' (option `model.init_args.teacher`) does not exist. Fine-tune the "
-                    "teacher first (e.g. `emolightning fit --config configs/semeval/minilm-l6.yaml`) and pass its checkpoint "
-                    "with `--model.init_args.teacher runs/.../checkpoints/best-....ckpt`."
+                    "teacher first (e.g. `emolightning fit --config configs/semeval/minilm-l6.yaml`) and pass its run folder "
+                    "(`--model.init_args.teacher runs/semeval/minilm-l6`, whose best checkpoint is used) or its checkpoint."
                 )
-            check_checkpoint(source, "model.init_args.teacher")  # a damaged file stops here, named, not in torch's zip reader
-            classifier = load_classifier(source)
+            # a damaged file stops here, named, not in torch's zip reader
+            checkpoint = check_checkpoint(self.checkpoint, "model.init_args.teacher")
+            classifier = load_classifier(self.checkpoint)
             self.classifier, self.pooling = classifier, classifier.pooling_name
-            self.label_names: list[str] | None = classifier.label_names
-            self.tokenizer = classifier.hparams.encoder
+            # what the teacher is comes from its checkpoint, whatever the classifier was built under
+            self.label_names: list[str] | None = label_names(checkpoint)
+            self.tokenizer = tokenizer_name(checkpoint)
         else:
             from transformers import AutoModelForSequenceClassification
 
@@ -181,7 +226,8 @@ class TeacherEnsemble(nn.Module):
             if not same_tokenizer(first.tokenizer, member.tokenizer):
                 raise ConfigError(
                     f"The teachers '{first.source}' and '{member.source}' (option `model.init_args.teacher`) tokenise differently ('{first.tokenizer}', "
-                    f"'{member.tokenizer}'), but a batch carries one teacher tokenisation (`data.teacher_tokenizer`). Distil from teachers that share a tokenizer."
+                    f"'{member.tokenizer}'), but a batch carries one teacher tokenisation (`data.teacher_tokenizer`). Distil from teachers that share a "
+                    "tokenizer, or combine these with `emolightning ensemble`, whose members each tokenise the texts themselves."
                 )
         self.source, self.multi_label = list(sources), multi_label
         self.model, self.pooling, self.label_names, self.tokenizer = first.model, first.pooling, first.label_names, first.tokenizer
@@ -203,6 +249,13 @@ class TeacherEnsemble(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> tuple[Tensor, None]:
         logits = [member(input_ids, attention_mask, hidden=False)[0] for member in self.members]
         return average_logits(logits, multi_label=self.multi_label), None
+
+
+def teacher_files(frozen: Teacher | TeacherEnsemble) -> str:
+    """` (best checkpoint: ...)` where a teacher was given as a run folder: the file it stands for, in the log."""
+    members = frozen.members if isinstance(frozen, TeacherEnsemble) else [frozen]
+    files = [m.checkpoint for m in members if m.checkpoint != m.source]
+    return f" (best checkpoint{'s' if len(files) > 1 else ''}: {', '.join(files)})" if files else ""
 
 
 def copy_teacher_layers(teacher: Teacher, layers: list[int]) -> nn.Module:
@@ -260,10 +313,12 @@ class EmotionDistiller(EmotionClassifier):
                 `student_layers` only its tokenizer is used (it must tokenise like the teacher).
             label_names: Emotion names, in the data's column order (linked from the data by the CLI).
             lr: Peak learning rate of the student's encoder (AdamW).
-            teacher: An emolightning checkpoint (.ckpt) of the fine-tuned teacher, or a Hugging Face
+            teacher: The fine-tuned teacher: the folder of its `emolightning fit` run (its best
+                checkpoint is used), an emolightning checkpoint (.ckpt), or a Hugging Face
                 directory/name of a fine-tuned multi-label AutoModelForSequenceClassification.
-                If its tokenizer differs from the student's, set `data.teacher_tokenizer` to it.
-                A list of them (`[a.ckpt, b.ckpt]`, sharing one tokenizer) is an ensemble teacher:
+                If it tokenises unlike the student, the data must also tokenise for it
+                (`data.teacher_tokenizer`): the CLI sets that from the teacher itself.
+                A list of them (`[run1, run2]`, sharing one tokenizer) is an ensemble teacher:
                 the soft targets are the logits of the teachers' averaged probabilities (TeacherEnsemble).
             student_layers: Build the student from the teacher as in DistilBERT: its embeddings, these
                 of its layers (e.g. [0, 2, 4] of 6) and, for an emolightning teacher, its head.
@@ -344,7 +399,7 @@ class EmotionDistiller(EmotionClassifier):
             rank_zero_warn("`cache_teacher_logits` has no effect while the cosine loss is on: it needs the teacher's hidden states at every step.")
         self._teacher_logits: Tensor | None = None  # (N, L) teacher logits of training example i (on_train_start)
         rank_zero_info(
-            f"distillation: teacher {teacher} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
+            f"distillation: teacher {teacher}{teacher_files(frozen)} ({len(layer_list(frozen.base))} layers, hidden {teacher_hidden}) -> student "
             f"({len(layer_list(self.encoder))} layers, hidden {student_hidden}, {'copied from the teacher' if copied is not None else 'from its checkpoint' if from_checkpoint else encoder}); "
             f"loss = {soft_weight} x soft (T={temperature}, {soft_loss}) + {hard_weight} x hard"
             + (f" + {cosine_weight} x cosine" if self.use_cosine else "")
@@ -358,10 +413,25 @@ class EmotionDistiller(EmotionClassifier):
             return batch["input_ids"], batch["attention_mask"]
         if "teacher_input_ids" in batch:
             return batch["teacher_input_ids"], batch["teacher_attention_mask"]
-        raise ConfigError(
-            f"The teacher '{self.distillation['teacher']}' tokenises differently from the student '{self.hparams.encoder}', so the data must "
-            f"also tokenise for the teacher: set `data.teacher_tokenizer: {self.teacher.tokenizer}` (the CLI cannot link it from a checkpoint)."
+        raise ConfigError(self.missing_teacher_ids())
+
+    def missing_teacher_ids(self) -> str:
+        return (
+            f"The teacher {self.distillation['teacher']} reads the tokenizer '{self.teacher.tokenizer}', which tokenises differently from the "
+            f"student's '{self.hparams.encoder}', but the training batches carry no ids in the teacher's tokenisation, so it would read the "
+            f"student's. Give the data module the teacher's tokenizer: `EmotionDataModule(teacher_tokenizer='{self.teacher.tokenizer}')` "
+            "(the `emolightning` command sets `data.teacher_tokenizer` from the teacher itself)."
         )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # refused before any step: a data module that tokenises for no teacher, or for another one than this
+        data = self.trainer.datamodule if stage == "fit" and not self.same_tokenizer else None
+        given = data.hparams.get("teacher_tokenizer") if data is not None else None
+        if data is not None and given is None:
+            raise ConfigError(self.missing_teacher_ids())
+        if given is not None:
+            data_teacher_tokenizer(self.hparams.encoder, self.distillation["teacher"], given)
 
     @torch.no_grad()
     def teacher_outputs(self, batch: dict) -> tuple[Tensor, Tensor | None]:

@@ -22,7 +22,7 @@ from emolightning.models.heads import MeanPooling
 from emolightning.models.objectives import RDrop
 
 from conftest import LABELS
-from helpers import DDP, REPO, callback_option, emolightning, env_with_tests_on_path
+from helpers import DDP, REPO, callback_option, emolightning, env_with_tests_on_path, tiny_args
 
 
 def save_teacher(model: EmotionClassifier, path: Path) -> str:
@@ -301,45 +301,129 @@ def test_teacher_logit_cache_hits_on_two_processes(tiny_encoder, ec_dir, teacher
     assert (cache - expected).abs().max().item() < 1e-5
 
 
-def test_teacher_with_another_tokenizer_reads_its_own_token_ids(tiny_encoder, ec_dir, teacher_ckpt, tmp_path):
-    from transformers import BertTokenizerFast
+@pytest.fixture(scope="module")
+def mpnet_teachers(tiny_mpnet, tmp_path_factory) -> list[str]:
+    """Two random tiny MPNet classifiers (tiny_mpnet: other specials, ids, pad id and segmentation than tiny_encoder) saved as checkpoints."""
+    root = tmp_path_factory.mktemp("mpnet-teachers")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(save_teacher(EmotionClassifier(tiny_mpnet, LABELS, lr=1e-3, head=MeanPooling()), root / f"mpnet-{seed}.ckpt"))
+    return paths
 
-    # two WordPiece vocabularies over the same words in different orders: other ids for the same text.
-    # (`vocab=`: transformers 5 ignores `vocab_file=` and would map every word to [UNK])
-    words = Path(tiny_encoder, "vocab.txt").read_text().split()
-    for name, order in (("mine", words), ("other", words[:5] + words[5:][::-1])):
-        (tmp_path / f"{name}.txt").write_text("\n".join(order) + "\n")
-        BertTokenizerFast(vocab=str(tmp_path / f"{name}.txt"), do_lower_case=True).save_pretrained(tmp_path / name)
-        for file in ("config.json", "model.safetensors"):
-            shutil.copy(Path(tiny_encoder, file), tmp_path / name)
-    mine, other = str(tmp_path / "mine"), str(tmp_path / "other")
-    teacher = save_teacher(EmotionClassifier(other, LABELS, lr=1e-3, head=MeanPooling()), tmp_path / "other.ckpt")
 
-    model = distiller(mine, teacher, cosine_weight=0.1)
+class TeacherIds(L.Callback):
+    """The token ids each teacher's embedding layer received at each training step, with the step's rows (`index`)."""
+
+    def __init__(self, teachers):
+        self.rows, self.ids = [], {i: [] for i in range(len(teachers))}
+        for i, teacher in enumerate(teachers):
+            hook = lambda module, args, kwargs, i=i: self.ids[i].append((kwargs.get("input_ids", args[0] if args else None)).clone())  # noqa: E731
+            teacher.classifier.encoder.embeddings.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append(batch["index"].tolist())
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["one-teacher", "ensemble"])
+def test_a_teacher_of_another_tokenizer_is_fed_its_own_tokenisation_of_each_row(ensemble, tiny_encoder, tiny_mpnet, ec_dir, mpnet_teachers, tmp_path):
+    """An MPNet teacher (`<s>` 0, pad 1, `</s>` 2, its own vocabulary and word pieces) and a BERT student: at every step each teacher's
+    embeddings get exactly the MPNet tokenizer's encoding of the step's texts, not the student's ids."""
+    from transformers import AutoTokenizer
+
+    from conftest import make_rows
+
+    teacher = mpnet_teachers if ensemble else mpnet_teachers[0]
+    model = distiller(tiny_encoder, teacher, cosine_weight=0.1)
+    members = list(model.teacher.members) if ensemble else [model.teacher]
     assert not model.same_tokenizer and not model.use_cosine  # tokens do not align: logit losses only
-    with pytest.raises(ConfigError, match="must name the teacher's tokenizer"):
-        distiller(mine, teacher, student_layers=[1])
+    assert all(m.tokenizer == tiny_mpnet and m.classifier.hparams.encoder == tiny_mpnet for m in members)
+    if not ensemble:
+        with pytest.raises(ConfigError, match="must name the teacher's tokenizer"):
+            distiller(tiny_encoder, teacher, student_layers=[1])
 
-    plain = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, cache_dir=str(tmp_path / "cache"), batch_size=4)
-    plain.prepare_data(), plain.setup("fit")
-    # no extra cost: no teacher token ids (`ids` and `source` name the rows, in every train batch)
-    assert set(next(iter(plain.train_dataloader()))) == {"input_ids", "attention_mask", "index", "labels", "ids", "source"}
-    with pytest.raises(ConfigError, match="data.teacher_tokenizer"):
-        model.distillation_losses(next(iter(plain.train_dataloader())))
+    def trainer(*callbacks) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+        )  # fmt: skip
 
-    data = EmotionDataModule(data_dir=ec_dir, tokenizer=mine, teacher_tokenizer=other, cache_dir=str(tmp_path / "cache"), batch_size=4)
-    data.prepare_data(), data.setup("fit")
+    # a data module that tokenises for no teacher is refused before the first step, naming the option
+    plain = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    with pytest.raises(ConfigError, match=f"teacher_tokenizer='{re.escape(tiny_mpnet)}'"):
+        trainer().fit(model, plain)
+    # and so is one that tokenises for another teacher than this one
+    wrong = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, teacher_tokenizer=tiny_encoder, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    with pytest.raises(ConfigError, match="tokenises differently"):
+        trainer().fit(model, wrong)
+
+    data = EmotionDataModule(data_dir=ec_dir, tokenizer=tiny_encoder, teacher_tokenizer=tiny_mpnet, cache_dir=str(tmp_path / "cache"), batch_size=8)
+    watch = TeacherIds(members)
+    trainer(watch).fit(model, data)
+    texts = [text for _, text, _ in make_rows(96, 0, "train")]  # conftest's ec_dir train split, in file order
+    mpnet, bert = AutoTokenizer.from_pretrained(tiny_mpnet), AutoTokenizer.from_pretrained(tiny_encoder)
+    assert len(watch.rows) == 3
+    for ids in watch.ids.values():
+        assert len(ids) == 3
+        for step, rows in enumerate(watch.rows):
+            for row, index in enumerate(rows):
+                received = ids[step][row].tolist()
+                expected = mpnet(texts[index])["input_ids"]
+                assert received[: len(expected)] == expected and set(received[len(expected) :]) <= {1}, (step, index)  # padded with <pad> 1
+                assert expected != bert(texts[index])["input_ids"]
+
     batch = next(iter(data.train_dataloader()))
-    assert not torch.equal(batch["teacher_input_ids"], batch["input_ids"])
-    student_tokenizer, teacher_tokenizer = BertTokenizerFast.from_pretrained(mine), BertTokenizerFast.from_pretrained(other)
-    for row in range(4):
-        text = student_tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
-        assert text == teacher_tokenizer.decode(batch["teacher_input_ids"][row], skip_special_tokens=True) and "[UNK]" not in text
-    assert batch["teacher_attention_mask"].sum() == batch["attention_mask"].sum()
+    # the teacher's mask counts its own tokens (long words are two pieces there): not the student's
+    lengths = [len(mpnet(texts[i])["input_ids"]) for i in batch["index"].tolist()]
+    assert batch["teacher_attention_mask"].sum(1).tolist() == lengths != batch["attention_mask"].sum(1).tolist()
+    assert (batch["teacher_input_ids"][batch["teacher_attention_mask"] == 0] == 1).all() and (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
     logits, _ = model.teacher_outputs(batch)
     assert torch.equal(logits, model.teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"])[0])
     assert set(model.distillation_losses(batch)) == {"loss", "loss_soft", "loss_hard"}
     assert "teacher_input_ids" not in next(iter(data.val_dataloader()))  # only training runs the teacher
+
+
+def test_a_teacher_given_as_a_run_folder_is_its_best_checkpoint(tiny_encoder, mpnet_teachers, teacher_ckpt, tmp_path):
+    runs = []
+    for seed, source in enumerate(mpnet_teachers):
+        folder = tmp_path / f"seed{seed}" / "lightning_logs" / "version_0" / "checkpoints"
+        folder.mkdir(parents=True)
+        runs.append(str(tmp_path / f"seed{seed}"))
+        shutil.copy(source, folder / "best-0-6.ckpt")
+    model = distiller(tiny_encoder, runs[0])
+    assert model.teacher.checkpoint == str(Path(runs[0], "lightning_logs", "version_0", "checkpoints", "best-0-6.ckpt"))
+    assert model.teacher.tokenizer == model.teacher.classifier.hparams.encoder != tiny_encoder
+    ensemble = distiller(tiny_encoder, runs)  # a list of run folders: an ensemble of their best checkpoints
+    assert [m.checkpoint for m in ensemble.teacher.members] == [str(next(Path(r).rglob("best-*.ckpt"))) for r in runs]
+
+    empty = tmp_path / "unfinished" / "lightning_logs" / "version_0" / "checkpoints"
+    empty.mkdir(parents=True)
+    (empty / "last.ckpt").write_bytes(b"")  # a run cut before its first validation: no best checkpoint
+    with pytest.raises(ConfigError, match="holds no best checkpoint") as refused:
+        distiller(tiny_encoder, str(tmp_path / "unfinished"))
+    assert "model.init_args.teacher" in str(refused.value) and "\n" not in str(refused.value)
+    # teachers that tokenise differently cannot share the one teacher tokenisation a batch carries
+    with pytest.raises(ConfigError, match="tokenise differently"):
+        distiller(tiny_encoder, [runs[0], teacher_ckpt])
+
+
+def test_the_cli_gives_the_data_the_teachers_tokenizer_and_the_teacher_its_own_identity(tiny_encoder, tiny_mpnet, ec_dir, mpnet_teachers, tmp_path):
+    """Built by LightningCLI, the teacher is what its checkpoint says (Lightning hands the distiller's hyperparameters to every
+    model built inside the distiller's __init__), and the data module tokenises for it without `data.teacher_tokenizer` being set."""
+    from emolightning.cli.main import run_cli
+
+    options = [
+        "--config", str(REPO / "configs" / "distill" / "mpnet-to-minilm-l6.yaml"), "--model.init_args.encoder", tiny_encoder,
+        "--model.init_args.teacher", mpnet_teachers[0], "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    cli = run_cli(["fit", *options])
+    teacher = cli.model.teacher
+    assert dict(teacher.classifier.hparams)["encoder"] == teacher.tokenizer == tiny_mpnet and "teacher" not in teacher.classifier.hparams
+    assert not cli.model.same_tokenizer and cli.datamodule.hparams.teacher_tokenizer == tiny_mpnet
+    with pytest.raises(ConfigError, match="tokenises differently"):  # a teacher tokenizer the user set, unlike the teacher's own
+        run_cli(["fit", *options, "--data.teacher_tokenizer", tiny_encoder])
 
 
 def test_cosine_projection_when_hidden_sizes_differ(tiny_encoder, teacher_ckpt, tmp_path):
@@ -473,3 +557,42 @@ def test_a_killed_distillation_resumes_as_the_distiller_and_ends_where_the_unint
     assert max((mine["state_dict"][k].float() - v.float()).abs().max().item() for k, v in theirs["state_dict"].items()) <= 1e-6
     adam_mine, adam_theirs = mine["optimizer_states"][0]["state"], theirs["optimizer_states"][0]["state"]
     assert max((adam_mine[i]["exp_avg"] - adam_theirs[i]["exp_avg"]).abs().max().item() for i in adam_theirs) <= 1e-9
+
+
+@pytest.mark.slow  # three CLI runs in subprocesses: about 4 minutes on 2 busy cores
+def test_the_documented_two_step_recipe_caches_the_teachers_own_predictions(tiny_encoder, tiny_mpnet, ec_dir, tmp_path):
+    """docs/distillation.md's two commands, through the real CLI, with tiny models that tokenise differently: fit an MPNet teacher,
+    then distil a BERT-tokenised student from the teacher's RUN FOLDER with `cache_teacher_logits: true` (configs/distill/mpnet-to-minilm-l6.yaml).
+    The cached teacher logits of the training rows are the teacher's own `emolightning predict --probabilities` of those rows, at fp32."""
+    from conftest import make_rows
+
+    fp32, quiet = ["--trainer.precision", "32-true"], ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    emolightning("fit", *tiny_args(tiny_mpnet, ec_dir, tmp_path / "teacher", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", *fp32))
+    run_folder = tmp_path / "teacher" / "run"  # the teacher's `trainer.default_root_dir`, as the configs name it
+    assert not list(run_folder.rglob("last.ckpt"))  # a completed fit keeps its best checkpoint only: a teacher named as last.ckpt is gone
+    (best,) = run_folder.rglob("best-*.ckpt")
+
+    record = str(tmp_path / "record-{rank}.pt")
+    emolightning(
+        "fit", "--config", "configs/distill/mpnet-to-minilm-l6.yaml", "--model.init_args.encoder", tiny_encoder,
+        "--model.init_args.teacher", str(run_folder), "--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "student"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1", *quiet, *fp32, callback_option("RecordTeacher", path=record),
+        env=env_with_tests_on_path(),
+    )  # fmt: skip
+    (student,) = (tmp_path / "student" / "lightning_logs").glob("version_*")
+    assert f"teacher_tokenizer: {tiny_mpnet}" in (student / "config.yaml").read_text()  # set from the teacher, recorded for the run
+    cache = torch.load(record.format(rank=0), weights_only=False)["cache"]
+
+    out = tmp_path / "teacher-predictions.txt"
+    train = Path(ec_dir) / "2018-E-c-En-train.txt"
+    emolightning(
+        "predict", "--config", str(best.parents[1] / "config.yaml"), "--ckpt_path", str(best), "--data.predict_file", str(train),
+        "--output", str(out), "--probabilities", "true", "--backend", "torch", "--trainer.default_root_dir", str(tmp_path / "predict"), *quiet, *fp32,
+    )  # fmt: skip
+    with open(out, newline="") as f:
+        predicted = {row["ID"]: [float(row[f"p_{name}"]) for name in LABELS] for row in csv.DictReader(f, delimiter="\t")}
+    expected = torch.tensor([predicted[row_id] for row_id, _, _ in make_rows(96, 0, "train")])  # the cache's rows: the train file's order
+    assert cache.shape == expected.shape == (96, len(LABELS))
+    assert expected.std(0).min() > 1e-3  # the rows' probabilities differ: a teacher fed other ids, or rows mixed up, would show
+    assert (torch.sigmoid(cache) - expected).abs().max().item() < 1e-5  # 6 decimals in the file; fp32 rounding of other paddings

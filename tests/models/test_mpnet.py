@@ -1,4 +1,4 @@
-"""MPNet works wherever an encoder does: a tiny random MPNet with its own `<s>`/`</s>`/pad-1 tokenizer."""
+"""MPNet works wherever an encoder does: conftest's tiny random MPNet, whose `<s>`/`</s>`/pad-1 tokenizer shares no id and no segmentation with tiny_encoder's."""
 
 from __future__ import annotations
 
@@ -8,25 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CUES, FILLER
-from helpers import REPO, emolightning, tiny_args
-
-MPNET_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # the order of all-mpnet-base-v2's vocab: pad id 1
-
-
-@pytest.fixture(scope="module")
-def tiny_mpnet(tmp_path_factory) -> str:
-    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-mpnet")
-    vocab = MPNET_SPECIALS + sorted(set(FILLER) | set(CUES.values()) | set("abcdefghijklmnopqrstuvwxyz"))
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    MPNetTokenizerFast(str(out / "vocab.txt"), do_lower_case=True, unk_token="<unk>")  # positional: vocab_file (v4), vocab (v5).save_pretrained(out)
-    config = MPNetConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1
-    )
-    MPNetModel(config).save_pretrained(out)
-    return str(out)
+from conftest import LABELS, make_rows
+from helpers import REPO, callback_option, emolightning, env_with_tests_on_path, tiny_args
 
 
 def test_mpnet_batches_carry_its_specials_pad_id_and_max_length(tiny_mpnet, ec_dir, tmp_path):
@@ -66,15 +49,22 @@ def test_tiny_mpnet_fits_predicts_and_exports(tiny_mpnet, ec_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from emolightning.inference.export import export_checkpoint
+    from emolightning.models.checkpoints import load_classifier
 
     exported = export_checkpoint(best, tmp_path / "export")
     model = AutoModelForSequenceClassification.from_pretrained(exported, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported)
-    batch = tokenizer(["so delighted today", "crying at home"], padding=True, return_tensors="pt")
-    assert batch["input_ids"][1, -1] == tokenizer.pad_token_id == 1 or batch["attention_mask"].all()
+    texts = ["so delighted with my friend today", "crying"]  # of different lengths: the second is padded
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert batch["input_ids"].tolist() == AutoTokenizer.from_pretrained(tiny_mpnet)(texts, padding=True)["input_ids"]  # the checkpoint's own tokenizer
+    assert (
+        not batch["attention_mask"].all() and (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all() and tokenizer.pad_token_id == 1
+    )
     with torch.no_grad():
         logits = model(**batch).logits
-    assert logits.shape == (2, 11) and torch.isfinite(logits).all()
+        own = load_classifier(best)(batch["input_ids"], batch["attention_mask"])  # the checkpoint's own model, as `predict` runs it
+    assert logits.shape == (2, 11) and own.std() > 1e-3
+    assert (logits - own).abs().max().item() <= 1e-5
 
     import onnxruntime
 
@@ -85,17 +75,32 @@ def test_tiny_mpnet_fits_predicts_and_exports(tiny_mpnet, ec_dir, tmp_path):
 
 
 @pytest.mark.slow  # several processes or a full fit: CI runs the slow set too
-def test_mpnet_teacher_distils_into_a_bert_tokenised_student(tiny_mpnet, tiny_encoder, ec_dir, tmp_path):
+def test_mpnet_teacher_distils_into_a_bert_tokenised_student_on_its_own_token_ids(tiny_mpnet, tiny_encoder, ec_dir, tmp_path):
+    """The MPNet teacher given as its checkpoint file: the data tokenises for it without being told, and the cached teacher
+    logits are the teacher's own on the MPNet tokenizer's ids of each training text (computed here, one text at a time)."""
+    from transformers import AutoTokenizer
+
+    from emolightning.models.checkpoints import load_classifier
+
     common = ["--data.data_dir", ec_dir, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1"]
     emolightning("fit", *tiny_args(tiny_mpnet, ec_dir, tmp_path / "teacher", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"))
     teacher = glob.glob(str(tmp_path / "teacher" / "run" / "lightning_logs" / "version_*" / "checkpoints" / "best-*.ckpt"))[0]
+    record = str(tmp_path / "record-{rank}.pt")
     fit = emolightning(
         "fit", "--config", str(REPO / "configs" / "distill" / "mpnet-to-minilm-l6.yaml"), "--model.init_args.encoder", tiny_encoder,
         "--model.init_args.teacher", teacher, "--trainer.limit_train_batches", "3", "--trainer.default_root_dir", str(tmp_path / "student"),
-        "--trainer.enable_model_summary", "false", *common,
+        "--trainer.enable_model_summary", "false", "--trainer.precision", "32-true", callback_option("RecordTeacher", path=record), *common,
+        env=env_with_tests_on_path(),
     )  # fmt: skip
-    assert "distillation: teacher" in fit.stdout + fit.stderr
+    assert f"data.teacher_tokenizer: {tiny_mpnet}" in fit.stdout + fit.stderr
     best = glob.glob(str(tmp_path / "student" / "lightning_logs" / "version_*" / "checkpoints" / "best-*.ckpt"))[0]
     state = torch.load(best, weights_only=True)["state_dict"]
     assert not [k for k in state if k.startswith("teacher.")]
     assert state["encoder.embeddings.word_embeddings.weight"].shape[1] == 32  # the BERT student, not the MPNet teacher
+
+    cache = torch.load(record.format(rank=0), weights_only=False)["cache"]
+    model, tokenizer = load_classifier(teacher), AutoTokenizer.from_pretrained(tiny_mpnet)
+    with torch.no_grad():
+        expected = torch.cat([model(**tokenizer([text], return_tensors="pt").data) for _, text, _ in make_rows(96, 0, "train")])
+    assert cache.shape == expected.shape == (96, len(LABELS)) and expected.std(0).min() > 1e-3
+    assert (cache - expected).abs().max().item() < 1e-5
