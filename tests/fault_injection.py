@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 
 import torch
@@ -132,3 +133,25 @@ class FullDiskOnRankZero(Callback):
             return real(fd)
 
         os.fsync = fsync
+
+
+class FillDiskAtEpoch(Callback):
+    def __init__(self, epoch: int, folder: str, leave_fraction: float = 0.5):
+        """At the start of training epoch `epoch`, fill the file system of `folder` with a real file, leaving free a fraction of the
+        size of the largest checkpoint written there so far: the epoch's checkpoint saves then meet a really full disk.
+
+        Args:
+            epoch: The epoch whose saves fail.
+            folder: A folder on the (small, test-mounted) file system to fill; the checkpoints are looked for under it.
+            leave_fraction: How much of the largest checkpoint's size is left free (below 1: the next save of it cannot fit).
+        """
+        self.epoch, self.folder, self.leave_fraction = epoch, folder, leave_fraction
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.epoch or trainer.global_rank != 0:
+            return
+        sizes = [os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(self.folder) for n in names if n.endswith(".ckpt")]
+        leave = int(max(sizes) * self.leave_fraction)
+        free = shutil.disk_usage(self.folder).free
+        with open(os.path.join(self.folder, "filler.bin"), "wb") as f:
+            f.write(b"\0" * max(free - leave, 0))

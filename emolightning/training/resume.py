@@ -397,10 +397,14 @@ def resolve_resume(subcommand: str, config) -> None:
     elif os.path.isdir(ckpt):
         config.ckpt_path = ckpt = checkpoint_path(ckpt)  # the run's one best checkpoint
     elif not os.path.isfile(ckpt):
-        resume = "`--ckpt_path last` to resume the latest run under trainer.default_root_dir" if subcommand == "fit" else "the run folder itself"
+        other = (
+            "`--ckpt_path last` to resume the latest run under trainer.default_root_dir"
+            if subcommand == "fit"
+            else "the run folder that `fit` printed (e.g. runs/mine/lightning_logs/version_0), which stands for its best checkpoint"
+        )
         raise ConfigError(
-            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by "
-            f"`emolightning fit` (<run>/checkpoints/best-*.ckpt or last.ckpt), or {resume}."
+            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by `emolightning fit` "
+            f"(<run>/checkpoints/best-*.ckpt{' or last.ckpt' if subcommand == 'fit' else ''}), or {other}."
         )
     if subcommand == "fit" and not checkpoint_dir:
         # the resumed run logs to a new version_N+1, but its checkpoints continue in the old folder:
