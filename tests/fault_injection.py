@@ -135,23 +135,22 @@ class FullDiskOnRankZero(Callback):
         os.fsync = fsync
 
 
-class FillDiskAtEpoch(Callback):
-    def __init__(self, epoch: int, folder: str, leave_fraction: float = 0.5):
-        """At the start of training epoch `epoch`, fill the file system of `folder` with a real file, leaving free a fraction of the
-        size of the largest checkpoint written there so far: the epoch's checkpoint saves then meet a really full disk.
+class FillDiskOnSave(Callback):
+    def __init__(self, epoch: int, folder: str, leave_bytes: int = 4096):
+        """When the first checkpoint of epoch `epoch` is being saved (its dict is built; the file is written next), fill the file
+        system of `folder` with a real file, leaving `leave_bytes` free: that save then meets a really full disk.
 
         Args:
-            epoch: The epoch whose saves fail.
-            folder: A folder on the (small, test-mounted) file system to fill; the checkpoints are looked for under it.
-            leave_fraction: How much of the largest checkpoint's size is left free (below 1: the next save of it cannot fit).
+            epoch: The epoch whose first checkpoint save fails.
+            folder: A folder on the (small, test-mounted) file system to fill.
+            leave_bytes: Bytes left free (a few KB: torch.save's zip writer then fails with its own RuntimeError, 'unexpected pos').
         """
-        self.epoch, self.folder, self.leave_fraction = epoch, folder, leave_fraction
+        self.epoch, self.folder, self.leave_bytes, self.filled = epoch, folder, leave_bytes, False
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch != self.epoch or trainer.global_rank != 0:
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.current_epoch != self.epoch or trainer.global_rank != 0 or self.filled:
             return
-        sizes = [os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(self.folder) for n in names if n.endswith(".ckpt")]
-        leave = int(max(sizes) * self.leave_fraction)
+        self.filled = True
         free = shutil.disk_usage(self.folder).free
         with open(os.path.join(self.folder, "filler.bin"), "wb") as f:
-            f.write(b"\0" * max(free - leave, 0))
+            f.write(b"\0" * max(free - self.leave_bytes, 0))
