@@ -4,7 +4,10 @@
 file's own folder, fsync, then `os.replace` (a rename within one folder is atomic, so a reader sees
 the old file or the new one, never a part). A full disk, a read-only folder or a missing permission
 removes the temporary file, leaves the previous file as it was, and becomes a `StorageError` that
-names the path and the bytes it needed. A folder is built in `folder_beside` its target and renamed
+names the path and the bytes it needed. A disk that fills does not always say ENOSPC: torch.save's
+zip writer, for one, raises `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`
+when its writes come up short. So any failure of a write, whatever it raised, is a full disk when
+the folder's free space is short at that moment (`space_is_short`). A folder is built in `folder_beside` its target and renamed
 into place. A local model folder (an export, a save_pretrained copy) is
 checked the same way before anything loads it (checkpoints: models/checkpoints.py).
 """
@@ -31,13 +34,38 @@ REASONS = {
 }
 
 
-def storage_error(path: str, err: OSError, needed: int | None = None) -> StorageError:
-    """The one-paragraph error for a write of `path` that failed with `err`."""
-    reason = REASONS.get(err.errno, f"{err.strerror or err}")
+# less free space than this in the folder of a write that failed: the disk is full, whatever the writer raised
+SHORT_SPACE = 1 << 20
+
+
+def free_bytes(folder: str) -> int | None:
+    """The bytes an unprivileged process may still write in `folder`'s file system (statvfs), or None where it cannot be asked."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def space_is_short(path: str, needed: int | None = None, pending: str | None = None) -> bool:
+    """Whether the file system of `path` is (nearly) full: under SHORT_SPACE free, or less than `needed` bytes free once the
+    partial file `pending` (the temporary file of a failed write, about to be removed) is gone."""
+    free = free_bytes(os.path.dirname(os.path.abspath(path)))
+    if free is None:
+        return False
+    partial = os.path.getsize(pending) if pending and os.path.isfile(pending) else 0
+    return free < SHORT_SPACE or bool(needed and free + partial < needed)
+
+
+def storage_error(path: str, err: BaseException, needed: int | None = None, reason: str | None = None) -> StorageError:
+    """The one-paragraph error for a write of `path` that failed with `err` (`reason`: what it means, else read from its errno)."""
+    errnum = getattr(err, "errno", None)
+    reason = reason or REASONS.get(errnum) or f"{getattr(err, 'strerror', None) or err}"
+    cause = f"OSError errno {errnum}" if isinstance(err, OSError) and errnum else f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
     folder = os.path.dirname(os.path.abspath(path))
-    size = f" It needs about {needed / 1e6:.1f} MB free there." if needed else ""
+    free = free_bytes(folder)
+    size = f" It needs about {needed / 1e6:.1f} MB free there{'' if free is None else f'; {free / 1e6:.1f} MB are'}." if needed else ""
     return StorageError(
-        f"Could not write '{path}': {reason} (OSError errno {err.errno}).{size} Nothing was written under that name; a previous "
+        f"Could not write '{path}': {reason} ({cause}).{size} Nothing was written under that name; a previous "
         f"file of that name is unchanged. Free space or choose a writable folder ('{folder}', or the option that sets it, "
         "e.g. --trainer.default_root_dir, --output, data.cache_dir) and run again."
     )
@@ -61,11 +89,14 @@ def atomic_open(path: str, mode: str = "wb", needed: int | None = None, **open_a
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
-    except OSError as err:
+    except Exception as err:
+        full = space_is_short(path, needed, pending=tmp)  # asked before the partial file is removed
         remove_quietly(tmp)
-        if err.errno not in REASONS:  # not the disk's or the folder's fault: a bug keeps its traceback
-            raise
-        raise storage_error(path, err, needed) from err
+        if isinstance(err, OSError) and err.errno in REASONS:
+            raise storage_error(path, err, needed) from err
+        if full:
+            raise storage_error(path, err, needed, REASONS[errno.ENOSPC]) from err
+        raise  # not the disk's or the folder's fault: a bug keeps its traceback
     except BaseException:
         remove_quietly(tmp)
         raise
@@ -76,10 +107,12 @@ def named_write_errors(path: str, needed: int | None = None):
     """Turn a full disk / read-only folder / missing permission while writing `path` into its StorageError (for files written piecemeal)."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in REASONS:
-            raise
-        raise storage_error(str(path), err, needed) from err
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in REASONS:
+            raise storage_error(str(path), err, needed) from err
+        if space_is_short(str(path), needed):
+            raise storage_error(str(path), err, needed, REASONS[errno.ENOSPC]) from err
+        raise
 
 
 def write_atomically(path: str, write: Callable, mode: str = "wb", needed: int | None = None, **open_args) -> None:

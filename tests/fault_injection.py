@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 
 import torch
@@ -132,3 +133,24 @@ class FullDiskOnRankZero(Callback):
             return real(fd)
 
         os.fsync = fsync
+
+
+class FillDiskOnSave(Callback):
+    def __init__(self, epoch: int, folder: str, leave_bytes: int = 4096):
+        """When the first checkpoint of epoch `epoch` is being saved (its dict is built; the file is written next), fill the file
+        system of `folder` with a real file, leaving `leave_bytes` free: that save then meets a really full disk.
+
+        Args:
+            epoch: The epoch whose first checkpoint save fails.
+            folder: A folder on the (small, test-mounted) file system to fill.
+            leave_bytes: Bytes left free (a few KB: torch.save's zip writer then fails with its own RuntimeError, 'unexpected pos').
+        """
+        self.epoch, self.folder, self.leave_bytes, self.filled = epoch, folder, leave_bytes, False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.current_epoch != self.epoch or trainer.global_rank != 0 or self.filled:
+            return
+        self.filled = True
+        free = shutil.disk_usage(self.folder).free
+        with open(os.path.join(self.folder, "filler.bin"), "wb") as f:
+            f.write(b"\0" * max(free - self.leave_bytes, 0))

@@ -163,7 +163,7 @@ class EmotionCLI(LightningCLIWithHooks):
             self.config = self.parser.parse_object({subcommand: ensemble_config(manifest, config["data"].eval_batch_size)}, self.config)
             self.config[subcommand].ckpt_path = None  # nothing for Lightning to load: the members are loaded by the ensemble
             return
-        resolve_resume(subcommand, config)  # `--ckpt_path last`: the run's newest last.ckpt (resume.py)
+        resolve_resume(subcommand, config)  # `--ckpt_path last` or a run folder: the checkpoint they stand for (resume.py)
         refuse_stale_hpc_checkpoint(config)
         ckpt = config.get("ckpt_path")
         if not ckpt or not os.path.isfile(ckpt):
@@ -189,7 +189,7 @@ class EmotionCLI(LightningCLIWithHooks):
         ckpt = config.get("ckpt_path")
         if not isinstance(self.model, EnsembleClassifier) and (not ckpt or not os.path.isfile(ckpt)):
             raise ConfigError(
-                f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned."
+                f"`emolightning predict` needs --ckpt_path, a checkpoint written by `emolightning fit` (a .ckpt, or the run folder for its best checkpoint): {'it is not set' if not ckpt else repr(ckpt) + ' does not exist'}. Without one the head is untrained and the thresholds untuned."
             )
         output = config.get("output") or os.path.join(self.trainer.default_root_dir, "predictions.txt")
         # the data module's stream tells the writer how the input is chunked (set up when predict starts)

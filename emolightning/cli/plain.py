@@ -7,7 +7,9 @@ only when it runs, so one command does not pay for another's imports.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 from pathlib import Path
 
 
@@ -35,9 +37,12 @@ def export(argv: list[str]) -> None:
     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) or pipeline("text-classification", model=DIR, top_k=None,
     trust_remote_code=True); emolightning is not needed."""
     from ..inference.export import export_checkpoint
+    from ..models.checkpoints import checkpoint_path
 
     parser = command_parser("export", export.__doc__)
-    parser.add_argument("--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (e.g. <run>/checkpoints/best-*.ckpt).")
+    parser.add_argument(
+        "--ckpt_path", required=True, help="Checkpoint written by `emolightning fit` (a .ckpt), or a run folder (e.g. $RUN), for its best checkpoint."
+    )
     parser.add_argument("--output", required=True, help="Directory to write (new or empty).")
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty --output, replacing its files.")
     parser.add_argument(
@@ -47,8 +52,9 @@ def export(argv: list[str]) -> None:
         help="hf: the Hugging Face directory; onnx: the same plus model.onnx (ids and mask -> logits) for ONNX Runtime (needs the [onnx] extra).",
     )
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, format=args.format)
-    print(f"Exported {args.ckpt_path} to {out}")
+    ckpt = checkpoint_path(args.ckpt_path)
+    out = export_checkpoint(ckpt, args.output, overwrite=args.overwrite, format=args.format)
+    print(f"Exported {ckpt} to {out}")
 
 
 def report(argv: list[str]) -> None:
@@ -72,9 +78,14 @@ def ensemble(argv: list[str]) -> None:
     """Build an ensemble manifest from checkpoints of models with the same labels: their dev probabilities are averaged and thresholds tuned on the average. Use it as `emolightning validate|test|predict --config RUN/config.yaml --ckpt_path MANIFEST`."""
     from ..inference.ensemble_build import build, expand_checkpoints
     from ..metrics import THRESHOLD_STRATEGIES
+    from ..models.checkpoints import checkpoint_path
 
     parser = command_parser("ensemble", ensemble.__doc__)
-    parser.add_argument("checkpoints", nargs="+", help="Member .ckpt files, globs (quoted) or .txt files listing one checkpoint per line.")
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="Member .ckpt files, run folders (each for its best checkpoint), globs (quoted) or .txt files listing one checkpoint per line.",
+    )
     parser.add_argument("--out", required=True, help="The manifest to write (JSON); member paths are stored relative to it.")
     parser.add_argument("--weights", nargs="+", type=float, help="One positive weight per member (default: equal).")
     parser.add_argument("--data_dir", help="The official E-c files (the dev split tunes the thresholds). Default: the first member's data options.")
@@ -89,7 +100,14 @@ def ensemble(argv: list[str]) -> None:
         "instead of building each member from its checkpoint for every chunk of texts and freeing it after.",
     )
     args = parser.parse_args(argv)
-    checkpoints = expand_checkpoints(args.checkpoints)
+    members = []
+    for arg in args.checkpoints:  # a run folder, or a quoted glob of run folders: each run's best checkpoint
+        folders = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
+        if folders and all(os.path.isdir(folder) for folder in folders):
+            members += [checkpoint_path(folder, "argument of `emolightning ensemble`") for folder in folders]
+        else:
+            members.append(arg)
+    checkpoints = expand_checkpoints(members)
     manifest, lines = build(
         checkpoints,
         args.out,

@@ -1,5 +1,7 @@
 """A checkpoint stands alone: `emolightning predict --ckpt_path X --data.predict_file F` needs no config and no training files.
 
+X is a .ckpt file or a run folder, which stands for its one best checkpoint (models/checkpoints.py).
+
 A checkpoint written by `fit` holds the model's hyperparameters (encoder, labels, head; its tuned
 thresholds are weights) and the data module's. Without `--config`, `checkpoint_arguments` puts
 the model and the data module's text options in front of the user's own options, which override
@@ -31,11 +33,15 @@ def checkpoint_arguments(args: list[str]) -> list[str]:
     if not args or args[0] not in EVALUATING:
         return args
     ckpt = option_value(args, "--ckpt_path")
-    if not ckpt or not os.path.isfile(ckpt) or ckpt.endswith(".json"):
+    if not ckpt or not os.path.exists(ckpt) or ckpt.endswith(".json"):
         return args
     if any(a in ("-c", "--config") or a.startswith(("--config=", "--model")) for a in args[1:]):
         return args
-    from ..models.checkpoints import check_checkpoint, hyperparameters
+    from ..models.checkpoints import check_checkpoint, checkpoint_path, hyperparameters
+
+    ckpt = checkpoint_path(ckpt)  # a run folder stands for its best checkpoint (the CLI resolves it again, the same way)
+    if not os.path.isfile(ckpt):
+        return args
 
     model, data = hyperparameters(check_checkpoint(ckpt))  # a damaged file stops here, named
     model.pop("_instantiator", None)

@@ -35,7 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import ConfigError, StorageError
 from ..files import write_atomically
-from ..models.checkpoints import CHECKPOINT_DIRS
+from ..models.checkpoints import CHECKPOINT_DIRS, checkpoint_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -365,7 +365,8 @@ def find_last_checkpoint(folders: list[str]) -> str | None:
 
 
 def resolve_resume(subcommand: str, config) -> None:
-    """`--ckpt_path last` -> the run's newest last.ckpt; a resumed `fit` keeps writing checkpoints beside it.
+    """`--ckpt_path last` -> the run's newest last.ckpt; a run folder -> its best checkpoint (validate, test, predict) or its
+    last.ckpt (`fit`, a resume); a resumed `fit` keeps writing checkpoints beside the one it resumed from.
 
     `config` is the subcommand's parsed namespace, changed in place (so the new run's config.yaml
     records the checkpoint it resumed from).
@@ -390,11 +391,20 @@ def resolve_resume(subcommand: str, config) -> None:
             return
         rank_zero_info(f"--ckpt_path last: resuming from {found}")
         config.ckpt_path = ckpt = found
+    elif os.path.isdir(ckpt) and subcommand == "fit":
+        config.ckpt_path = ckpt = last_checkpoint_of_run(ckpt)
+        rank_zero_info(f"--ckpt_path {config.ckpt_path}: resuming the run's last.ckpt")
+    elif os.path.isdir(ckpt):
+        config.ckpt_path = ckpt = checkpoint_path(ckpt)  # the run's one best checkpoint
     elif not os.path.isfile(ckpt):
+        other = (
+            "`--ckpt_path last` to resume the latest run under trainer.default_root_dir"
+            if subcommand == "fit"
+            else "the run folder that `fit` printed (e.g. runs/mine/lightning_logs/version_0), which stands for its best checkpoint"
+        )
         raise ConfigError(
-            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by "
-            "`emolightning fit` (<run>/checkpoints/best-*.ckpt or last.ckpt), or `--ckpt_path last` to resume "
-            "the latest run under trainer.default_root_dir."
+            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by `emolightning fit` "
+            f"(<run>/checkpoints/best-*.ckpt{' or last.ckpt' if subcommand == 'fit' else ''}), or {other}."
         )
     if subcommand == "fit" and not checkpoint_dir:
         # the resumed run logs to a new version_N+1, but its checkpoints continue in the old folder:
@@ -403,3 +413,17 @@ def resolve_resume(subcommand: str, config) -> None:
         config.checkpoint.dirpath = folder
         if config.get("last_checkpoint") is not None:
             config.last_checkpoint.dirpath = folder
+
+
+def last_checkpoint_of_run(folder: str) -> str:
+    """The newest last.ckpt of the run folder `folder` (given to `fit --ckpt_path`, a resume); a one-paragraph ConfigError without one."""
+    found = find_last_checkpoint([glob.escape(folder), *(os.path.join(glob.escape(folder), pattern) for pattern in CHECKPOINT_DIRS)])
+    if found is None:
+        raise ConfigError(
+            f"`fit --ckpt_path '{folder}'` resumes a run from its last.ckpt, and that folder holds none (not in it, in its checkpoints/ "
+            "or in lightning_logs/version_*/checkpoints/): a fit that completed removed it, and a best checkpoint has no optimizer "
+            "state to resume from. To train on from where an interrupted run stopped, give `--ckpt_path last` with the run's "
+            "config (`--config <run>/config.yaml`); to use the run's best model, give the folder to test, validate, predict or "
+            "export; to train longer after a completed fit, run it with `--last_checkpoint.keep_after_fit true` next time."
+        )
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,24 @@ def test_fast_dev_run_writes_no_checkpoint_and_no_report(tiny_encoder, ec_dir, t
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and "cache" not in p.parts)
     assert written == []  # no .ckpt, val_probs.npz, config.yaml, metrics or report/
     assert "nothing was saved" in capsys.readouterr().out
+
+
+def test_predict_export_and_ensemble_take_the_run_folder_for_its_best_checkpoint(trained_run, ec_dir, tmp_path, capsys):
+    """`--ckpt_path $RUN` (the version folder `fit` printed) and `ensemble 'RUNS*'`: no glob of best-*.ckpt for the shell to expand."""
+    run, best = trained_run["config"].parent, trained_run["ckpt"]
+    main(["export", "--ckpt_path", str(run), "--output", str(tmp_path / "from_folder")])
+    main(["export", "--ckpt_path", str(best), "--output", str(tmp_path / "from_file")])
+    assert f"Exported {best} to" in capsys.readouterr().out
+    assert (tmp_path / "from_folder" / "model.safetensors").read_bytes() == (tmp_path / "from_file" / "model.safetensors").read_bytes()
+
+    text = tmp_path / "new.txt"
+    text.write_text("a happy text\nand a sad one\n")
+    out = tmp_path / "pred.txt"
+    # standalone (no --config): the model comes from the folder's best checkpoint
+    main(["predict", "--ckpt_path", str(run), "--data.predict_file", str(text), "--output", str(out), "--trainer.default_root_dir", str(tmp_path)])
+    assert len(out.read_text().splitlines()) == 3  # header and two rows
+
+    manifest = tmp_path / "ensemble.json"
+    main(["ensemble", str(run.parent / "version_*"), "--data_dir", ec_dir, "--out", str(manifest), "--device", "cpu"])
+    (member,) = json.loads(manifest.read_text())["members"]
+    assert Path(tmp_path, member["checkpoint"]).resolve() == best.resolve()

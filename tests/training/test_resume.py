@@ -288,3 +288,95 @@ def test_sigterm_saves_last_ckpt_and_exits_143_and_the_resume_goes_on_from_the_n
     assert [s for s, _, _ in done_steps] == list(range(1, 13))  # steps 8-12 after the resume, none twice
     rows = [i for _, batch, _ in done_steps for i in json.loads(batch)]
     assert sorted(rows) == list(range(96))  # every training row once in the epoch
+
+
+def test_ckpt_path_a_run_folder_is_its_best_checkpoint_to_evaluate_and_its_last_to_resume(tmp_path):
+    from jsonargparse import Namespace
+
+    checkpoints = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("best-3-92.ckpt", "last.ckpt"):
+        (checkpoints / name).write_bytes(b"x")
+
+    def config(subcommand, ckpt):
+        config = Namespace(ckpt_path=str(ckpt), trainer=Namespace(default_root_dir=str(tmp_path / "elsewhere"), logger=None))
+        if subcommand == "fit":
+            config.checkpoint, config.last_checkpoint = Namespace(dirpath=None), Namespace(dirpath=None)
+        return config
+
+    for subcommand in ("validate", "test", "predict"):
+        for folder in (tmp_path / "run", checkpoints.parent, checkpoints):  # the root, the version folder fit printed, its checkpoints/
+            evaluate = config(subcommand, folder)
+            resolve_resume(subcommand, evaluate)
+            assert evaluate.ckpt_path == str(checkpoints / "best-3-92.ckpt"), (subcommand, folder)
+    fit = config("fit", checkpoints.parent)
+    resolve_resume("fit", fit)
+    assert fit.ckpt_path == str(checkpoints / "last.ckpt") and fit.checkpoint.dirpath == str(checkpoints)
+
+    (checkpoints / "last.ckpt").unlink()  # a completed fit removes it
+    with pytest.raises(ConfigError) as caught:
+        resolve_resume("fit", config("fit", checkpoints.parent))
+    message = str(caught.value)
+    assert f"'{checkpoints.parent}'" in message and "holds none" in message and "--ckpt_path last" in message and "\n" not in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no best checkpoint"):
+        resolve_resume("test", config("test", tmp_path / "empty"))
+
+
+def test_a_resume_takes_up_the_best_checkpoint_tracking_of_a_run_in_a_relative_folder(tmp_path, monkeypatch):
+    """`fit --trainer.default_root_dir runs/mine` saves its checkpoint folder relative; the resume names it absolute (resolve_resume)."""
+    from emolightning.training.best_checkpoint import BestCheckpoint
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.join("runs", "mine", "lightning_logs", "version_0", "checkpoints")
+    os.makedirs(relative)
+    saved = BestCheckpoint(dirpath=None, monitor="val/jaccard", mode="max", filename="best-{epoch}-{step}")
+    saved.dirpath = relative  # as ModelCheckpoint resolves it from the logger's relative save_dir
+    old_best = os.path.join(relative, "best-0-15.ckpt")
+    saved.best_k_models, saved.best_model_path, saved.kth_best_model_path = {old_best: torch.tensor(0.4)}, old_best, old_best
+    saved.best_model_score = saved.kth_value = torch.tensor(0.4)
+    state = saved.state_dict()
+
+    resumed = BestCheckpoint(dirpath=str(tmp_path / relative), monitor="val/jaccard", mode="max", filename="best-{epoch}-{step}")
+    resumed.load_state_dict(state)
+    absolute = str(tmp_path / relative / "best-0-15.ckpt")
+    # the old best is tracked, so Lightning replaces it (and keeps it when the resumed run does no better)
+    assert resumed.best_k_models == {absolute: torch.tensor(0.4)} and resumed.kth_best_model_path == resumed.best_model_path == absolute
+    assert resumed.best_model_score == 0.4
+
+    elsewhere = BestCheckpoint(dirpath=str(tmp_path / "other"), monitor="val/jaccard", mode="max", filename="best-{epoch}-{step}")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        elsewhere.load_state_dict(state)  # another folder: its files are not this run's to replace
+    assert elsewhere.best_k_models == {}
+
+
+@pytest.mark.slow  # a killed fit, its resume and a test: ~3 min on 2 shared cores
+def test_a_run_resumed_after_kill_9_holds_one_best_checkpoint_that_test_finds_from_the_run_folder(tiny_encoder, ec_dir, tmp_path):
+    """As a user runs it: a run folder relative to the working directory, `kill -9` after the first best checkpoint, `--ckpt_path last`."""
+    run_env = {**env(), "PYTHONPATH": os.pathsep.join([str(REPO), env()["PYTHONPATH"]])}  # this checkout's emolightning, from tmp_path
+    args = fit_args(tiny_encoder, ec_dir, Path("."), tmp_path / "steps")  # run/ and cache/ relative to the working directory
+    killed = subprocess.run(command(*args, callback_option("KillAtStep", step=30)), cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run = Path("run") / "lightning_logs" / "version_0"
+    assert [p.name for p in (tmp_path / run / "checkpoints").glob("best-*.ckpt")] == ["best-0-24.ckpt"]  # epoch 0's, then killed in epoch 1
+
+    resumed = subprocess.run(
+        command("fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last"), cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    bests = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("best-*.ckpt"))
+    assert len(bests) == 1, bests  # a better epoch 1 replaced epoch 0's; an equal one left it
+
+    # the README's commands take the run folder, which stands for that one best checkpoint
+    tested = subprocess.run(
+        command("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run), "--trainer.enable_progress_bar", "false"),
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/jaccard" in tested.stdout + tested.stderr
+    scores = json.loads((tmp_path / run / "checkpoints" / "test_scores.json").read_text())
+    assert scores["checkpoint"] == bests[0], scores
