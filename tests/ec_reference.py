@@ -114,3 +114,30 @@ def assert_scores(reported: dict[str, float], expected: dict[str, float], abs_to
     assert not missing, f"{what} lacks {missing}"
     wrong = {k: (float(reported[k]), v) for k, v in expected.items() if abs(float(reported[k]) - v) > abs_tol}
     assert not wrong, f"{what}: (reported, expected) {wrong}"
+
+
+def gold_table(gold_file: Path, labels: list[str], text_column: str = "Tweet") -> tuple[list[str], list[list[int]]]:
+    """The texts and gold 0/1 rows of a labelled file, in file order (the order `test` and `validate` index a split by)."""
+    rows = read_rows(gold_file)
+    return [row[text_column] for row in rows], [[int(row[name]) for name in labels] for row in rows]
+
+
+def checkpoint_thresholds(checkpoint) -> list[float]:
+    """The per-label thresholds a checkpoint stores (the `thresholds` buffer tuned on dev), which `test/tuned/*` must use."""
+    import torch
+
+    return torch.load(checkpoint, weights_only=True)["state_dict"]["thresholds"].tolist()
+
+
+def model_probabilities(checkpoint, texts: list[str]) -> list[list[float]]:
+    """The fp32 probabilities of a checkpoint's model, one text at a time with its own tokenizer: no batching and no padding,
+    another path to the same numbers than `test`'s batches (the model is emolightning's; only the scoring here is independent)."""
+    import torch
+
+    from emolightning import EmotionClassifier
+    from emolightning.pretrained.encoders import load_tokenizer
+
+    model = EmotionClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval().float()
+    tokenizer = load_tokenizer(model.hparams.encoder)
+    with torch.no_grad():
+        return [torch.sigmoid(model(**{k: v for k, v in tokenizer([t], return_tensors="pt").items() if k != "token_type_ids"}))[0].tolist() for t in texts]

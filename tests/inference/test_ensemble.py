@@ -219,10 +219,16 @@ def test_two_member_ensemble_predicts_in_input_order_through_the_cli(members, ti
     clear = (expected - thresholds).abs() > 1e-5
     assert torch.equal(labels[clear], (expected >= thresholds).int()[clear])
 
-    # validate scores the dev split at the manifest's thresholds: the numbers the build printed
-    emolightning("test", *tiny_args(tiny_encoder, ec_dir, tmp_path, "--ckpt_path", str(out)))
+    # test scores the test split with the averaged probabilities, at 0.5 and at the manifest's thresholds: the official scores
+    # of the members' fp32 probabilities (one text at a time) against the gold file, by the independent scorer of ec_reference.py
+    from ec_reference import assert_scores, gold_table, stage_scores
+
+    emolightning("test", *tiny_args(tiny_encoder, ec_dir, tmp_path, "--ckpt_path", str(out), "--trainer.precision", "32-true"))
     saved = json.loads((out.parent / "test_scores.json").read_text())
-    assert saved["checkpoint"] == "ensemble.json" and 0 <= saved["scores"]["test/tuned/jaccard"] <= 1
+    test_texts, gold = gold_table(Path(ec_dir, "2018-E-c-En-test-gold.txt"), LABELS)
+    averaged = ((one_by_one(members["a"], test_texts) + one_by_one(members["b"], test_texts)) / 2).tolist()
+    assert saved["checkpoint"] == "ensemble.json"
+    assert_scores(saved["scores"], stage_scores("test", gold, averaged, LABELS, list(manifest.thresholds)), 1e-6, "the ensemble's test_scores.json")
 
 
 def test_an_ensemble_predicts_on_a_cpu_with_native_bf16_and_refuses_an_encoder_backend(members, tiny_encoder, ec_dir, tmp_path, monkeypatch, capsys):
