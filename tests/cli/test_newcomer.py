@@ -131,8 +131,8 @@ def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_a
     # the printed test command, in fp32 (`auto` may be bf16 here): it prints the official scores of the model's probabilities
     # against the gold file, at 0.5 and at the checkpoint's thresholds (the independent scorer of ec_reference.py)
     test = emolightning(*shlex.split(test_line)[1:], "--trainer.precision", "32-true")
-    texts, gold = gold_table(Path(ec_dir, "2018-E-c-En-test-gold.txt"), LABELS)
-    expected = stage_scores("test", gold, model_probabilities(best, texts), LABELS, checkpoint_thresholds(best))
+    test_texts, gold = gold_table(Path(ec_dir, "2018-E-c-En-test-gold.txt"), LABELS)
+    expected = stage_scores("test", gold, model_probabilities(best, test_texts), LABELS, checkpoint_thresholds(best))
     assert_scores(printed_scores(test.stdout + test.stderr, "test"), expected, 1e-6, "the metrics test prints")
     predict = emolightning(
         *shlex.split(predict_line.replace("FILE", str(texts)).replace("predictions.txt", str(tmp_path / "pred.txt")))[1:],
