@@ -107,6 +107,8 @@ NOISE = [
 def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_alone(tiny_encoder, ec_dir, tmp_path):
     import shlex
 
+    from conftest import LABELS
+    from ec_reference import assert_scores, checkpoint_thresholds, gold_table, model_probabilities, printed_scores, stage_scores
     from helpers import emolightning, tiny_args
 
     args = tiny_args(tiny_encoder, ec_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--model.init_args.lr", "1e-3")
@@ -126,8 +128,12 @@ def test_fit_ends_with_the_closing_block_and_test_predict_leave_the_run_folder_a
     assert test_line == f"emolightning test --config {run / 'config.yaml'} --ckpt_path {best}"
     texts = tmp_path / "texts.txt"
     texts.write_text("so delighted\nscared\n", encoding="utf-8")
-    test = emolightning(*shlex.split(test_line)[1:])
-    assert "test/jaccard" in test.stdout + test.stderr
+    # the printed test command, in fp32 (`auto` may be bf16 here): it prints the official scores of the model's probabilities
+    # against the gold file, at 0.5 and at the checkpoint's thresholds (the independent scorer of ec_reference.py)
+    test = emolightning(*shlex.split(test_line)[1:], "--trainer.precision", "32-true")
+    test_texts, gold = gold_table(Path(ec_dir, "2018-E-c-En-test-gold.txt"), LABELS)
+    expected = stage_scores("test", gold, model_probabilities(best, test_texts), LABELS, checkpoint_thresholds(best))
+    assert_scores(printed_scores(test.stdout + test.stderr, "test"), expected, 1e-6, "the metrics test prints")
     predict = emolightning(
         *shlex.split(predict_line.replace("FILE", str(texts)).replace("predictions.txt", str(tmp_path / "pred.txt")))[1:],
         "--trainer.enable_progress_bar",

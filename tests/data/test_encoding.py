@@ -13,8 +13,13 @@ TEXTS = [" ".join(WORDS[: (i * 7) % 13 + 1]) for i in range(11)]  # 1..13 words,
 
 
 def test_predict_stream_batches_are_those_it_made_before_the_shared_helper(tiny_encoder):
-    # (chunk, rows, padded shape, truncated) as PredictStream cut them by hand: longest first by the full token count
-    # (rows 5, 3, 1 are all cut to 8 tokens and still keep that order), batches of 3 in chunks of 2 batches, dealt to the ranks
+    # (chunk, rows, padded shape, truncated), worked out by hand. Row i has (7 i mod 13) + 1 words, each one token of the
+    # tiny vocabulary, plus [CLS] and [SEP]: rows 0..10 have 3, 10, 4, 11, 5, 12, 6, 13, 7, 14, 8 tokens.
+    # Chunks of 2 batches of 3 = 6 rows: rows 0-5, then 6-10. Each chunk is ordered longest first by the full token count
+    # (rows 5, 3, 1 are all cut to max_length 8 and still keep that order) and cut into batches of 3:
+    #   chunk 0: 5 (12), 3 (11), 1 (10) -> padded to 8, 3 cut; then 4 (5), 2 (4), 0 (3) -> padded to 5, none cut
+    #   chunk 1: 9 (14), 7 (13), 10 (8) -> padded to 8, 2 cut; then 8 (7), 6 (6) -> padded to 7, none cut
+    # Batches are dealt to the ranks in turn: batch b to rank b mod world_size.
     rows = [(str(i), text, None) for i, text in enumerate(TEXTS)]
     expected = [(0, [5, 3, 1], (3, 8), 3), (0, [4, 2, 0], (3, 5), 0), (1, [9, 7, 10], (3, 8), 2), (1, [8, 6], (2, 7), 0)]
     for world_size in (1, 2):
@@ -41,5 +46,10 @@ def test_text_batches_pad_each_batch_to_its_own_longest_text_and_keep_every_row_
 
 
 def test_longest_first_keeps_the_order_of_equal_lengths():
+    # lengths 2, 5, 2, 7, 5 at positions 0..4: the 7 (position 3), then the two 5s in input order (1, 4), then the two 2s (0, 2)
     assert longest_first([2, 5, 2, 7, 5]) == [3, 1, 4, 0, 2]
+    # that order cut into batches of 2, the last one short
     assert sorted_batches([2, 5, 2, 7, 5], 2) == [[3, 1], [4, 0], [2]]
+    # all equal: input order; strictly increasing: reversed
+    assert longest_first([4, 4, 4]) == [0, 1, 2] and longest_first([1, 2, 3, 4]) == [3, 2, 1, 0]
+    assert sorted_batches([3, 1, 2], 5) == [[0, 2, 1]] and sorted_batches([], 3) == []

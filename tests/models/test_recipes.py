@@ -234,20 +234,28 @@ def test_bad_recipe_values_are_config_errors(tiny_encoder, build, option):
 def test_threshold_strategies_by_hand():
     from emolightning.metrics import choose_thresholds, tune_thresholds
 
-    gen = torch.Generator().manual_seed(0)
-    probs = torch.rand(60, 3, generator=gen)
-    # each label's gold cut is elsewhere (0.25, 0.5, 0.8), so per-label thresholds differ from the global one
-    gold = (probs + 0.05 * torch.rand(60, 3, generator=gen) > torch.tensor([0.25, 0.5, 0.8])).float()
-    global_t, per_label = tune_thresholds(probs, gold, min_positives=1)
-    assert choose_thresholds(probs, gold, "fixed", fixed=0.4).tolist() == pytest.approx([0.4] * 3)
-    assert choose_thresholds(probs, gold, "global", min_positives=1).tolist() == [global_t] * 3
-    assert torch.equal(choose_thresholds(probs, gold, "per_label", min_positives=1), per_label)
-    shrunk = choose_thresholds(probs, gold, "shrunk", min_positives=1, shrinkage=10.0)
-    n = gold.sum(dim=0)
-    for j in range(3):  # n / (n + 10) of the label's own cut, the rest global
-        w = n[j].item() / (n[j].item() + 10.0)
-        assert shrunk[j].item() == pytest.approx(w * per_label[j].item() + (1 - w) * global_t, abs=1e-6)
-    assert not torch.equal(per_label, torch.full((3,), global_t))  # the strategies differ on this data
+    # 4 tweets, labels A and B (probabilities off the 0.05, 0.075, ..., 0.95 grid, so no cut sits on one):
+    #   tweet 1: A 0.81 B 0.11, gold {A};  tweet 2: A 0.71 B 0.31, gold {A, B};  tweet 3: A 0.61 B 0.26, gold {B};  tweet 4: A 0.21 B 0.21, gold {}
+    probs = torch.tensor([[0.81, 0.11], [0.71, 0.31], [0.61, 0.26], [0.21, 0.21]])
+    gold = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
+    # One cut t for both labels, Jaccard tweet by tweet: t <= 0.11: 1/2 1 1/2 0 (2/4); (0.11, 0.21]: 1 1 1/2 0 (2.5/4);
+    # (0.21, 0.26]: 1 1 1/2 1 (3.5/4, the best); (0.26, 0.31]: 1 1 0 1 (3/4); above 0.31 at most 2.5/4.
+    # The grid's 0.225 and 0.25 tie; the one nearest 0.5 wins: global 0.25.
+    # Per label, in order, the other at its current cut. A (B at 0.25 is then right on every tweet): A's cut in (0.61, 0.71]
+    # gets every tweet right (4/4), any other cut misses one; of the tied 0.625 .. 0.7 the one nearest the global 0.25 is 0.625.
+    # B (A at 0.625, right on every tweet): (0.21, 0.26] gets every tweet right; of 0.225 and 0.25 the nearest to 0.25 is 0.25.
+    global_t, per_label = tune_thresholds(probs, gold, min_positives=2)
+    assert global_t == pytest.approx(0.25) and per_label.tolist() == pytest.approx([0.625, 0.25])
+    assert choose_thresholds(probs, gold, "fixed", fixed=0.4).tolist() == pytest.approx([0.4, 0.4])
+    assert choose_thresholds(probs, gold, "global", min_positives=2).tolist() == pytest.approx([0.25, 0.25])
+    assert choose_thresholds(probs, gold, "per_label", min_positives=2).tolist() == pytest.approx([0.625, 0.25])
+    # 2 positives per label are under min_positives 3: both keep the global cut
+    assert choose_thresholds(probs, gold, "per_label", min_positives=3).tolist() == pytest.approx([0.25, 0.25])
+    # shrunk: w = n / (n + shrinkage) of the label's own cut, the rest global; n = 2 and shrinkage 2 give w = 1/2:
+    # A 0.5 x 0.625 + 0.5 x 0.25 = 0.4375, B 0.25
+    assert choose_thresholds(probs, gold, "shrunk", min_positives=2, shrinkage=2.0).tolist() == pytest.approx([0.4375, 0.25])
+    # shrinkage 6: w = 1/4, A 0.25 x 0.625 + 0.75 x 0.25 = 0.34375
+    assert choose_thresholds(probs, gold, "shrunk", min_positives=2, shrinkage=6.0).tolist() == pytest.approx([0.34375, 0.25])
 
 
 def test_held_out_scores_never_score_the_tuning_half():
@@ -284,8 +292,19 @@ def test_balanced_thresholds_maximise_jaccard_plus_macro_f1_label_by_label():
             f1s.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
         return jaccard / len(preds) + sum(f1s) / 3
 
-    global_t, _ = tune_thresholds(probs, gold, min_positives=1)
-    grid = torch.arange(0.05, 0.951, 0.025).tolist()
+    def jaccard_by_hand(cuts) -> float:
+        preds = preds_of(cuts)
+        per_tweet = [
+            1.0 if not any(a or b for a, b in zip(p, t)) else sum(a and b for a, b in zip(p, t)) / sum(a or b for a, b in zip(p, t))
+            for p, t in zip(preds, truth)
+        ]
+        return sum(per_tweet) / len(per_tweet)
+
+    grid = torch.arange(0.05, 0.951, 0.025).tolist()  # the documented grid, 0.05 to 0.95 in steps of 0.025
+    # the global cut by hand: the best Jaccard of one cut for every label, ties to the cut nearest 0.5
+    one_cut = {t: jaccard_by_hand([t] * 3) for t in grid}
+    global_t = min((t for t in grid if one_cut[t] >= max(one_cut.values()) - 1e-12), key=lambda t: abs(t - 0.5))
+    assert tune_thresholds(probs, gold, min_positives=1)[0] == pytest.approx(global_t)
     cuts = [global_t] * 3
     for j in range(3):  # coordinate ascent by hand, labels in order; ties go to the cut nearest the global one
         scores = {t: jaccard_plus_macro_by_hand(cuts[:j] + [t] + cuts[j + 1 :]) for t in grid}

@@ -1,8 +1,11 @@
 """Several processes and clusters, on a CPU: collectives as NCCL allows them, per-rank state, SLURM.
 
 NCCL (the GPU backend) reduces and gathers only GPU tensors, where gloo (CPU) takes any: a CPU
-test passes code that fails on the first multi-GPU run. `NcclLikeStrategy` below (and
-fault_injection.NcclLikeDDPStrategy, for subprocesses) refuse CPU tensors as NCCL does.
+test passes code that fails on the first multi-GPU run. On a CPU every tensor is a CPU tensor, the
+ones a GPU run would hold on the device included, so no CPU test tells a tensor left on the host
+from one on the device; a step that must use no tensor collective at all can be checked, though.
+`NcclLikeStrategy` below refuses every tensor collective with NCCL's words (the prediction writer
+holds host tensors only, which NCCL would refuse) and logs the barriers and object broadcasts.
 """
 
 from __future__ import annotations
