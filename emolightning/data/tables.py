@@ -347,7 +347,10 @@ def _checked_rows(
             row_id = str(row[id_column])
         if unique_ids:
             if row_id in seen:
-                raise DataError(f"{where(path, line)}: the ID {clip(row_id)} already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
+                raise DataError(
+                    f"{where(path, line)}: the ID {clip(row_id)} already appears on line {seen[row_id]} (column '{id_column}'). IDs must be unique; "
+                    "rename or remove one, or name the ID column with `data.id_column`."
+                )
             seen[row_id] = line
         if labels_column is not None:
             values = _label_list(row[labels_column], path, line, labels_column, label_names) if label_names else None
