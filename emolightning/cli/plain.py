@@ -18,17 +18,38 @@ def command_parser(name: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"emolightning {name}", description=description)
 
 
+def list_option(value: str) -> list[str]:
+    """A list option as fit takes it (`[a, b]`, YAML or JSON) or as a comma list (`a,b`)."""
+    import yaml
+
+    items = yaml.safe_load(value) if value.lstrip().startswith("[") else value.split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 def score(argv: list[str]) -> None:
-    """Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) of a prediction file against a gold file, both in the
-    official format; rows are matched by ID."""
-    from ..reporting.score import format_scores, score_files
+    """Official SemEval-2018 E-c metrics (sample-averaged Jaccard, micro-F1, macro-F1, per-label F1) of a prediction file against a gold file, any
+    tables the data module reads (every format `emolightning predict` writes); rows are matched by ID. The columns come from the --data options, else
+    from --ckpt_path's checkpoint, else from the prediction file's header (predict writes the ID and text columns first), else they are detected
+    as the data module detects them."""
+    from ..reporting.score import Columns, format_scores, score_files
 
     parser = command_parser("score", score.__doc__)
     parser.add_argument("pred", help="Predictions (e.g. written by `emolightning predict`).")
-    parser.add_argument("gold", help="Gold labels (e.g. 2018-E-c-En-test-gold.txt).")
+    parser.add_argument("gold", help="Gold labels: the file that was predicted, with its labels (e.g. test.csv, 2018-E-c-En-test-gold.txt).")
     parser.add_argument("--json", action="store_true", help="Print the scores as one JSON object.")
+    parser.add_argument("--ckpt_path", help="A checkpoint written by `emolightning fit`, or its run folder: its column options and labels name the columns.")
+    parser.add_argument("--data.text_column", dest="text_column", help="Column holding the text, in both files (default: detected).")
+    parser.add_argument("--data.id_column", dest="id_column", help="Column holding the ID, in both files (default: detected; else row numbers).")
+    parser.add_argument(
+        "--data.label_columns", dest="label_columns", type=list_option, help="The gold file's label columns, e.g. '[anger, joy]' (default: every other column)."
+    )
+    parser.add_argument(
+        "--data.labels_column", dest="labels_column", help="The gold file's column holding a list of label ids or names, with --data.label_names."
+    )
+    parser.add_argument("--data.label_names", dest="label_names", type=list_option, help="The label names in id order, for --data.labels_column.")
     args = parser.parse_args(argv)
-    scores = score_files(args.pred, args.gold)
+    columns = Columns(args.text_column, args.id_column, args.label_columns, args.labels_column, args.label_names)
+    scores = score_files(args.pred, args.gold, columns, ckpt_path=args.ckpt_path)
     print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
 
 

@@ -53,8 +53,8 @@ class EmotionDataModule(L.LightningDataModule):
         predict_split: str = "test",
         hub_dataset: str = "SemEvalWorkshop/sem_eval_2018_task_1",
         hub_config: str | None = "subtask5.english",
-        text_column: str = "Tweet",
-        id_column: str = "ID",
+        text_column: str | None = None,
+        id_column: str | None = None,
         label_columns: list[str] | None = None,
         labels_column: str | None = None,
         label_names: list[str] | None = None,
@@ -84,8 +84,11 @@ class EmotionDataModule(L.LightningDataModule):
             predict_split: Which split `predict` labels when no predict_file is given.
             hub_dataset: Hub dataset used when neither data_dir nor files are given.
             hub_config: Its configuration name.
-            text_column: Column holding the text.
-            id_column: Column holding the example ID (row numbers when absent).
+            text_column: Column holding the text; it must exist in every file. Unset: `Tweet` (the
+                official files), else the one column named like text, sentence, message, comment, ...
+                (in any case), found in each file and logged.
+            id_column: Column holding the example ID; it must exist in every table. Unset: `ID`, else the
+                one column named like id, idx, guid, ... or ending in `_id` (`msg_id`), else row numbers.
             label_columns: Label columns (one 0/1 column per label), matched by name in every split (the
                 training split's order wins); default every column but the ID and text.
             labels_column: Instead of 0/1 columns, one column holding each row's list of label ids or

@@ -30,9 +30,10 @@ SPLIT_OPTIONS = {"train": "train_file", "validation": "val_file", "test": "test_
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "1.0"}, {"0", "false", "0.0"}
 DEMO_DIR = "builtin:demo"
 LINE_BREAKS = re.compile(r"\r\n|[\r\n\t]")
-# column names that other data sets give their text and ID, matched case-insensitively when the configured one is absent
+# column names that other data sets give their text and ID, matched case-insensitively when the option is unset and the official one absent
 TEXT_NAMES = ("tweet", "text", "sentence", "content", "comment", "utterance", "review", "message", "body")
 ID_NAMES = ("id", "tweet_id", "text_id", "idx", "uid", "guid")
+OFFICIAL_TEXT, OFFICIAL_ID = "Tweet", "ID"  # the columns of the official E-c files, found first when the options are unset
 log = logging.getLogger("lightning.pytorch.emolightning")  # Lightning's handler shows its INFO lines
 
 
@@ -83,17 +84,24 @@ def find_split_file(data_dir: str, split: str) -> str | None:
     return None
 
 
-def _matches(header: list[str], wanted: str, names: tuple[str, ...]) -> list[str]:
-    """The column `wanted` if the header has it; else the header's columns named (in any case) like `wanted` or one of `names`."""
-    if wanted in header:
-        return [wanted]
-    lowered = {wanted.lower(), *names}
-    return [c for c in header if str(c).strip().lower() in lowered]
+def _detected(header: list[str], official: str, names: tuple[str, ...], suffix: str | None = None) -> list[str]:
+    """The column `official` if the header has it; else the header's columns named (in any case) like `official` or one of `names`,
+    else those whose name ends with `suffix` (`msg_id`, `sample_id`)."""
+    if official in header:
+        return [official]
+    lowered = {official.lower(), *names}
+    found = [c for c in header if str(c).strip().lower() in lowered]
+    if not found and suffix:
+        found = [c for c in header if str(c).strip().lower().endswith(suffix)]
+    return found
 
 
-def is_plain_text(path: str, text_column: str) -> bool:
-    """Whether a .txt predict file is one text per line: its first line names no text column."""
-    return Path(path).suffix.lower() == ".txt" and not _matches(first_line(path).split("\t"), text_column, TEXT_NAMES)
+def is_plain_text(path: str, text_column: str | None) -> bool:
+    """Whether a .txt predict file is one text per line: its first line names no text column (neither `text_column` nor one named like a text)."""
+    if Path(path).suffix.lower() != ".txt":
+        return False
+    first = first_line(path).split("\t")
+    return not (text_column in first or _detected(first, OFFICIAL_TEXT, TEXT_NAMES))
 
 
 def note_once(logged: set | None, key: tuple, message: str) -> None:
@@ -106,46 +114,67 @@ def note_once(logged: set | None, key: tuple, message: str) -> None:
     log.info(message)
 
 
-def chosen_columns(path: str, header: list[str], text_column: str, id_column: str | None, logged: set | None = None) -> tuple[str, str | None]:
-    """The (text, ID) columns of a file: the configured names, else the one column named like a text / an ID.
+def _named_column(path: str, header: list[str], name: str, role: str, option: str, detected: str) -> str:
+    """`name`, which the user gave with `option`, if the header has it; else one paragraph naming the file, the column and the columns there are."""
+    if name in header:
+        return name
+    raise DataError(
+        f"{where(path, 1)}: there is no {role} column '{name}' (option `{option}`); the columns are {clip(header, 300)}. "
+        f"Name one of them with `--{option}`, or leave `{option}` unset (null) so that {detected}."
+    )
 
-    The defaults are the official E-c names (Tweet, ID); other data sets call them text, sentence,
-    id, ... in any case. A text column must be found; an ID column may be absent (row numbers).
-    A choice other than the configured names is logged (once per file, with `logged`: see `note_once`).
+
+def chosen_columns(path: str, header: list[str], text_column: str | None, id_column: str | None, logged: set | None = None) -> tuple[str, str | None]:
+    """The (text, ID or None for row numbers) columns of a file.
+
+    A column the user names (`text_column`, `id_column`) must be in the header. Left unset (None), the
+    text column is the official `Tweet`, else the one column named like text, sentence, message, ...
+    in any case; the ID column is `ID`, else the one named like id, idx, ..., else the one whose name
+    ends in `_id`, else none (the rows are numbered). An auto-detected choice other than the official
+    names is logged (once per file, with `logged`: see `note_once`).
     """
     shown = clip(header, 200)
-    texts = _matches(header, text_column, TEXT_NAMES)
-    if len(texts) != 1:
-        found = (
-            f"several columns that may hold the text ({clip(texts, 120)})"
-            if texts
-            else f"no text column '{text_column}' (nor one named like {', '.join(TEXT_NAMES)})"
-        )
-        raise DataError(f"{where(path, 1)}: the header {shown} has {found}. Name the text column with `data.text_column` (or fix the header).")
-    ids = [] if id_column is None else [c for c in _matches(header, id_column, ID_NAMES) if c != texts[0]]
-    if len(ids) > 1:
-        raise DataError(
-            f"{where(path, 1)}: the header {shown} has several columns that may hold the ID ({clip(ids, 120)}). Name the ID column with `data.id_column`, "
-            "and list the label columns with `data.label_columns` if the other one is not a label."
-        )
-    chosen = (texts[0], ids[0] if ids else None)
-    if chosen != (text_column, id_column):
+    if text_column is not None:
+        text = _named_column(path, header, text_column, "text", "data.text_column", f"the text column is found by its name ({OFFICIAL_TEXT}, text, ...)")
+    else:
+        texts = _detected(header, OFFICIAL_TEXT, TEXT_NAMES)
+        if len(texts) != 1:
+            found = (
+                f"several columns that may hold the text ({clip(texts, 120)})"
+                if texts
+                else f"no text column '{OFFICIAL_TEXT}' (nor one named like {', '.join(TEXT_NAMES)})"
+            )
+            raise DataError(f"{where(path, 1)}: the header {shown} has {found}. Name the text column with `data.text_column` (or fix the header).")
+        text = texts[0]
+    if id_column is not None:
+        row_id = _named_column(path, header, id_column, "ID", "data.id_column", "the ID column is found by its name (ID, id, ..._id) or the rows are numbered")
+        if row_id == text:
+            raise DataError(f"{where(path, 1)}: the column '{row_id}' is named as both the text and the ID column. Name another with `data.id_column`.")
+    else:
+        ids = [c for c in _detected(header, OFFICIAL_ID, ID_NAMES, suffix="_id") if c != text]
+        if len(ids) > 1:
+            raise DataError(
+                f"{where(path, 1)}: the header {shown} has several columns that may hold the ID ({clip(ids, 120)}). Name the ID column with `data.id_column`, "
+                "and list the label columns with `data.label_columns` if the other one is not a label."
+            )
+        row_id = ids[0] if ids else None
+    if (text_column is None or id_column is None) and (text, row_id) != (OFFICIAL_TEXT, OFFICIAL_ID):
         note_once(
             logged,
-            (path, "columns", *chosen),
-            f"{path}: text column '{chosen[0]}', ID column {repr(chosen[1]) if chosen[1] else 'none (row numbers)'}, every other column a label "
+            (path, "columns", text, row_id),
+            f"{path}: text column '{text}', ID column {repr(row_id) if row_id else 'none (row numbers)'}, every other column a label "
             "(options `data.text_column`, `data.id_column`, `data.label_columns`).",
         )
-    return chosen[0], chosen[1] if ids else id_column
+    return text, row_id
 
 
-def output_columns(path: str, text_column: str, id_column: str | None, logged: set | None = None) -> tuple[str, str]:
-    """The (ID, text) column names a prediction file takes from its input table: the input's own; ID, Tweet for one text per line."""
+def output_columns(path: str, text_column: str | None, id_column: str | None, logged: set | None = None) -> tuple[str, str]:
+    """The (ID, text) column names a prediction file takes from its input table: the input's own; `id`, `text` for one text per line,
+    and for a table without an ID column `ID` beside an official `Tweet`, else `id`."""
     if is_plain_text(path, text_column):
-        return "ID", "Tweet"
-    header = read_header(path)
-    text, row_id = chosen_columns(path, header, text_column, id_column, logged)
-    return (row_id if row_id in header else "ID"), text
+        return "id", "text"
+    text, row_id = chosen_columns(path, read_header(path), text_column, id_column, logged)
+    return row_id or (OFFICIAL_ID if text == OFFICIAL_TEXT else "id"), text
 
 
 def _label_value(value, path: str, line: int, column: str) -> int | None:
@@ -197,8 +226,8 @@ def _label_list(value, path: str, line: int, column: str, names: list[str]) -> l
 
 def read_records(
     path: str,
-    text_column: str = "Tweet",
-    id_column: str | None = "ID",
+    text_column: str | None = None,
+    id_column: str | None = None,
     label_columns: list[str] | None = None,
     allow_plain_text: bool = False,
     unique_ids: bool = True,
@@ -206,13 +235,16 @@ def read_records(
     label_names: list[str] | None = None,
     note_spaces: bool = True,
     logged: set | None = None,
+    allow_empty_texts: bool = False,
 ) -> tuple[list[str], Iterator[Record]]:
     """(label names, lazy records) of one file; every check of `read_table` runs as the rows go by.
 
-    Label columns are `label_columns`, or every column but the id and text; or, with `labels_column`,
-    one column holding a list of label ids or names (`label_names`). With `allow_plain_text`, a .txt
-    file whose first line is not a header naming `text_column` holds one text per line (see
-    `plain_texts`). Tabs and line breaks inside a text become one space each, counted in one log
+    The text and ID columns are those `chosen_columns` gives (a named one must exist). Label columns are
+    `label_columns`, or every column but the id and text; or, with `labels_column`, one column holding a
+    list of label ids or names (`label_names`). With `allow_plain_text` (a predict file), a .txt file whose
+    first line is not a header naming the text column holds one text per line (see `plain_texts`), and
+    `labels_column` may be absent. An empty or blank text is an error unless `allow_empty_texts` (predict
+    writes a row for every input row; a split to train or test on has none). Tabs and line breaks inside a text become one space each, counted in one log
     line (`note_spaces`; once per file with `logged`, see `note_once`); nothing else in a text changes. Memory stays flat, except that the
     duplicate-ID check keeps every ID seen (`unique_ids=False` skips it).
     """
@@ -231,8 +263,13 @@ def read_records(
         if not label_names:
             raise ConfigError(f"`data.labels_column` '{labels_column}' holds label ids or names: set `data.label_names` to the label names, in id order.")
         label_names = list(label_names)
-        if labels_column not in header:  # a file without labels, for predict
-            label_names = []
+        if labels_column not in header:
+            if not allow_plain_text:
+                raise DataError(
+                    f"{where(path, 1)}: there is no label list column '{labels_column}' (option `data.labels_column`); the columns are {shown}. "
+                    "Name one of them with `--data.labels_column`, or unset it to read one 0/1 column per label."
+                )
+            label_names = []  # a file without labels, for predict
     else:
         if label_columns is None:
             if unnamed := [i + 1 for i, c in enumerate(header) if not str(c).strip() and c not in (text_column, id_column)]:
@@ -249,7 +286,8 @@ def read_records(
         if not label_columns and not allow_plain_text:
             raise DataError(f"{where(path, 1)}: the header {shown} has no label columns. Add one 0/1 column per emotion.")
         label_names = list(label_columns)
-    return label_names, _records(path, rows, text_column, id_column, label_names, labels_column, unique_ids, note_spaces, logged)
+    rows = _checked_rows(path, rows, text_column, id_column, label_names, labels_column, unique_ids, allow_empty_texts)
+    return label_names, _spaced_rows(path, rows, f"{path} has a header but no rows.", note_spaces, logged)
 
 
 def spaced(text: str) -> str:
@@ -283,7 +321,7 @@ def _spaced_rows(path: str, records: Iterator[Record], empty: str, note_spaces: 
         _note(path, changed, logged)
 
 
-def _records(
+def _checked_rows(
     path: str,
     rows,
     text_column: str,
@@ -291,31 +329,28 @@ def _records(
     label_names: list[str],
     labels_column: str | None,
     unique_ids: bool,
-    note_spaces: bool,
-    logged: set | None,
+    allow_empty_texts: bool = False,
 ) -> Iterator[Record]:
-    rows = _checked_rows(path, rows, text_column, id_column, label_names, labels_column, unique_ids)
-    return _spaced_rows(path, rows, f"{path} has a header but no rows.", note_spaces, logged)
-
-
-def _checked_rows(
-    path: str, rows, text_column: str, id_column: str | None, label_names: list[str], labels_column: str | None, unique_ids: bool
-) -> Iterator[Record]:
-    """(ID, text as read, labels) of every row, each checked: a text, a unique ID, labels all 0/1 or all NONE."""
+    """(ID, text as read, labels) of every row, each checked: a text (unless `allow_empty_texts`), a unique ID, labels all 0/1 or all NONE."""
     seen: dict[str, int] = {}
     labelled = None  # whether the file carries labels, decided by its first row
     for number, (line, row) in enumerate(rows, start=1):
         text = row[text_column]
-        if text is None or text is MISSING or not str(text).strip():
+        text = "" if text is None or text is MISSING else str(text)
+        if not text.strip() and not allow_empty_texts:
             raise DataError(f"{where(path, line)}: the text is empty. Remove the row or fill in the text.")
-        text = str(text)
-        if id_column in row and row[id_column] is not MISSING:
-            row_id = str(row[id_column])
-        else:
+        if id_column is None:
             row_id = str(number)
+        elif row[id_column] is MISSING:  # a JSON object without the key: a row number could equal another row's ID
+            raise DataError(f"{where(path, line)}: this object has no ID ('{id_column}'). Give every row its ID, or none of them.")
+        else:
+            row_id = str(row[id_column])
         if unique_ids:
             if row_id in seen:
-                raise DataError(f"{where(path, line)}: the ID {clip(row_id)} already appears on line {seen[row_id]}. IDs must be unique; rename or remove one.")
+                raise DataError(
+                    f"{where(path, line)}: the ID {clip(row_id)} already appears on line {seen[row_id]} (column '{id_column}'). IDs must be unique; "
+                    "rename or remove one, or name the ID column with `data.id_column`."
+                )
             seen[row_id] = line
         if labels_column is not None:
             values = _label_list(row[labels_column], path, line, labels_column, label_names) if label_names else None
@@ -335,7 +370,7 @@ def _checked_rows(
 
 def file_records(
     path: str,
-    text_column: str,
+    text_column: str | None,
     id_column: str | None,
     label_columns: list[str] | None,
     unique_ids: bool = True,
@@ -343,7 +378,8 @@ def file_records(
     label_names: list[str] | None = None,
     logged: set | None = None,
 ) -> Iterator[Record]:
-    """The rows of a predict file (a table, or one text per line), read lazily; the checking pass (`unique_ids`) also logs the texts whose tabs/line breaks became spaces."""
+    """The rows of a predict file (a table, or one text per line; empty texts included), read lazily; the checking pass (`unique_ids`) also logs
+    the texts whose tabs/line breaks became spaces."""
     return read_records(
         path,
         text_column,
@@ -355,20 +391,24 @@ def file_records(
         label_names=label_names,
         note_spaces=unique_ids,
         logged=logged,
+        allow_empty_texts=True,
     )[1]
 
 
 def read_table(
     path: str,
-    text_column: str = "Tweet",
-    id_column: str | None = "ID",
+    text_column: str | None = None,
+    id_column: str | None = None,
     label_columns: list[str] | None = None,
     labels_column: str | None = None,
     label_names: list[str] | None = None,
     logged: set | None = None,
+    allow_empty_texts: bool = False,
 ) -> Table:
     """Read one split whole (see `read_records` for the columns and the checks); a one-text-per-line file is `file_records`' alone."""
-    names, records = read_records(path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names, logged=logged)
+    names, records = read_records(
+        path, text_column, id_column, label_columns, labels_column=labels_column, label_names=label_names, logged=logged, allow_empty_texts=allow_empty_texts
+    )
     ids, texts, labels = [], [], []
     for row_id, text, values in records:
         ids.append(row_id)
@@ -398,7 +438,7 @@ def load_hub(name: str, config: str | None):
 def table_from_hub(
     dataset,
     split_name: str,
-    text_column: str,
+    text_column: str | None,
     id_column: str | None,
     label_columns: list[str] | None,
     labels_column: str | None = None,
@@ -408,13 +448,13 @@ def table_from_hub(
     (`labels_column`) whose names come from its ClassLabel feature or `label_names`."""
     split = dataset[split_name]
     source = f"hub:{split_name}"
-    for column in [text_column] + ([labels_column] if labels_column else []):
-        if column not in split.column_names:
-            raise DataError(
-                f"The Hub split '{split_name}' has no column '{column}' (its columns: {clip(split.column_names, 200)}). Set `data.text_column` / `data.labels_column`."
-            )
+    text_column, id_column = chosen_columns(source, split.column_names, text_column, id_column)  # a named column must exist; unset ones are detected
+    if labels_column and labels_column not in split.column_names:
+        raise DataError(
+            f"The Hub split '{split_name}' has no column '{labels_column}' (its columns: {clip(split.column_names, 200)}). Set `data.labels_column` to one of them."
+        )
     texts = [spaced(str(text)) for text in split[text_column]]
-    ids = [str(i) for i in split[id_column]] if id_column in split.column_names else [str(i) for i in range(len(split))]
+    ids = [str(i) for i in split[id_column]] if id_column is not None else [str(i) for i in range(len(split))]
     if labels_column:
         if not label_names:
             feature = getattr(split.features[labels_column], "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)

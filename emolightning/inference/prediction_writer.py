@@ -1,11 +1,15 @@
-"""`emolightning predict`: a prediction file in the official SemEval-2018 E-c submission format.
+"""`emolightning predict`: a prediction file, in the format its name says.
 
     emolightning predict --config run/config.yaml --ckpt_path run/checkpoints/best-*.ckpt --output pred.txt
 
-The file is tab-separated: `ID, Tweet, <one 0/1 column per label>`, one row per input text in the
-input's order, with IDs and texts as the data module read them (row numbers for a plain .txt with
-one text per line). Labels are decided at the checkpoint's tuned thresholds (`predict_step`);
-`--probabilities true` adds a `p_<label>` column per label.
+The columns are the input's ID and text columns (`ID, Tweet` for the official files; `id, text` for
+a .txt with one text per line, whose IDs are line numbers), then one 0/1 column per label; one row
+per input row in the input's order, with IDs and texts as the data module read them. Labels are
+decided at the checkpoint's tuned thresholds (`predict_step`); `--probabilities true` adds a
+`p_<label>` column per label. `.txt` and `.tsv` are tab-separated without quoting (the official
+SemEval-2018 E-c submission format), `.csv` is CSV as the `csv` module and pandas write it, `.jsonl`
+one JSON object a line and `.json` an array of objects (IDs and texts strings, labels 0/1 numbers,
+probabilities numbers).
 
 The writer reads only its hook arguments: each batch's `ids` and `texts`, each prediction's
 `index`, `preds` and `probs`, and the module's `label_names` (outputs.Classifier), so any predict
@@ -17,6 +21,7 @@ the chunk is complete; without one it holds every row until the end.
 
 from __future__ import annotations
 
+import csv
 import heapq
 import json
 import os
@@ -35,6 +40,42 @@ from ..outputs import Classifier
 # the official files are tab-separated without quoting: these characters cannot appear in a field
 UNSAFE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 COLUMNS = ("ID", "Tweet")  # the (ID, text) column names of a prediction file whose input names none
+# the output's format, by the name's suffix
+FORMATS = {".txt": "tsv", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
+
+
+def output_format(output: str) -> str:
+    """The format `output` is written in (a key of FORMATS' values), from its name; ConfigError for another name."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(
+            f"--output '{output}': the prediction file's format follows its name, and '{suffix or 'no suffix'}' names none. "
+            "Name it .csv (CSV), .txt or .tsv (tab-separated, the official E-c format), .jsonl (one JSON object a line) or .json (an array of objects)."
+        )
+    return FORMATS[suffix]
+
+
+def write_rows(out, kind: str, header: list[str], rows) -> None:
+    """`header` and `rows` (lists: ID, text, 0/1 labels, probabilities) to the open file `out`, in format `kind` (see FORMATS)."""
+    if kind == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for fields in rows:
+            writer.writerow(fields[:2] + [str(v) if isinstance(v, int) else f"{v:.6f}" for v in fields[2:]])
+    elif kind == "tsv":  # the part holds tab-free texts already (write_on_batch_end)
+        out.write("\t".join(header) + "\n")
+        for fields in rows:
+            out.write("\t".join(fields[:2] + [str(v) if isinstance(v, int) else f"{v:.6f}" for v in fields[2:]]) + "\n")
+    else:  # jsonl, json
+        objects = (json.dumps(dict(zip(header, fields)), ensure_ascii=False) for fields in rows)
+        if kind == "jsonl":
+            for line in objects:
+                out.write(line + "\n")
+        else:
+            out.write("[")
+            for k, line in enumerate(objects):
+                out.write(("," if k else "") + "\n" + line)
+            out.write("\n]\n")
 
 
 class PredictLayout(Protocol):
@@ -52,7 +93,7 @@ class PredictLayout(Protocol):
 
 class PredictionFileWriter(BasePredictionWriter):
     def __init__(self, output: str, probabilities: bool = False, layout: Callable[[], PredictLayout | None] | None = None):
-        """Writes `predict_step` outputs as an official E-c file, as they come (stream.py).
+        """Writes `predict_step` outputs as a prediction file (an official E-c file for .txt/.tsv), as they come (stream.py).
 
         Each rank writes its rows, in input order, to a part file beside `output`; at the end rank 0
         merges the parts into `output` (replaced atomically). With a `layout`, rows wait in memory
@@ -69,7 +110,7 @@ class PredictionFileWriter(BasePredictionWriter):
         positions in the input), `preds` (0/1) and `probs`, as `predict_step` returns them.
 
         Args:
-            output: Path of the file to write.
+            output: Path of the file to write; its suffix names the format (.csv, .txt/.tsv, .jsonl, .json).
             probabilities: Also write each label's probability, in columns `p_<label>`.
             layout: Called when predicting starts, for this rank's `PredictLayout` (the CLI passes
                 the data module's predict stream). None, or a call that returns None: the rows
@@ -77,6 +118,7 @@ class PredictionFileWriter(BasePredictionWriter):
         """
         super().__init__(write_interval="batch")
         self.output, self.probabilities, self.layout_of = output, probabilities, layout
+        self.format = output_format(output)  # an unknown name stops before the model runs
         self.layout: PredictLayout | None = None
         self.part = None  # this rank's part file (its temporary file until complete), open while predicting
         self.writing = ExitStack()  # the atomic write of the part
@@ -94,7 +136,8 @@ class PredictionFileWriter(BasePredictionWriter):
         self.writing, self.error, self.part = ExitStack(), None, None
         with self._kept_if_several():
             self.part = self.writing.enter_context(atomic_open(self.part_path, "w", encoding="utf-8", newline="\n"))
-        self.pending: dict[int, list[tuple[int, str]]] = {}  # chunk (0 without a layout) -> (row index, line) of rows not yet written
+        # chunk (0 without a layout) -> (row index, row as a JSON array) of rows not yet written: JSON, so the part holds any text on one line
+        self.pending: dict[int, list[tuple[int, str]]] = {}
         self.next_chunk = self.rows = self.truncated = self.unsafe = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
@@ -106,11 +149,15 @@ class PredictionFileWriter(BasePredictionWriter):
         preds = prediction["preds"].cpu().tolist()
         probs = prediction["probs"].float().cpu().tolist() if self.probabilities else None
         rows = self.pending.setdefault(batch["chunk"] if self.layout is not None else 0, [])
+        tab_separated = self.format == "tsv"
         for k, (index, row_id, text) in enumerate(zip(prediction["index"].tolist(), batch["ids"], batch["texts"])):
-            safe = text.translate(UNSAFE)
-            self.unsafe += safe != text
-            fields = [str(row_id).translate(UNSAFE), safe, *map(str, preds[k])] + ([f"{p:.6f}" for p in probs[k]] if probs else [])
-            rows.append((index, "\t".join(fields)))
+            row_id, text = str(row_id), str(text)
+            if tab_separated:
+                safe = text.translate(UNSAFE)
+                self.unsafe += safe != text
+                row_id, text = row_id.translate(UNSAFE), safe
+            fields = [row_id, text, *(int(v) for v in preds[k])] + ([round(p, 6) for p in probs[k]] if probs else [])
+            rows.append((index, json.dumps(fields, ensure_ascii=False)))
         self.truncated += int(batch.get("truncated", 0))
         self._flush()
 
@@ -199,11 +246,9 @@ class PredictionFileWriter(BasePredictionWriter):
         try:
             # atomic: a reader never sees half a prediction file, and a full disk leaves the old one
             with atomic_open(self.output, "w", needed=sum(os.path.getsize(p) for p in parts), encoding="utf-8", newline="\n") as out:
-                out.write("\t".join(header) + "\n")
                 # each part is in input order: a k-way merge keeps that, one line per part in memory
                 numbered = [((int(index), row) for index, _, row in (line.partition("\t") for line in f)) for f in files]
-                for _, row in heapq.merge(*numbered, key=lambda pair: pair[0]):
-                    out.write(row)
+                write_rows(out, self.format, header, (json.loads(row) for _, row in heapq.merge(*numbered, key=lambda pair: pair[0])))
         finally:
             for f in files:
                 f.close()

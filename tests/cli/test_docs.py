@@ -140,3 +140,53 @@ def test_a_made_up_option_or_missing_config_is_caught(args, capsys, monkeypatch)
     except AssertionError:
         code = 1
     assert code != 0
+
+
+def walkthrough(page: Path, title: str) -> list[list[str]]:
+    """The `emolightning` commands of one section of a page (from its `## title` to the next `## `), in order."""
+    text = page.read_text(encoding="utf-8")
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return commands(section)
+
+
+@pytest.mark.slow
+def test_the_readme_own_data_walkthrough_runs_as_written_on_a_csv_with_the_users_own_column_names(tiny_encoder, tmp_path):
+    """README "Your own data", every command as written, on CSVs whose columns are the user's (msg_id, message, labels): only the
+    user's paths become files here, and fit gets the tiny encoder, one short epoch and a cache in the test folder."""
+    import csv
+    import glob
+
+    import pandas as pd
+
+    from conftest import LABELS, make_rows
+    from helpers import emolightning
+
+    steps = walkthrough(REPO / "README.md", "Your own data")
+    assert [args[0] for args in steps][:2] == ["fit", "test"] and "score" in [args[0] for args in steps], steps
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # the user runs the commands in a checkout
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, rows, labelled in [("train", make_rows(40, 1, "r"), True), ("dev", make_rows(16, 2, "d"), True), ("test", make_rows(12, 3, "t"), True)] + [
+        ("new", make_rows(6, 4, "n"), False)
+    ]:
+        with open(data / f"{name}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["msg_id", "message", *(LABELS if labelled else [])])
+            for k, (row_id, text, gold) in enumerate(rows):
+                writer.writerow([row_id.replace("-", "_"), "" if name == "new" and k == 2 else text, *(gold if labelled else [])])
+    tiny = ["--model.init_args.encoder", tiny_encoder, "--data.cache_dir", "cache", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]
+    quiet = ["--trainer.enable_progress_bar", "false"]
+    outputs = {}
+    for args in steps:
+        args = [word.replace("path/to/", f"{data}/") for word in args]
+        args = [match for word in args for match in (sorted(glob.glob(str(tmp_path / word))) if "*" in word else [word])]
+        extra = tiny + quiet if args[0] == "fit" else quiet if args[0] in ("test", "predict") else []
+        done = emolightning(*args, *extra, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+        outputs.setdefault(args[0], []).append(done.stdout + done.stderr)
+    assert "test/jaccard" in outputs["test"][0]
+    scored = outputs["score"][0]
+    assert re.search(r"^n\s+12$", scored, re.M) and re.search(r"^jaccard\s+\d\.\d{4}$", scored, re.M), scored
+    for path in tmp_path.glob("*predictions.csv"):  # a .csv that pandas reads: the user's columns, every row
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert list(frame.columns[:2]) == ["msg_id", "message"] and list(frame.columns[2:]) == LABELS
+        assert len(frame) == (12 if path.name.startswith("test") else 6)

@@ -123,5 +123,5 @@ def test_goemotions_config_trains_and_predicts_one_column_per_label(tiny_encoder
         *common,
     )
     header, *rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
-    assert header == ["ID", "Tweet", *NAMES]
+    assert header == ["id", "text", *NAMES]
     assert [r[:2] for r in rows] == [["1", "so delighted"], ["2", "shocked and scared"]] and all(set(r[2:]) <= {"0", "1"} and len(r) == 30 for r in rows)

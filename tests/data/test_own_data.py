@@ -128,3 +128,33 @@ def test_a_non_label_column_error_names_the_id_option(tmp_path):
     path.write_text("ID,text,code,joy\n1,hi,r000,1\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"label column 'code' holds 'r000'.*`data.id_column`"):
         read_table(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_predict_writes_a_row_for_every_input_row_empty_texts_included(trained_run, tiny_encoder, tmp_path, suffix):
+    """An empty or blank text in a table is predicted (as the model sees an empty input), in its place, not a stop."""
+    import pandas as pd
+    import torch
+
+    from emolightning.cli.main import run_cli
+    from emolightning.models.classifier import EmotionClassifier
+    from emolightning.pretrained.encoders import load_tokenizer
+
+    from helpers import predict_args
+
+    texts = ["so happy today", "", "   ", "crying at home"]
+    source = tmp_path / f"new{suffix}"
+    if suffix == ".csv":
+        source.write_text("msg_id,message\n" + "".join(f'm{i},"{t}"\n' for i, t in enumerate(texts)), encoding="utf-8")
+    else:
+        source.write_text("".join(f'{{"msg_id": "m{i}", "message": "{t}"}}\n' for i, t in enumerate(texts)), encoding="utf-8")
+    out = tmp_path / "predictions.csv"
+    run_cli(predict_args(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out), "--probabilities", "true"))
+    frame = pd.read_csv(out, dtype={"msg_id": str, "message": str}, keep_default_na=False)
+    assert list(frame["msg_id"]) == ["m0", "m1", "m2", "m3"] and list(frame["message"]) == texts
+    model = EmotionClassifier.load_from_checkpoint(trained_run["ckpt"], map_location="cpu").eval()
+    tokenizer = load_tokenizer(tiny_encoder)
+    with torch.no_grad():
+        alone = [torch.sigmoid(model(**{k: v for k, v in tokenizer([t], return_tensors="pt").items() if k != "token_type_ids"}))[0] for t in texts]
+    written = torch.tensor(frame[[f"p_{name}" for name in LABELS]].to_numpy(), dtype=torch.float32)
+    assert torch.allclose(written, torch.stack(alone), atol=1e-5)

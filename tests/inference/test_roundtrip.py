@@ -184,7 +184,7 @@ def test_predict_writes_one_row_per_input_row(fmt, trained_run, tmp_path):
     out = tmp_path / "pred.txt"
     run_cli(predict_args(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out)))
     lines = out.read_bytes().decode("utf-8").split("\n")
-    assert lines[-1] == "" and lines[0].split("\t")[:2] == ["ID", "Tweet"]
+    assert lines[-1] == "" and lines[0].split("\t")[:2] == (["id", "text"] if fmt == "plain" else ["ID", "Tweet"])
     rows = [line.split("\t") for line in lines[1:-1]]
     assert [r[0] for r in rows] == table["ids"] and [r[1] for r in rows] == table["texts"]
     assert all(len(r) == 2 + 11 and set(r[2:]) <= {"0", "1"} for r in rows)

@@ -6,10 +6,11 @@ import json
 import re
 
 import pytest
+import torch
 
 from emolightning.cli.main import main
 from emolightning.errors import DataError
-from emolightning.reporting.score import score_files
+from emolightning.reporting.score import Columns, score_files
 
 GOLD = """ID\tTweet\ta\tb\tc
 1\tfirst text\t1\t0\t0
@@ -102,3 +103,89 @@ def test_score_and_the_split_check_name_a_label_difference_alike(tmp_path, extra
     assert difference.startswith("; missing: ['c']; extra: [")
     assert f"['a', 'b', 'c']{difference}. Every split needs the same label columns" in str(from_tables.value)
     assert len(str(from_score.value)) < 1200
+
+
+# the user's own names: nothing here is an official name, and `msg_id` is no common ID name
+OWN_GOLD = """msg_id,message,a,b,c
+m1,first text,1,0,0
+m2,"second, text",0,1,1
+m3,third text,0,0,0
+m4,fourth text,1,1,0
+m5,,0,0,0
+"""
+OWN_PREDS = {"m1": [1, 1, 0], "m2": [0, 0, 1], "m3": [0, 0, 1], "m4": [1, 0, 0], "m5": [0, 0, 0]}  # EXPECTED's predictions, labels a, b, c
+
+
+class Fixed:
+    """A model whose predictions are OWN_PREDS, row by row, for PredictionFileWriter."""
+
+    label_names = ["a", "b", "c"]
+
+
+def written_by_predict(tmp_path, name: str, probabilities: bool) -> str:
+    """OWN_GOLD's rows predicted as OWN_PREDS, written by the PredictionFileWriter that `emolightning predict` uses, in the format of `name`."""
+    from types import SimpleNamespace
+
+    from emolightning.inference.prediction_writer import PredictionFileWriter
+
+    ids, texts = ["m1", "m2", "m3", "m4", "m5"], ["first text", "second, text", "third text", "fourth text", ""]
+    layout = SimpleNamespace(columns=("msg_id", "message"), num_rows=5, max_length=64, num_chunks=1, rows_in_chunk=lambda chunk: 5)
+    writer = PredictionFileWriter(str(tmp_path / name), probabilities, layout=lambda: layout)
+    trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True, strategy=SimpleNamespace(barrier=lambda name: None, broadcast=lambda x, src: x))
+    writer.on_predict_epoch_start(trainer, Fixed())
+    for part in ([4, 1], [0, 3, 2]):  # rows arrive in any order
+        batch = {"ids": [ids[i] for i in part], "texts": [texts[i] for i in part], "chunk": 0}
+        preds = torch.tensor([OWN_PREDS[ids[i]] for i in part], dtype=torch.uint8)
+        writer.write_on_batch_end(trainer, Fixed(), {"index": torch.tensor(part), "preds": preds, "probs": preds.float() * 0.9}, None, batch, 0, 0)
+    writer.on_predict_epoch_end(trainer, Fixed())
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["pred.csv", "pred.txt", "pred.tsv", "pred.jsonl", "pred.json"])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_score_reads_every_format_predict_writes_against_the_users_own_csv(tmp_path, name, probabilities, capsys):
+    """No option: the ID and text columns come from the prediction file's header (predict writes them first); an empty text is no error."""
+    pred = written_by_predict(tmp_path, name, probabilities)
+    gold = write(tmp_path, "test.csv", OWN_GOLD)
+    main(["score", pred, gold, "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores.keys() == EXPECTED.keys()
+    for key, value in EXPECTED.items():
+        assert scores[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_score_takes_the_data_modules_column_options(tmp_path, capsys):
+    """Columns that nothing detects (`key`, `body`), named as fit names them; the prediction file in another row and column order."""
+    gold = write(
+        tmp_path, "gold.jsonl", "".join(f'{{"key": "{row[0]}", "body": "{row[1]}", "a": {row[2]}, "b": {row[3]}, "c": {row[4]}}}\n' for row in GOLD_ROWS)
+    )
+    pred = write(
+        tmp_path, "pred.csv", "c,body,a,key,b\n" + "".join(f"{OWN_PREDS['m' + k][2]},t,{OWN_PREDS['m' + k][0]},{k},{OWN_PREDS['m' + k][1]}\n" for k in "53124")
+    )
+    with pytest.raises(SystemExit):  # without the options, the ID column is not found (and the error names data.id_column)
+        main(["score", pred, gold])
+    assert "data.id_column" in capsys.readouterr().err
+    main(["score", pred, gold, "--data.text_column", "body", "--data.id_column", "key", "--json"])
+    assert json.loads(capsys.readouterr().out)["jaccard"] == pytest.approx(EXPECTED["jaccard"])
+    main(["score", pred, gold, "--data.text_column", "body", "--data.id_column", "key", "--data.label_columns", "[a, b, c]", "--json"])
+    assert json.loads(capsys.readouterr().out)["f1_macro"] == pytest.approx(EXPECTED["f1_macro"])
+
+
+GOLD_ROWS = [(str(i), f"text {i}", *labels) for i, labels in enumerate([(1, 0, 0), (0, 1, 1), (0, 0, 0), (1, 1, 0), (0, 0, 0)], start=1)]
+
+
+def test_score_reads_the_columns_from_a_checkpoint(tmp_path, capsys):
+    """A checkpoint written by fit holds the data module's column options and the model's labels: score uses them (a real .ckpt file, read as test reads it)."""
+    gold = write(tmp_path, "gold.csv", "key,body,note,a,b,c\n" + "".join(f"{r[0]},{r[1]},x,{r[2]},{r[3]},{r[4]}\n" for r in GOLD_ROWS))
+    pred = write(tmp_path, "pred.csv", "key,body,a,b,c\n" + "".join(f"{k},t,{','.join(map(str, OWN_PREDS['m' + k]))}\n" for k in "12345"))
+    ckpt = tmp_path / "best.ckpt"
+    hyper = {"encoder": "tiny", "label_names": ["a", "b", "c"]}
+    torch.save({"state_dict": {}, "hyper_parameters": hyper, "datamodule_hyper_parameters": {"text_column": "body", "id_column": "key"}}, ckpt)
+    main(["score", pred, gold, "--ckpt_path", str(ckpt), "--json"])  # `note` is no label of the model's: it is left out
+    assert json.loads(capsys.readouterr().out)["jaccard"] == pytest.approx(EXPECTED["jaccard"])
+
+
+def test_score_refuses_a_named_column_that_is_not_there(tmp_path):
+    gold = write(tmp_path, "test.csv", OWN_GOLD)
+    with pytest.raises(DataError, match=r"test.csv, line 1: there is no ID column 'id'.*'msg_id', 'message'"):
+        score_files(gold, gold, Columns(id_column="id"))
