@@ -391,11 +391,13 @@ def resolve_resume(subcommand: str, config) -> None:
         rank_zero_info(f"--ckpt_path last: resuming from {found}")
         config.ckpt_path = ckpt = found
     elif not os.path.isfile(ckpt):
-        raise ConfigError(
-            f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. Give a .ckpt file written by "
-            "`emolightning fit` (<run>/checkpoints/best-*.ckpt or last.ckpt), or `--ckpt_path last` to resume "
+        give = (
+            "Give a .ckpt file written by `emolightning fit` (<run>/checkpoints/best-*.ckpt or last.ckpt), or `--ckpt_path last` to resume "
             "the latest run under trainer.default_root_dir."
+            if subcommand == "fit"
+            else f"`{subcommand}` runs a trained model: give the best checkpoint of a run written by `emolightning fit`, <run>/checkpoints/best-*.ckpt."
         )
+        raise ConfigError(f"The checkpoint '{ckpt}' (option --ckpt_path) does not exist. {give}")
     if subcommand == "fit" and not checkpoint_dir:
         # the resumed run logs to a new version_N+1, but its checkpoints continue in the old folder:
         # `checkpoint` restores its best score only when its dirpath is unchanged
