@@ -179,7 +179,7 @@ for code, prelude, reader in json.loads(sys.argv[1]):
     space = {}
     exec(prelude + "\n" + code, space)
     probs, labels = eval(reader, space)
-    out.append({"probs": np.asarray(probs, dtype=float).reshape(-1, len(LABELS)).tolist(), "labels": np.asarray(labels, dtype=bool).reshape(-1, len(LABELS)).tolist()})
+    out.append({"probs": np.atleast_2d(np.asarray(probs, dtype=float)).tolist(), "labels": np.atleast_2d(np.asarray(labels, dtype=bool)).tolist()})
 print(json.dumps(out))
 """
 )

@@ -156,6 +156,7 @@ def test_onnx_export_is_silent_and_right_at_lengths_other_than_the_traced_one(ti
     import warnings
 
     import numpy as np
+    from transformers import AutoConfig
 
     from emolightning.inference.backends import ModelOutput, export_onnx, onnx_session
     from emolightning.inference.modeling_emolightning import EmolightningForSequenceClassification
@@ -167,7 +168,7 @@ def test_onnx_export_is_silent_and_right_at_lengths_other_than_the_traced_one(ti
 
     save_minimal_checkpoint(model, ckpt)
     exported = export_checkpoint(ckpt, tmp_path / "hf")
-    hf_model = EmolightningForSequenceClassification.from_pretrained(exported).eval()
+    hf_model = EmolightningForSequenceClassification.from_pretrained(exported, config=AutoConfig.from_pretrained(exported)).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = export_onnx(ModelOutput(hf_model, "logits"), str(tmp_path / "model.onnx"), "logits", example_length=8)
