@@ -25,7 +25,7 @@ class TrainDescriptions(Callback):
         if isinstance(bar, TidyRichProgressBar):
             self.seen.append(bar.progress.tasks[bar.train_progress_bar_id].description.strip())
         else:
-            self.seen.append(bar.train_progress_bar.desc.strip())
+            self.seen.append(bar.train_progress_bar.desc.strip().rstrip(":"))  # tqdm appends ": "
 
 
 @pytest.mark.parametrize("bar", [TidyRichProgressBar, TidyTQDMProgressBar])
