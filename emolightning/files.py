@@ -137,6 +137,21 @@ def folder_beside(target: str, tag: str = "partial"):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def give_umask_modes(folder: str) -> None:
+    """Give the files and folders under `folder` the modes new ones get from the umask (0666 and 0777 less the umask).
+
+    Some writers create private files (safetensors' `save_file` and `tempfile.mkstemp` make 0600, `mkdtemp` 0700
+    folders): what emolightning builds in a `folder_beside` and renames into place must read like any other file.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)  # reading the umask means setting it: put it back at once
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def remove_quietly(path: str) -> None:
     try:
         os.remove(path)

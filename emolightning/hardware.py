@@ -118,14 +118,16 @@ def this_machine_precision(accelerator: str = "auto") -> str:
     return "32-true"
 
 
-def resolve_backend(device_type: str, cpu_flags: set[str] | frozenset[str] = frozenset()) -> str:
-    """What `predict --backend auto` means on a device: bf16 weights on CPUs with native bf16, else the torch model.
+def faster_backend(device_type: str, cpu_flags: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The predict backend faster than the default fp32 one on a device, if any, for predict's log line to name.
 
-    The same rule as `resolve_precision`: where bf16 is native it is the fastest backend, with labels
-    close to fp32's (BENCHMARKS.md, section "Shipped defaults"); the bf16 and onnx backends are CPU
-    paths, so a GPU keeps `torch` (in mixed precision under `precision: auto`).
+    `bf16` on CPUs with native bf16 (AMX or AVX-512 BF16: BENCHMARKS.md, section "Predict backends"), `torch` on a
+    GPU (at the run's mixed precision). Neither is the default: both give labels close to, not identical
+    with, the fp32 model that `emolightning export` writes.
     """
-    return "bf16" if device_type == "cpu" and native_bf16_cpu(set(cpu_flags)) else "torch"
+    if device_type == "cpu":
+        return "bf16" if native_bf16_cpu(set(cpu_flags)) else None
+    return "torch" if device_type == "cuda" else None
 
 
 # Peak dense (no 2:4 sparsity) tensor-core FLOP/s from NVIDIA's datasheets, SXM parts unless named.

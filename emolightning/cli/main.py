@@ -19,8 +19,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..compat import LightningCLIWithHooks
 from ..data.datamodule import EmotionDataModule
 from ..errors import ConfigError, EmolightningError
-from ..hardware import check_gpu, cpu_flags, resolve_backend
-from ..inference.backends import Backend, InferenceBackend
+from ..hardware import check_gpu, cpu_flags, faster_backend
+from ..inference.backends import AUTO_BACKEND, FP32_HEAD_BACKENDS, Backend, InferenceBackend
 from ..inference.ensemble import EnsembleClassifier, ensemble_config
 from ..inference.manifest import is_manifest, read_manifest
 from ..inference.prediction_writer import PredictionFileWriter
@@ -36,12 +36,13 @@ from ..training.summary import ValHistory, closing_block, has_test_split
 from ..training.tracking import SaveConfigToLogger, default_logger, local_logger_defaults, wandb_login_explained, wandb_save_dir_default
 from ..training.trainer import EmotionTrainer, resolve_auto
 from .parser import PLAIN_COMMANDS, EmotionArgumentParser, add_plain_commands
-from .quiet import silence_libraries, tidy_callbacks, verbose_requested
+from .quiet import resuming, silence_libraries, tidy_callbacks, verbose_requested
 from .standalone import EVALUATING, checkpoint_arguments
 
 
 class EmotionCLI(LightningCLIWithHooks):
     resumed_model: dict | None = None  # `fit --ckpt_path` of a distillation: the distiller's model config (before_ckpt_path)
+    auto_backend = False  # `predict --backend auto`, resolved in before_instantiate_classes and named in before_predict's log line
 
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)
@@ -114,6 +115,11 @@ class EmotionCLI(LightningCLIWithHooks):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        if self.subcommand == "predict":
+            if config.get("backend") in (None, "auto"):
+                config["backend"], self.auto_backend = AUTO_BACKEND, True
+            if config["backend"] in FP32_HEAD_BACKENDS:  # their head runs in fp32: no autocast around it (backends.py)
+                config["trainer"]["precision"] = "32-true"
         if config["trainer"].get("precision") in ("auto", None):
             # resolved here rather than in the Trainer, so that the run's config.yaml records what ran
             config["trainer"]["precision"] = resolve_auto(config["trainer"].get("accelerator") or "auto")
@@ -145,7 +151,7 @@ class EmotionCLI(LightningCLIWithHooks):
                 "--backend",
                 type=Backend,
                 default="auto",
-                help="How the encoder runs: `auto` (bf16 on CPUs with AMX or AVX-512 BF16, else torch), `torch` (PyTorch at trainer.precision; with `--trainer.precision 32-true` the fp32 model as trained), `onnx` (ONNX Runtime, same labels, faster; needs the [onnx] extra) or `bf16` (bfloat16 weights: fastest on CPUs with AMX, labels close to but not identical to fp32). BENCHMARKS.md `Inference` has the measured speeds and label agreement.",
+                help="How the model runs: `auto` (the default: fp32, the exported model's labels), `fp32` (PyTorch in full fp32), `torch` (PyTorch at trainer.precision, e.g. the run's bf16-mixed: faster on a GPU, labels close to fp32's), `onnx` (ONNX Runtime, the fp32 labels; needs the [onnx] extra) or `bf16` (bfloat16 encoder weights: fastest on CPUs with AMX or AVX-512 BF16, labels close to but not identical with fp32's). docs/predict-and-export.md has the measured speeds and label agreement.",
             )
 
     def before_ckpt_path(self) -> None:
@@ -164,6 +170,8 @@ class EmotionCLI(LightningCLIWithHooks):
             self.config[subcommand].ckpt_path = None  # nothing for Lightning to load: the members are loaded by the ensemble
             return
         resolve_resume(subcommand, config)  # `--ckpt_path last` or a run folder: the checkpoint they stand for (resume.py)
+        if subcommand == "fit" and config.get("ckpt_path"):
+            resuming()
         refuse_stale_hpc_checkpoint(config)
         ckpt = config.get("ckpt_path")
         if not ckpt or not os.path.isfile(ckpt):
@@ -197,16 +205,16 @@ class EmotionCLI(LightningCLIWithHooks):
         self.trainer.callbacks.append(PredictionFileWriter(output, bool(config.get("probabilities")), layout=lambda: data.predict_stream))
         if isinstance(self.model, EnsembleClassifier):
             # the members are built chunk by chunk inside the ensemble, so there is no one encoder to swap
-            if config.get("backend") not in (None, "auto", "torch"):
+            if config.get("backend") not in ("fp32", "torch"):
                 raise ConfigError(
                     f"`--backend {config['backend']}` swaps one model's encoder, but --ckpt_path is an ensemble manifest whose members run on "
-                    "PyTorch. Leave --backend at auto (or torch) for an ensemble, or predict with one member's checkpoint."
+                    "PyTorch. Leave --backend at auto (fp32), or give torch, for an ensemble, or predict with one member's checkpoint."
                 )
-            config["backend"] = "torch"
-        elif config.get("backend") in (None, "auto"):
+        elif self.auto_backend:
             device = self.trainer.strategy.root_device.type
-            config["backend"] = resolve_backend(device, cpu_flags() if device == "cpu" else set())
-            rank_zero_info(f"predict --backend auto: {config['backend']} on this machine (`--backend torch --trainer.precision 32-true` for the fp32 model)")
+            faster = faster_backend(device, cpu_flags() if device == "cpu" else set())
+            hint = f"; `--backend {faster}` is faster here, with labels close to but not always identical with fp32's" if faster else ""
+            rank_zero_info(f"predict --backend auto: fp32, the numbers of the exported model{hint}")
         self.trainer.callbacks.append(InferenceBackend(config["backend"]))
         if config.get("return_predictions") is None:  # the writer keeps the rows; no second copy
             config["return_predictions"] = False

@@ -3,14 +3,16 @@
 Silenced: Lightning's tensorboardX notice and litlogger tip, the TPU/HPU lines, its note that it
 loads the train loader to count steps, torch's LeafSpec deprecation warning, transformers'
 "Loading weights" bars, the tokenizer's warning that a text is "longer than the specified maximum
-sequence length" (emolightning truncates such texts itself and counts them in one log line), the
+sequence length" (emolightning truncates such texts itself and counts them in one log line),
+its warning
+that a resumed fit's checkpoint folder "exists and is not empty" (it is the run's own), the
 FLOPs column and "Total FLOPs: 0" of the model summary (no example input is given, so it is always
 0) and `v_num` on the progress bar (the run's folder is printed at the end of `fit`) and, in test/predict, notes about the checkpoint callback's folder
 and batch indices that concern Lightning's internals. Everything
 else stays. `--verbose` on the command line, or EMOLIGHTNING_VERBOSE=1, keeps it all.
 
-Two fixes apply with `--verbose` too, since they change what is shown, not what is hidden: the
-progress bar's rate is a real one (Lightning's reads 0.00it/s until rich has two updates, so all
+Three fixes apply with `--verbose` too, since they change what is shown, not what is hidden: the
+progress bar counts epochs from 1 (`Epoch 4/4` is the last of `max_epochs: 4`; Lightning's reads `Epoch 3/3`), its rate is a real one (Lightning's reads 0.00it/s until rich has two updates, so all
 through a one-batch test or predict), and an epoch of fewer batches than `trainer.log_every_n_steps`
 logs every epoch (Lightning would log nothing from a short run, and warn about it).
 """
@@ -43,6 +45,8 @@ WARNINGS = [
 INFO_LINES = re.compile(
     r"💡 Tip: |(TPU|HPU) available: |Loading `train_dataloader` to estimate number of stepping batches|Trainer already configured with model summary callbacks"
 )
+# on `fit --ckpt_path`: the run's own checkpoint folder, which the resumed run goes on writing into
+RESUME_WARNINGS = [r"Checkpoint directory .* exists and is not empty"]
 TOKENIZER_LINES = re.compile(r"longer than the specified maximum sequence length")
 _silenced = False
 
@@ -75,6 +79,13 @@ def silence_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.get_logger("transformers.tokenization_utils_base").addFilter(_DropLines(TOKENIZER_LINES))
+
+
+def resuming() -> None:
+    """Hide what Lightning says of a resumed fit's checkpoint folder, unless verbose: it is the run's own, and not empty (RESUME_WARNINGS)."""
+    if _silenced:
+        for message in RESUME_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
 
 
 class CompactModelSummary(ModelSummary):
@@ -118,19 +129,44 @@ def without_version(metrics: dict) -> dict:
     return metrics
 
 
+def epoch_description(trainer) -> str:
+    """`Epoch 1/4` for the first of 4 epochs: counted from 1, as `max_epochs` counts (Lightning's bars show `Epoch 0/3`)."""
+    limit = trainer.max_epochs
+    return f"Epoch {trainer.current_epoch + 1}" + (f"/{limit}" if limit is not None and limit > 0 else "")
+
+
 class TidyRichProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, with `ProcessingRate` for its rate column and (unless verbose) no `v_num`."""
+    """Lightning's rich progress bar, with the epoch counted from 1, `ProcessingRate` for its rate column and (unless verbose) no `v_num`."""
 
     def configure_columns(self, trainer) -> list:
         columns = super().configure_columns(trainer)
         return [ProcessingRate(self.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c for c in columns]
+
+    def describe_epoch(self, trainer) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = f"{epoch_description(trainer):{len(self.validation_description)}}"  # padded as Lightning pads it
+            self.progress.update(self.train_progress_bar_id, description=f"[{self.theme.description}]{description}" if self.theme.description else description)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.describe_epoch(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        described = self.train_progress_bar_id is not None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not described:  # a resumed mid-epoch run creates its bar here
+            self.describe_epoch(trainer)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return without_version(super().get_metrics(trainer, pl_module))
 
 
 class TidyTQDMProgressBar(TQDMProgressBar):
-    """Lightning's TQDM progress bar (without rich) with (unless verbose) no `v_num`."""
+    """Lightning's TQDM progress bar (without rich) with the epoch counted from 1 and (unless verbose) no `v_num`."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(epoch_description(trainer))
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return without_version(super().get_metrics(trainer, pl_module))

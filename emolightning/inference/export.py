@@ -18,6 +18,7 @@ dynamic; backends.py), for ONNX Runtime without torch; it needs the `[onnx]` ext
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Literal
 import torch
 
 from ..errors import ConfigError
-from ..files import folder_beside, named_write_errors
+from ..files import folder_beside, give_umask_modes, named_write_errors
 from ..models.checkpoints import classifier_checkpoint
 from ..models.components import component
 from ..models.heads import ClsPooling, Head
@@ -116,9 +117,9 @@ ONNX_CARD = [
 
 def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool = False) -> str:
     hparams = ckpt["hyper_parameters"]
-    data = ckpt.get("datamodule_hyper_parameters") or {}
     labels = list(hparams["label_names"])
     pooling = checkpoint_head(hparams).name
+    max_length = trained_max_length(ckpt)
     lines = [
         "---",
         "library_name: transformers",
@@ -130,8 +131,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
         "",
         f"Exported by `emolightning export` from `{ckpt_path.name}` (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}).",
         f"Encoder `{hparams['encoder']}`, pooling `{pooling}` "
-        f"({POOLING_WORDS.get(pooling, pooling)}) -> dropout -> linear, one sigmoid per label"
-        + (f"; trained on texts truncated to {data['max_length']} tokens." if data.get("max_length") else "."),
+        f"({POOLING_WORDS.get(pooling, pooling)}) -> dropout -> linear, one sigmoid per label; trained on texts cut at {max_length} tokens.",
         "",
         "## Use",
         "",
@@ -143,7 +143,7 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
         "",
         'DIR = "path/to/this/directory"',
-        'classify = pipeline("text-classification", model=DIR, top_k=None, trust_remote_code=True)',
+        'classify = pipeline("text-classification", model=DIR, top_k=None, truncation=True, trust_remote_code=True)',
         'scores = classify("what a wonderful day")  # one sigmoid probability per label',
         "",
         "model = AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True).eval()",
@@ -153,6 +153,8 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
         "labels = probs >= torch.tensor(model.config.thresholds)  # the tuned thresholds below",
         "```",
         "",
+        f"`truncation=True` cuts a text at {max_length} tokens (the tokenizer's `model_max_length`), as training and `emolightning predict` did;",
+        "without it a longer text gets other probabilities, or stops the model at its last position.",
         'The pipeline logs that the class is "not supported for text-classification" (it lists built-in classes only); it works all the same.',
         "",
         "## Labels and thresholds",
@@ -183,9 +185,36 @@ def model_card(ckpt: dict, ckpt_path: Path, thresholds: list[float], onnx: bool 
     return "\n".join(lines) + "\n"
 
 
+def trained_max_length(ckpt: dict) -> int:
+    """The `data.max_length` the checkpoint's model was trained and predicts at (the data module's default if it did not record one)."""
+    recorded = (ckpt.get("datamodule_hyper_parameters") or {}).get("max_length")
+    if recorded:
+        return int(recorded)
+    from ..data.datamodule import EmotionDataModule
+
+    return int(inspect.signature(EmotionDataModule).parameters["max_length"].default)
+
+
+def exported_tokenizer(encoder: str, max_length: int):
+    """The encoder's tokenizer, cutting texts at `max_length` tokens as emolightning does (its last special token kept).
+
+    `model_max_length` is what `truncation=True` cuts at, in the pipeline and in a tokenizer call; the fast
+    tokenizer's own truncation (tokenizer.json) does the same for whoever uses the `tokenizers` library directly.
+    Without it, a text longer than the encoder's positions stops the model, and one shorter than those but longer
+    than `max_length` gets other probabilities than `emolightning predict` gives.
+    """
+    from ..pretrained.encoders import load_tokenizer
+
+    tokenizer = load_tokenizer(encoder)
+    tokenizer.model_max_length = max_length
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
 def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: bool = False, format: Literal["hf", "onnx"] = "hf") -> Path:
     """Write the Hugging Face directory for `ckpt_path` into `output_dir`, with `format="onnx"` also model.onnx; returns its path."""
-    from ..pretrained.encoders import load_tokenizer
     from .modeling_emolightning import EmolightningForSequenceClassification
 
     ckpt_path, out = Path(ckpt_path), Path(output_dir)
@@ -213,7 +242,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
             f"The checkpoint '{ckpt_path}' does not match its encoder config (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}). Was it written by another emolightning version?"
         )
 
-    tokenizer = load_tokenizer(hparams["encoder"])
+    tokenizer = exported_tokenizer(hparams["encoder"], trained_max_length(ckpt))
     # the files are written into a hidden folder beside `out`, then each is renamed into it: a full disk or a
     # read-only folder stops with a StorageError naming `out` and leaves no half file (and an earlier export's files whole)
     needed = sum(t.numel() * 4 for t in weights.values()) * (2 if format == "onnx" else 1)
@@ -226,6 +255,7 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, overwrite: 
         if format == "onnx":
             export_onnx(ModelOutput(model, "logits"), str(work / "model.onnx"), "logits")
         (work / "README.md").write_text(model_card(ckpt, ckpt_path, thresholds, onnx=format == "onnx"), encoding="utf-8")
+        give_umask_modes(str(work))  # safetensors writes model.safetensors 0600
         for file in work.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())  # on disk before a name in `out` points at it

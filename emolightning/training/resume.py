@@ -186,7 +186,8 @@ class LastCheckpoint(Checkpoint):
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self.last_model_path = os.path.join(self.folder(trainer), "last.ckpt")  # before saving: it is part of the state
-        trainer.save_checkpoint(self.last_model_path)  # every rank calls it; rank 0 writes, through AtomicCheckpointIO
+        # a full checkpoint (optimizer, loops, callbacks) is what resuming needs; said explicitly, so Lightning has nothing to note
+        trainer.save_checkpoint(self.last_model_path, weights_only=False)  # every rank calls it; rank 0 writes, through AtomicCheckpointIO
         self.last_step_saved, self._saved = trainer.global_step, True
 
 

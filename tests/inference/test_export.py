@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import stat
 import subprocess
 import sys
 
@@ -16,7 +19,8 @@ from emolightning.inference.export import export_checkpoint
 from emolightning.models.classifier import EmotionClassifier
 from emolightning.models.heads import ClsPooling, LabelAttentionPooling, LabelPromptPooling
 
-from conftest import LABELS
+from conftest import CUES, FILLER, LABELS
+from helpers import REPO, emolightning
 
 HEADS = {"label_attention": LabelAttentionPooling, "label_prompt": LabelPromptPooling}
 
@@ -161,3 +165,107 @@ def test_per_label_poolings_export_with_the_same_logits(pooling, tiny_encoder, t
     want = own_logits(path, tiny_encoder)
     assert want.std() > 0.1  # the head is random, not zero: agreement means something
     assert (torch.tensor(loaded[str(directory)]["logits"]) - want).abs().max() <= 1e-4
+
+
+# Runs documented snippets with emolightning made unimportable: each job is (code, prelude, reader), `reader` an expression
+# over the snippet's variables giving [probabilities per text per label, labels per text per label (bools)].
+SNIPPETS = (
+    LOADER.split("texts, out = json.loads")[0]
+    + r"""
+import numpy as np
+
+out = []
+for code, prelude, reader in json.loads(sys.argv[1]):
+    space = {}
+    exec(prelude + "\n" + code, space)
+    probs, labels = eval(reader, space)
+    out.append({"probs": np.atleast_2d(np.asarray(probs, dtype=float)).tolist(), "labels": np.atleast_2d(np.asarray(labels, dtype=bool)).tolist()})
+print(json.dumps(out))
+"""
+)
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
+
+
+def documented_block(text: str, starts: str) -> str:
+    """The fenced python block of `text` that begins with the line `starts`."""
+    return next(block for block in PYTHON_BLOCK.findall(text) if block.startswith(starts))
+
+
+def long_texts() -> list[str]:
+    rng = random.Random(3)
+    words = FILLER + list(CUES.values())
+    return [
+        "so delighted today",
+        " ".join(rng.choice(words) for _ in range(30)),  # between max_length (16) and the encoder's 64 positions
+        " ".join(rng.choice(words) for _ in range(3000)),  # far beyond both
+    ]
+
+
+def test_documented_snippets_give_predicts_labels_for_texts_longer_than_max_length(trained_run, tmp_path):
+    """The docs' pipeline snippet and the model card's torch and ONNX snippets, as written, on texts of 3 to 3,000 words,
+    give `emolightning predict`'s probabilities and labels: the exported tokenizer cuts at the training max_length."""
+    ckpt = torch.load(trained_run["ckpt"], weights_only=True)
+    ckpt["datamodule_hyper_parameters"]["max_length"] = 16  # trained at 16 tokens: well below the tiny encoder's 64 positions
+    short_ckpt = tmp_path / "trained-at-16.ckpt"
+    torch.save(ckpt, short_ckpt)
+    texts = long_texts()
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    emolightning(
+        "predict",
+        "--ckpt_path",
+        str(short_ckpt),
+        "--data.predict_file",
+        str(tmp_path / "texts.txt"),
+        "--output",
+        str(tmp_path / "predictions.txt"),
+        "--probabilities",
+        "true",
+        "--trainer.default_root_dir",
+        str(tmp_path / "root"),
+        "--trainer.enable_progress_bar",
+        "false",
+    )
+    rows = [line.split("\t") for line in (tmp_path / "predictions.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    predicted = torch.tensor([[float(v) for v in row[2 + len(LABELS) :]] for row in rows])
+    predicted_labels = torch.tensor([[v == "1" for v in row[2 : 2 + len(LABELS)]] for row in rows])
+    assert len(rows) == len(texts)
+
+    onnx = all(__import__("importlib").util.find_spec(m) for m in ("onnxruntime", "onnx"))
+    directory = export_checkpoint(short_ckpt, tmp_path / "export", format="onnx" if onnx else "hf")
+    docs = documented_block((REPO / "docs" / "predict-and-export.md").read_text(encoding="utf-8"), "from transformers import pipeline")
+    docs = docs.replace('"exported/minilm-l6-ec"', json.dumps(str(directory)))
+    docs = re.sub(r"^texts = .*$", "texts = TEXTS", docs, flags=re.M)
+    card = (directory / "README.md").read_text(encoding="utf-8").replace('"path/to/this/directory"', json.dumps(str(directory)))
+    card_torch = documented_block(card, "import torch").replace('"what a wonderful day"', "TEXT")
+    names = "[config.id2label[i] for i in range(len(config.id2label))]"
+    jobs = [[docs, f"TEXTS = {json.dumps(texts)}", f"[[p[n] for n in {names}] for p in probs], [[n in l for n in {names}] for l in labels]"]]
+    jobs += [[card_torch, f"TEXT = {json.dumps(text)}", "probs.tolist(), labels.tolist()"] for text in texts]
+    if onnx:
+        card_onnx = documented_block(card, "import json, numpy as np, onnxruntime").replace('"what a wonderful day"', "TEXT")
+        jobs += [[card_onnx, f"TEXT = {json.dumps(text)}\nDIR = {json.dumps(str(directory))}", "1 / (1 + np.exp(-logits)), labels"] for text in texts]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SNIPPETS, json.dumps(jobs)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    docs_result, per_text = results[0], results[1:]
+    got = [torch.tensor(docs_result["probs"])] + [torch.cat([torch.tensor(r["probs"]) for r in per_text[i : i + 3]]) for i in range(0, len(per_text), 3)]
+    got_labels = [torch.tensor(docs_result["labels"])] + [
+        torch.cat([torch.tensor(r["labels"]) for r in per_text[i : i + 3]]) for i in range(0, len(per_text), 3)
+    ]
+    thresholds = torch.tensor(ckpt["state_dict"]["thresholds"])
+    clear = (predicted - thresholds).abs() > 1e-5  # a probability that close to its threshold may round either way
+    for probs, labels in zip(got, got_labels):
+        assert (probs - predicted).abs().max() <= 2e-5
+        assert torch.equal(labels[clear], predicted_labels[clear])
+
+
+def test_exported_files_get_the_modes_of_the_umask(trained_run, tmp_path):
+    """safetensors writes 0600 files: the export's files all read like any file the user writes (0644 under umask 022)."""
+    before = os.umask(0o022)
+    try:
+        out = export_checkpoint(trained_run["ckpt"], tmp_path / "export")
+    finally:
+        os.umask(before)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()}
+    assert modes["model.safetensors"] == oct(0o644)
+    assert set(modes.values()) == {oct(0o644)}, modes

@@ -141,3 +141,34 @@ def test_predict_skips_the_weight_init_and_the_labelled_splits(trained_run, tmp_
     assert inits == []
     assert sorted(p.name for p in cache.glob("*.npz")) == []
     assert len(read_rows(tmp_path / "pred.txt")[1]) > 0
+
+
+def test_default_predict_gives_the_fp32_probabilities_of_the_export_whatever_precision_the_run_trained_at(trained_run, tiny_encoder, tmp_path):
+    """No `--backend`: predict runs fp32 (the exported model's numbers), even where the run's config records bf16-mixed, as a
+    config written by `fit` on a CPU or GPU with native bf16 does. bf16 is a named option (tests/inference/test_inference.py)."""
+    from emolightning.cli.main import run_cli
+
+    rows = make_rows(12, 11, "default")
+    source = write_official(tmp_path / "texts.txt", rows)
+    out = tmp_path / "p.txt"
+    args = predict_args(trained_run, tmp_path, "--data.predict_file", str(source), "--output", str(out), "--probabilities", "true")
+    args[args.index("--trainer.precision") + 1] = "bf16-mixed"  # what the run's config.yaml says after a fit on such a machine
+    del args[args.index("--backend") : args.index("--backend") + 2]  # the default
+    run_cli(args)
+    _, written = read_rows(out)
+    probs, thresholds = expected(trained_run["ckpt"], tiny_encoder, [text for _, text, _ in rows])
+    got = torch.tensor([[float(v) for v in r[2 + len(LABELS) :]] for r in written])
+    assert (got - probs).abs().max() <= 1e-5  # bf16 moves them by ~1e-3
+    assert_labels(written, probs, thresholds)
+
+
+def test_a_missing_checkpoint_names_what_predict_takes_not_a_resume(trained_run, tmp_path, capsys):
+    from emolightning.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(predict_args(trained_run, tmp_path)[:3] + ["--ckpt_path", str(tmp_path / "gone.ckpt"), "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    message = next(line for line in err.splitlines() if line.startswith("emolightning: error:"))
+    assert "gone.ckpt" in message and "does not exist" in message and "best-*.ckpt" in message
+    assert "resume" not in message and "--ckpt_path last" not in message

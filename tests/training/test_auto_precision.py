@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emolightning.hardware import cpu_flags, resolve_backend, resolve_precision
+from emolightning.hardware import cpu_flags, faster_backend, resolve_precision
 
 
 @pytest.mark.parametrize(
@@ -35,10 +35,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 @pytest.mark.parametrize(
     ("device", "flags", "expected"),
-    [("cpu", {"amx_bf16"}, "bf16"), ("cpu", {"avx512_bf16"}, "bf16"), ("cpu", {"avx2"}, "torch"), ("cuda", {"amx_bf16"}, "torch"), ("mps", set(), "torch")],
+    [("cpu", {"amx_bf16"}, "bf16"), ("cpu", {"avx512_bf16"}, "bf16"), ("cpu", {"avx2"}, None), ("cuda", {"amx_bf16"}, "torch"), ("mps", set(), None)],
 )
-def test_auto_backend_is_bf16_only_on_cpus_with_native_bf16(device, flags, expected):
-    assert resolve_backend(device, flags) == expected
+def test_the_faster_backend_named_by_predict_is_bf16_only_on_cpus_with_native_bf16(device, flags, expected):
+    assert faster_backend(device, flags) == expected
 
 
 def test_the_trainer_resolves_auto_itself_outside_the_cli():
