@@ -105,7 +105,9 @@ def export_onnx(module: nn.Module, path: str, output_name: str, example_length: 
     mask = torch.ones(2, example_length, dtype=torch.long)
     mask[1, example_length // 2 :] = 0  # a padded row, so the mask path is traced too
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}, output_name: {0: "batch"}}
-    was_training = module.training
+    # each submodule's own mode, put back after: a wrapper built for the export (ModelOutput) is in training mode
+    # by default, and restoring only its flag would switch the wrapped model's dropout on
+    modes = {sub: sub.training for sub in module.modules()}
     module.eval()
     needed = sum(p.numel() * p.element_size() for p in module.parameters())
     with torch.no_grad(), named_write_errors(path, needed=needed), warnings.catch_warnings():  # a full disk (or TMPDIR, for --backend onnx): named
@@ -114,7 +116,8 @@ def export_onnx(module: nn.Module, path: str, output_name: str, example_length: 
         torch.onnx.export(
             module, (ids, mask), path, input_names=ONNX_INPUTS, output_names=[output_name], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False
         )
-    module.train(was_training)
+    for sub, training in modes.items():
+        sub.training = training
     return path
 
 
