@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -140,6 +141,13 @@ def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt  # LitServer.run's own graceful shutdown (workers and HTTP processes stopped) handles it
 
 
+def quiet_child_signals() -> None:
+    """In the HTTP processes LitServe forks: Ctrl-C is the main process's to handle, and SIGTERM (how it stops them) ends them
+    without a traceback. uvicorn handles both while it serves, then raises the signal again with the handler it found."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def serve(
     source: ModelSource,
     host: str = "127.0.0.1",
@@ -169,12 +177,14 @@ def serve(
         f"serving {source.kind} {source.path} ({len(source.label_names)} labels) on http://{host}:{port}/predict: max_batch_size {max_batch_size}, "
         f"batch_timeout {batch_timeout} s, {workers_per_device} worker(s) per device, backend {backend}, precision {precision}"
     )
+    os.register_at_fork(after_in_child=quiet_child_signals)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         # no client.py written into the working folder; no access line per request (the workers log one line a batch)
         server.run(host=host, port=port, generate_client_file=False, access_log=False)
-    except KeyboardInterrupt:  # during start-up, before LitServer.run's own handler is in place
-        pass
+    except KeyboardInterrupt:  # during start-up, before LitServer.run's own handler is in place: stop the workers started so far
+        for worker in getattr(server, "inference_workers", None) or []:
+            worker.terminate()
     except RuntimeError as err:
         if "workers failed to start" not in str(err):
             raise
