@@ -34,7 +34,9 @@ def build(model: str, batch_size: int | None) -> FastAPI:
 
     @app.post("/predict")
     def predict(request: Request) -> dict:
-        scores = {s["label"]: s["score"] for s in classify(request.text, truncation=True)}
+        result = classify(request.text, truncation=True)
+        result = result[0] if result and isinstance(result[0], list) else result  # some transformers versions nest one text's scores
+        scores = {s["label"]: s["score"] for s in result}
         return {"labels": [name for name, t in thresholds.items() if scores[name] >= t], "probabilities": {name: scores[name] for name in thresholds}}
 
     return app
