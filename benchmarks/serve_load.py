@@ -225,6 +225,10 @@ def timed_predict(ckpt: str, texts: list[str], workdir: Path, name: str) -> tupl
 
 
 def predict_side(ckpt: str, texts: list[str], workdir: Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    from emolightning.models.checkpoints import checkpoint_path
+
+    ckpt = checkpoint_path(ckpt)  # predict takes the checkpoint itself, not its run folder
     everything, peak = timed_predict(ckpt, texts, workdir, "all")
     one, _ = timed_predict(ckpt, texts[:1], workdir, "one")
     rate = (len(texts) - 1) / max(everything - one, 1e-9)

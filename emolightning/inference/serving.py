@@ -178,9 +178,12 @@ class TextClassifier:
             self.thresholds = self.model.thresholds
             return
         if source.kind == "export":
+            from transformers import AutoConfig
+
             from .modeling_emolightning import EmolightningForSequenceClassification
 
-            self.model = EmolightningForSequenceClassification.from_pretrained(source.path).to(self.device).eval()
+            config = AutoConfig.from_pretrained(source.path)  # the encoder's config class (the exported class names none of its own)
+            self.model = EmolightningForSequenceClassification.from_pretrained(source.path, config=config).to(self.device).eval()
         else:
             self.model = load_classifier(source.path, self.device)
         # a checkpoint's tuned thresholds are a buffer of the model, as predict_step reads them; an export's are in its config
