@@ -97,6 +97,7 @@ def model_source(path: str, max_length: int | None = None) -> ModelSource:
             config = json.load(f)
         labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
         length = max_length or int(config.get("emolightning_max_length") or DEFAULT_MAX_LENGTH)
+        length = min(length, int(config.get("max_position_embeddings") or length))  # never more positions than the encoder has
         return ModelSource("export", path, config.get("_name_or_path") or path, labels, [float(t) for t in config["thresholds"]], length, tokenizer=path)
     if is_manifest(path):
         manifest = read_manifest(path)  # checks every member checkpoint

@@ -242,7 +242,10 @@ def test_an_exported_folder_serves_the_checkpoints_answers(trained_run, tmp_path
 
     exported = export_checkpoint(trained_run["ckpt"], tmp_path / "exported")
     want = predicted(trained_run, tmp_path, TEXTS)
-    with running_server(tmp_path, "--ckpt_path", str(exported), *PRECISE) as running:
+    import torch
+
+    trained_length = torch.load(trained_run["ckpt"], map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]["max_length"]
+    with running_server(tmp_path, "--ckpt_path", str(exported), *PRECISE, "--max_length", str(trained_length)) as running:
         status, answer = call(running["port"], "/predict", {"texts": TEXTS})
     assert status == 200, answer
     assert_same_answers(answer["predictions"], want, tolerance=1e-6)
