@@ -8,6 +8,7 @@ PLAIN_COMMANDS = {
     "export": "A Hugging Face model directory from a checkpoint: emolightning export --ckpt_path CKPT --output DIR.",
     "report": "A table and figures comparing runs: emolightning report RUN_DIR [RUN_DIR ...] --output DIR.",
     "ensemble": "An ensemble manifest for validate/test/predict --ckpt_path: emolightning ensemble CKPT [CKPT ...] --data_dir DIR --out ENSEMBLE.json.",
+    "serve": "An HTTP server of a model (LitServe, dynamic batching): emolightning serve --ckpt_path RUN_OR_CKPT [--port 8000].",
 }
 SUBCOMMANDS = ["fit", "validate", "test", "predict", *PLAIN_COMMANDS]
 

@@ -1,4 +1,4 @@
-"""The plain commands: `emolightning score|export|report|ensemble ARGS`, each parsed here and run by the module that does the work.
+"""The plain commands: `emolightning score|export|report|ensemble|serve ARGS`, each parsed here and run by the module that does the work.
 
 They need no Trainer, so `cli.main` calls them before LightningCLI parses anything; each imports its module
 only when it runs, so one command does not pay for another's imports.
@@ -11,6 +11,8 @@ import glob
 import json
 import os
 from pathlib import Path
+
+from ..errors import ConfigError
 
 
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -146,7 +148,75 @@ def ensemble(argv: list[str]) -> None:
     )
 
 
-COMMANDS = {"score": score, "export": export, "report": report, "ensemble": ensemble}
+def serve(argv: list[str]) -> None:
+    """Serve a model over HTTP with LitServe: POST /predict takes {"text": "..."} or {"texts": [...]} and answers each text's labels at the
+    checkpoint's tuned thresholds and each label's probability, tokenised, truncated and thresholded as `emolightning predict` does; concurrent
+    requests share batches. GET /health, GET /info. Needs the [serve] extra. Ctrl-C or SIGTERM stops it."""
+    from ..inference.serving import HOSTS, PRECISIONS, check_port, model_source, require_litserve
+
+    parser = command_parser("serve", serve.__doc__)
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="A run folder (its best checkpoint), a checkpoint written by `emolightning fit`, an ensemble manifest (ENSEMBLE.json) or a folder written by `emolightning export`.",
+    )
+    parser.add_argument(
+        "--host",
+        choices=HOSTS,
+        default="127.0.0.1",
+        help="The interface to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, as in a container).",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="The port to listen on.")
+    parser.add_argument("--max_batch_size", type=int, default=64, help="Requests one forward call may take (their texts run in batches of this many).")
+    parser.add_argument("--batch_timeout", type=float, default=0.01, help="Seconds a worker waits for more requests to fill a batch.")
+    parser.add_argument("--workers_per_device", type=int, default=1, help="Inference processes per device, each with its own copy of the model.")
+    parser.add_argument("--accelerator", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="auto: the GPUs when there are, else the CPU.")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "fp32", "torch", "bf16", "onnx"],
+        default="auto",
+        help="As `predict --backend`: auto (fp32, the exported model's labels), fp32, torch (at --precision), bf16 (fastest on CPUs with AMX or "
+        "AVX-512 BF16, labels close to fp32's) or onnx (the [onnx] extra).",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="With `--backend torch` only, as predict's `--trainer.precision`: auto (bf16-mixed where bf16 is native, 16-mixed on older GPUs, "
+        "else 32-true) or one of those; the other backends run their head in fp32.",
+    )
+    parser.add_argument("--max_texts_per_request", type=int, default=64, help="Texts one request may hold (more: 413).")
+    parser.add_argument(
+        "--max_text_chars", type=int, default=10000, help="Characters one text may hold (more: 413); texts are truncated to max_length tokens anyway."
+    )
+    parser.add_argument("--max_length", type=int, help="Tokens a text is truncated to, for an exported folder only (default: the one it records, else 128).")
+    args = parser.parse_args(argv)
+    for name in ("max_batch_size", "workers_per_device", "max_texts_per_request", "max_text_chars"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"`--{name} {getattr(args, name)}` must be at least 1.")
+    if args.batch_timeout < 0:
+        raise ConfigError(f"`--batch_timeout {args.batch_timeout}` must be 0 or more seconds.")
+    require_litserve()  # before anything is loaded: the missing extra is named at once
+    check_port(args.host, args.port)
+    source = model_source(args.ckpt_path, args.max_length)
+    from ..inference.server import serve as run_server
+
+    run_server(
+        source,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        workers_per_device=args.workers_per_device,
+        accelerator=args.accelerator,
+        backend=args.backend,
+        precision=args.precision,
+        max_texts=args.max_texts_per_request,
+        max_chars=args.max_text_chars,
+    )
+
+
+COMMANDS = {"score": score, "export": export, "report": report, "ensemble": ensemble, "serve": serve}
 
 
 def run(name: str, argv: list[str]) -> None:
