@@ -167,6 +167,22 @@ def test_members_run_one_at_a_time_unless_kept_loaded(members, tmp_path, monkeyp
     assert torch.allclose(got, expected, atol=2e-6)
 
 
+def test_members_whose_tokenizers_really_differ_each_read_their_own_ids(members, tiny_mpnet, tmp_path):
+    """A BERT-style member and an MPNet-style one (other word ids, specials, pad id and segmentation): each member
+    tokenises the texts itself, so the ensemble's probabilities are the mean of each member's own, text by text; a
+    member fed the other's ids would give other numbers."""
+    torch.manual_seed(3)
+    mpnet = save_classifier(EmotionClassifier(tiny_mpnet, LABELS, lr=1e-3, head=MeanPooling()), tmp_path / "mpnet.ckpt", {"max_length": 64})
+    manifest = mf.Manifest(
+        str(tmp_path / "mixed.json"), [mf.Member(members["a"], 1.0, "", 64), mf.Member(mpnet, 1.0, "", 64)], LABELS, [0.5] * len(LABELS), "per_label", 0.5
+    )
+    mf.write_manifest(manifest)
+    texts = ["so delighted with my friend today", "scared", "crying at home over the news", ""]
+    got = ens.EnsembleClassifier(manifest.path, LABELS, batch_size=3)(texts)  # batches of 3: padded rows in both tokenisations
+    expected = (one_by_one(members["a"], texts) + one_by_one(mpnet, texts)) / 2
+    assert torch.allclose(got, expected, atol=2e-6)
+
+
 def one_by_one(checkpoint: str, texts: list[str]) -> torch.Tensor:
     """A member's probabilities, one text at a time with its own tokenizer (no padding, no batching)."""
     from emolightning.pretrained.encoders import load_tokenizer
