@@ -59,9 +59,13 @@ def same_tokenizer(a: str, b: str) -> bool:
     return ta.get_vocab() == tb.get_vocab() and ta(PROBE)["input_ids"] == tb(PROBE)["input_ids"]
 
 
+# what makes a folder a Hugging Face model's (a damaged one too, which its loader names) rather than a run folder
+MODEL_FOLDER_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json")
+
+
 def teacher_source(source: str) -> str:
-    """What a `teacher` entry names: a run folder (a folder without a Hugging Face model's config.json) stands for its best checkpoint."""
-    if not os.path.isdir(source) or os.path.isfile(os.path.join(source, "config.json")):
+    """What a `teacher` entry names: a run folder (a folder without a Hugging Face model's files) stands for its best checkpoint."""
+    if not os.path.isdir(source) or any(os.path.isfile(os.path.join(source, name)) for name in MODEL_FOLDER_FILES):
         return source
     try:
         return best_checkpoint_of_run(source, "model.init_args.teacher")

@@ -142,11 +142,52 @@ def test_a_made_up_option_or_missing_config_is_caught(args, capsys, monkeypatch)
     assert code != 0
 
 
+def section_of(page: Path, title: str) -> str:
+    """One section of a page, from its `## title` to the next `## `."""
+    return page.read_text(encoding="utf-8").split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def walkthrough(page: Path, title: str) -> list[list[str]]:
-    """The `emolightning` commands of one section of a page (from its `## title` to the next `## `), in order."""
-    text = page.read_text(encoding="utf-8")
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return commands(section)
+    """The `emolightning` commands of one section of a page, in order."""
+    return commands(section_of(page, title))
+
+
+def python_blocks(text: str) -> list[str]:
+    """The fenced ```python blocks of a text."""
+    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+
+
+def served_answer(args: list[str], cwd: Path, env: dict, text: str) -> dict:
+    """Start `emolightning serve ARGS` (on a free port instead of the documented one), POST `text` as the README's curl does, stop it."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [str(port) if i and args[i - 1] == "--port" else word for i, word in enumerate(args)]
+    server = subprocess.Popen([sys.executable, "-m", "emolightning", *args], cwd=cwd, env={**os.environ, **env}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/predict", data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    return json.loads(answer.read())
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, f"serve exited ({server.poll()}) or did not answer in time"
+                time.sleep(1)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -155,12 +196,16 @@ def test_the_readme_own_data_walkthrough_runs_as_written_on_a_csv_with_the_users
     user's paths become files here, and fit gets the tiny encoder, one short epoch and a cache in the test folder."""
     import csv
     import glob
+    import json
+    import subprocess
+    import sys
 
     import pandas as pd
 
     from conftest import LABELS, make_rows
     from helpers import emolightning
 
+    section = section_of(REPO / "README.md", "Your own data")
     steps = walkthrough(REPO / "README.md", "Your own data")
     assert [args[0] for args in steps][:2] == ["fit", "test"] and "score" in [args[0] for args in steps], steps
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the user runs the commands in a checkout
@@ -176,10 +221,13 @@ def test_the_readme_own_data_walkthrough_runs_as_written_on_a_csv_with_the_users
                 writer.writerow([row_id.replace("-", "_"), "" if name == "new" and k == 2 else text, *(gold if labelled else [])])
     tiny = ["--model.init_args.encoder", tiny_encoder, "--data.cache_dir", "cache", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]
     quiet = ["--trainer.enable_progress_bar", "false"]
-    outputs = {}
+    outputs, served = {}, {}
     for args in steps:
         args = [word.replace("path/to/", f"{data}/") for word in args]
         args = [match for word in args for match in (sorted(glob.glob(str(tmp_path / word))) if "*" in word else [word])]
+        if args[0] == "serve":  # a server runs until stopped: ask it once, as the README's curl does
+            served = served_answer(args, tmp_path, {"PYTHONPATH": str(REPO)}, "what a wonderful day")
+            continue
         extra = tiny + quiet if args[0] == "fit" else quiet if args[0] in ("test", "predict") else []
         done = emolightning(*args, *extra, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
         outputs.setdefault(args[0], []).append(done.stdout + done.stderr)
@@ -190,3 +238,19 @@ def test_the_readme_own_data_walkthrough_runs_as_written_on_a_csv_with_the_users
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         assert list(frame.columns[:2]) == ["msg_id", "message"] and list(frame.columns[2:]) == LABELS
         assert len(frame) == (12 if path.name.startswith("test") else 6)
+    assert "serve" in [args[0] for args in steps] and set(served) == {"labels", "probabilities"} and set(served["probabilities"]) == set(LABELS), served
+
+    # the export snippet, as written, on a text far longer than the model's max_length: predict's labels and probabilities
+    long_text = " ".join(["so delighted with my friend today but scared of the news"] * 300)
+    (snippet,) = [block for block in python_blocks(section) if "pipeline(" in block]
+    assert '"a text of any length"' in snippet
+    script = snippet.replace('"a text of any length"', repr(long_text)) + "\nimport json, sys\njson.dump(scores, sys.stdout)\n"
+    ran = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    exported = {entry["label"]: entry["score"] for entry in json.loads(ran.stdout.strip().splitlines()[-1])[0]}
+    (tmp_path / "long.txt").write_text(long_text + "\n", encoding="utf-8")
+    run = glob.glob(str(tmp_path / "runs" / "mine" / "lightning_logs" / "version_*"))[0]
+    emolightning("predict", "--config", f"{run}/config.yaml", "--ckpt_path", run, "--data.predict_file", "long.txt", "--output", "long.csv",
+                 "--probabilities", "true", *quiet, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})  # fmt: skip
+    predicted = pd.read_csv(tmp_path / "long.csv", dtype={"id": str}, keep_default_na=False).iloc[0]
+    assert set(exported) == set(LABELS) and all(abs(exported[label] - float(predicted[f"p_{label}"])) < 1e-4 for label in LABELS), (exported, predicted)

@@ -79,12 +79,12 @@ def test_version(capsys):
 def test_help_of_python_m_names_the_program_and_every_command():
     proc = subprocess.run([sys.executable, "-m", "emolightning", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: emolightning ")
-    assert "{fit,validate,test,predict,score,export,report,ensemble}" in proc.stdout
+    assert "{fit,validate,test,predict,score,export,report,ensemble,serve}" in proc.stdout
     assert "emolightning score PRED GOLD" in " ".join(proc.stdout.split())
     # each command's description is a whole sentence (LightningCLI took the first line of a docstring, cut mid-sentence)
     listing = proc.stdout[proc.stdout.index("(required)") + len("(required)") :]
     descriptions = dict(re.findall(r"^    (\w+) +(.*?)(?=^    \w|\Z)", listing, flags=re.M | re.S))
-    assert set(descriptions) == {"fit", "validate", "test", "predict", "score", "export", "report", "ensemble"}, listing
+    assert set(descriptions) == {"fit", "validate", "test", "predict", "score", "export", "report", "ensemble", "serve"}, listing
     assert all(" ".join(text.split()).endswith(".") for text in descriptions.values()), descriptions
 
 
