@@ -77,6 +77,14 @@ def temporary_name(path: str) -> str:
     return os.path.join(folder, f".{name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
+def write_failure(path: str, err: BaseException, needed: int | None, full: bool) -> StorageError | None:
+    """The StorageError a failed write of `path` stands for: the disk's or the folder's errno, or any error while the disk is
+    `full`; None for anything else (a bug, which keeps its traceback)."""
+    if isinstance(err, OSError) and err.errno in REASONS:
+        return storage_error(path, err, needed)
+    return storage_error(path, err, needed, REASONS[errno.ENOSPC]) if full else None
+
+
 @contextmanager
 def atomic_open(path: str, mode: str = "wb", needed: int | None = None, **open_args):
     """`open(...)` on a temporary file that becomes `path` when the block ends without an error (see the module doc)."""
@@ -92,10 +100,8 @@ def atomic_open(path: str, mode: str = "wb", needed: int | None = None, **open_a
     except Exception as err:
         full = space_is_short(path, needed, pending=tmp)  # asked before the partial file is removed
         remove_quietly(tmp)
-        if isinstance(err, OSError) and err.errno in REASONS:
-            raise storage_error(path, err, needed) from err
-        if full:
-            raise storage_error(path, err, needed, REASONS[errno.ENOSPC]) from err
+        if (named := write_failure(path, err, needed, full)) is not None:
+            raise named from err
         raise  # not the disk's or the folder's fault: a bug keeps its traceback
     except BaseException:
         remove_quietly(tmp)
@@ -108,10 +114,8 @@ def named_write_errors(path: str, needed: int | None = None):
     try:
         yield
     except Exception as err:
-        if isinstance(err, OSError) and err.errno in REASONS:
-            raise storage_error(str(path), err, needed) from err
-        if space_is_short(str(path), needed):
-            raise storage_error(str(path), err, needed, REASONS[errno.ENOSPC]) from err
+        if (named := write_failure(str(path), err, needed, space_is_short(str(path), needed))) is not None:
+            raise named from err
         raise
 
 
